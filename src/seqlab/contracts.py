@@ -1,0 +1,127 @@
+"""The contracts every model family implements (../DESIGN.md, sections 1 and 2).
+
+A causal language model has two views of one computation:
+
+- the parallel view, ``forward(tokens) -> logits``, where ``logits[:, t]`` scores the token
+  that follows ``tokens[:, :t+1]``;
+- the recurrent view, ``init_state(batch_size)`` then ``step(token, state) -> (logits, state)``,
+  one token at a time: after stepping through ``tokens[:, 0..t]`` the last logits equal
+  ``forward(tokens)[:, t]``.
+
+:class:`CausalLM` is the one shallow base class: it declares the two views and derives
+``prefill``, ``log_prob`` and ``generate`` from them. The other contracts are protocols; the
+families that implement them arrive with their issues.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+State = Any  # a tensor, or a tuple/list/dict of tensors: whatever the model carries over time
+
+
+class CausalLM(nn.Module, abc.ABC):
+    """Base of every causal language model: a parallel view and a recurrent view.
+
+    Subclasses set ``vocab_size`` and implement ``forward``, ``init_state`` and ``step``.
+    ``max_context`` is the longest prefix the model can condition on (``None``: unbounded);
+    generation slides a window when a model with a finite context runs past it.
+    """
+
+    vocab_size: int
+    max_context: int | None = None
+
+    @abc.abstractmethod
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Next-token logits for every position.
+
+        Args:
+            tokens: (B, T) token ids.
+        Returns:
+            (B, T, V) logits; ``[:, t]`` scores the token after ``tokens[:, :t+1]``.
+        """
+
+    @abc.abstractmethod
+    def init_state(self, batch_size: int) -> State:
+        """The state before any token has been read, for ``batch_size`` sequences."""
+
+    @abc.abstractmethod
+    def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
+        """Read one token per sequence.
+
+        Args:
+            token: (B,) token ids.
+            state: from ``init_state`` or the previous ``step``.
+        Returns:
+            (B, V) logits for the next token, and the new state.
+        """
+
+    def prefill(self, tokens: Tensor) -> tuple[Tensor, State]:
+        """Read a whole prompt: the logits after its last token, and the state there.
+
+        The default steps through ``tokens``; models with a parallel way to build their
+        state (a Transformer's key/value cache) override it.
+
+        Args:
+            tokens: (B, T) token ids, T >= 1.
+        Returns:
+            (B, V) logits for the token after ``tokens``, and the state.
+        """
+        state = self.init_state(tokens.shape[0])
+        for t in range(tokens.shape[1]):
+            logits, state = self.step(tokens[:, t], state)
+        return logits, state
+
+    def log_prob(self, tokens: Tensor) -> Tensor:
+        """log p(tokens[:, 1:] | tokens[:, 0]) by the chain rule, in nats.
+
+        Args:
+            tokens: (B, T) token ids, T >= 2.
+        Returns:
+            (B,) summed log-probabilities of every token after the first.
+        """
+        log_probs = torch.log_softmax(self.forward(tokens[:, :-1]).float(), dim=-1)
+        return log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1).sum(dim=-1)
+
+    def generate(self, prompt: Tensor, max_new_tokens: int, **sampling: Any) -> Tensor:
+        """Continue ``prompt`` (B, T) by ``max_new_tokens``; see :func:`seqlab.decoding.generate`."""
+        from seqlab.decoding import generate
+
+        return generate(self, prompt, max_new_tokens, **sampling)
+
+
+@runtime_checkable
+class Tagger(Protocol):
+    """Many-to-many, synchronised: one tag per token."""
+
+    def loss(self, tokens: Tensor, tags: Tensor, mask: Tensor) -> Tensor: ...
+    def decode(self, tokens: Tensor, mask: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """Many-to-one: one label per sequence."""
+
+    def loss(self, tokens: Tensor, labels: Tensor, mask: Tensor) -> Tensor: ...
+    def predict(self, tokens: Tensor, mask: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Seq2Seq(Protocol):
+    """Unsynchronised input and output sequences, through an encoder memory."""
+
+    def encode(self, src: Tensor, mask: Tensor) -> Any: ...
+    def step(self, token: Tensor, state: State, memory: Any) -> tuple[Tensor, State]: ...
+    def loss(self, src: Tensor, tgt: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class Forecaster(Protocol):
+    """Fits a series and predicts a horizon with quantiles."""
+
+    def fit(self, series: Tensor) -> Forecaster: ...
+    def predict(self, horizon: int, quantiles: tuple[float, ...]) -> Any: ...
