@@ -38,12 +38,15 @@ class ModelEntry:
     config_class: type
     model_class: type[nn.Module]
     summary: str
+    in_default_compare: bool = True    # whether a bare `seqlab compare` includes it
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, *, task: str, config: type) -> Callable[[type], type]:
+def register(
+    name: str, *, task: str, config: type, in_default_compare: bool = True
+) -> Callable[[type], type]:
     """Class decorator adding a model class, built as ``model_class(config)``, to the registry."""
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config of model {name!r} must be a dataclass, got {config!r}")
@@ -52,7 +55,8 @@ def register(name: str, *, task: str, config: type) -> Callable[[type], type]:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is registered twice")
         doc = (model_class.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelEntry(name, task, config, model_class, doc[0] if doc else "")
+        summary = doc[0] if doc else ""
+        _REGISTRY[name] = ModelEntry(name, task, config, model_class, summary, in_default_compare)
         model_class.registry_name = name
         return model_class
 
@@ -127,6 +131,20 @@ def build(name: str, **overrides: Any) -> nn.Module:
     """
     entry = get(name)
     return entry.model_class(make_config(entry.config_class, overrides))
+
+
+def build_for_task(name: str, task_defaults: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
+    """Build ``name`` for a task: the task's values (vocabulary, context) for the config fields
+    the model has, then the caller's ``overrides`` on top."""
+    entry = get(name)
+    fields = {f.name for f in dataclasses.fields(entry.config_class)}
+    values = {key: value for key, value in task_defaults.items() if key in fields}
+    return entry.model_class(make_config(entry.config_class, {**values, **overrides}))
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 _TRUE = {"true", "yes", "1", "on"}

@@ -1,0 +1,3 @@
+"""Whole architectures. Importing this package registers every model (seqlab.registry)."""
+
+from seqlab.models import rnn, transformer  # noqa: F401

@@ -1,0 +1,187 @@
+"""Train several models on one task under one time budget, and report what each achieved.
+
+Every model gets the same split, tokenizer, context and training time. Each runs in a fresh
+process, so its peak memory is its own: on CPU the growth of the process's peak resident set
+over its size before the model was built, on CUDA the peak of allocated device memory. Per
+model the report gives parameters, test bits per character and perplexity, training and
+generation tokens per second, peak memory and a sample; ``curves.png`` plots validation loss
+against training time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqlab import registry
+from seqlab.data.corpora import load_corpus
+from seqlab.errors import ConfigError
+from seqlab.tasks.lm import LanguageModeling
+from seqlab.training import TrainConfig, Trainer
+
+SAMPLE_CHARACTERS = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOptions:
+    """The shared task: corpus path (None: built-in), tokenizer kind, context and vocabulary."""
+
+    data: str | None = None
+    tokenizer: str = "char"
+    context: int = 128
+    vocab_size: int | None = None
+
+    def build(self) -> LanguageModeling:
+        return LanguageModeling(load_corpus(self.data), self.tokenizer, self.context,
+                                vocab_size=self.vocab_size)
+
+
+@dataclass
+class ModelResult:
+    """One row of the report."""
+
+    name: str
+    parameters: int
+    test: dict[str, float]
+    train_tokens_per_second: float
+    generate_tokens_per_second: float
+    peak_memory_mb: float
+    steps: int
+    train_seconds: float
+    sample: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """The comparison: the task it ran and one result per model."""
+
+    task: dict[str, Any]
+    budget_seconds: float
+    results: list[ModelResult]
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """Write report.md, report.html and curves.png into ``out_dir``; return their paths."""
+        from seqlab.report import write_report
+
+        return write_report(self, Path(out_dir))
+
+    def table(self) -> str:
+        from seqlab.report import markdown_table
+
+        return markdown_table(self)
+
+
+def default_models() -> list[str]:
+    """Every registered language model that a bare ``seqlab compare`` includes."""
+    return [entry.name for entry in registry.entries("lm") if entry.in_default_compare]
+
+
+def compare(
+    models: list[str] | None = None,
+    task: TaskOptions | None = None,
+    budget_seconds: float = 120.0,
+    train_options: dict[str, Any] | None = None,
+    model_options: dict[str, dict[str, Any]] | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Report:
+    """Train each model on ``task`` for ``budget_seconds / len(models)`` and report.
+
+    Args:
+        models: registry names; None takes ``default_models()``.
+        task: the shared task; None is the built-in corpus at character level.
+        budget_seconds: total training time, shared equally among the models.
+        train_options: ``TrainConfig`` values for every model (the budget is set here).
+        model_options: config overrides per model name.
+        out_dir: where to write the report; None writes nothing.
+    """
+    models = default_models() if models is None else models
+    if not models:
+        raise ConfigError("no models to compare; name at least one with --models")
+    for name in models:
+        if registry.get(name).task != "lm":
+            raise ConfigError(f"model {name!r} is not a language model; compare --task lm runs only those")
+    if not budget_seconds > 0:
+        raise ConfigError(f"budget must be > 0 seconds, got {budget_seconds}")
+    task = task or TaskOptions()
+    lm_task = task.build()   # fail here, once, on bad data, before starting any process
+    model_options = model_options or {}
+    per_model = budget_seconds / len(models)
+    results = []
+    context = multiprocessing.get_context("spawn")
+    for name in models:
+        job = (name, task, per_model, train_options or {}, model_options.get(name, {}), progress)
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            results.append(pool.submit(run_one, *job).result())
+    report = Report(
+        task={"corpus": lm_task.corpus.name, "tokenizer": task.tokenizer, "context": task.context,
+              "vocab_size": lm_task.vocab_size,
+              "tokens": {split: len(block.ids) for split, block in lm_task.splits.items()}},
+        budget_seconds=per_model,
+        results=results,
+    )
+    if out_dir is not None:
+        report.write(out_dir)
+    return report
+
+
+def run_one(
+    name: str, task_options: TaskOptions, budget_seconds: float, train_options: dict[str, Any],
+    overrides: dict[str, Any], progress: bool,
+) -> ModelResult:
+    """Train, evaluate and sample one model; runs in its own process (see ``compare``)."""
+    task = task_options.build()
+    baseline_mb = _resident_mb()
+    model = registry.build_for_task(name, task.model_defaults(), overrides)
+    options = {"steps": 1_000_000, "eval_every": 50, "eval_batches": 10, "progress": progress,
+               **getattr(model, "train_defaults", {}), **train_options, "budget_seconds": budget_seconds}
+    config = registry.make_config(TrainConfig, options)
+    trainer = Trainer(model, task, config)
+    if trainer.group.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = trainer.fit()
+    test = task.evaluate(model, "test", batch_size=32)
+    sample, generate_rate = _sample(model, task)
+    if trainer.group.device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = _peak_resident_mb() - baseline_mb
+    return ModelResult(
+        name=name, parameters=registry.parameter_count(model), test=test,
+        train_tokens_per_second=result.tokens_per_second, generate_tokens_per_second=generate_rate,
+        peak_memory_mb=peak_mb, steps=result.steps, train_seconds=result.train_seconds,
+        sample=sample, history=result.history,
+    )
+
+
+def _sample(model: torch.nn.Module, task: LanguageModeling) -> tuple[str, float]:
+    """A continuation of the test split's first line, and the generation speed in tokens/s."""
+    tokenizer = task.tokenizer
+    test_ids = task.splits["test"].ids
+    prompt = test_ids[: min(16, task.context // 2)][None].to(next(model.parameters()).device)
+    new_tokens = SAMPLE_CHARACTERS
+    started = time.perf_counter()
+    generated = model.generate(prompt, new_tokens, temperature=0.8, seed=0)
+    seconds = time.perf_counter() - started
+    text = tokenizer.decode(generated[0, prompt.shape[1]:].tolist())
+    return text[:SAMPLE_CHARACTERS], new_tokens / seconds
+
+
+def _resident_mb() -> float:
+    """Current resident set size of this process."""
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _peak_resident_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,359 @@
+"""Tokenizers: text to integer ids and back, each saved as one self-contained ``tokenizer.json``.
+
+Four kinds behind one interface (``encode``, ``encode_with_lengths``, ``decode``, ``to_json``),
+each with the condition under which ``decode(encode(text)) == text``:
+
+- ``char``: a token is one Unicode character. Lossless when every character of ``text`` was
+  seen in training.
+- ``word``: a token is a maximal run of non-whitespace (``\\S+``) and ``decode`` joins words with
+  single spaces, so it is lossy on whitespace: lossless when every word was seen in training and
+  ``text`` is words separated by single spaces.
+- ``bpe``: a byte-level BPE piece (Sennrich et al. 2016, as in GPT-2), trained by HF
+  ``tokenizers``. Always lossless: all 256 bytes are in the vocabulary, so nothing is unknown.
+- ``unigram``: a Unigram LM piece (Kudo 2018), trained by HF ``tokenizers`` over Metaspace words.
+  Lossless when every character was seen in training and ``text`` has no ``"▁"`` (U+2581),
+  since Metaspace writes spaces as ``▁`` and decodes every ``▁`` back to a space, and no literal
+  ``"<unk>"``, which HF matches as the unknown token.
+
+Unigram uses Metaspace with ``prepend_scheme="never"``: HF's default (``"always"``) prepends a
+``▁`` to the text and its decoder strips the first one, so a text that starts with a space loses
+it. With ``"never"`` the first word is split like a word after a newline, as under byte-level BPE
+with ``add_prefix_space=False``, and runs of spaces and newlines round-trip exactly.
+
+Ids: ``char`` and ``word`` put ``<unk>`` at 0, then the sorted characters or the words from most
+to least frequent; ``unigram`` also puts ``<unk>`` at 0; ``bpe`` has no ``<unk>``. ``decode``
+writes the unknown id as the literal ``<unk>``; ``word`` and ``unigram`` read the literal text
+``<unk>`` as the unknown id too. Unseen symbols follow the tokenizer's ``unknown``
+policy: ``"replace"`` maps them to ``unk_id`` (under ``unigram`` a run of unseen characters
+becomes one ``<unk>``), ``"error"`` raises a ``DataError`` naming the first one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import tokenizers as hf
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from seqlab.errors import ConfigError, DataError
+
+TokenizerKind = Literal["char", "word", "bpe", "unigram"]
+UnknownPolicy = Literal["replace", "error"]
+KINDS: tuple[str, ...] = get_args(TokenizerKind)
+UNKNOWN_POLICIES: tuple[str, ...] = get_args(UnknownPolicy)
+
+FORMAT_VERSION = 1
+UNK = "<unk>"
+DEFAULT_SUBWORD_VOCAB_SIZE = 1024
+MIN_VOCAB_SIZE = {"word": 2, "bpe": 256, "unigram": 2}  # bpe: the 256 byte symbols come first
+WORD = re.compile(r"\S+")
+
+
+class Tokenizer:
+    """Text to token ids and back; the shared part of every kind.
+
+    A subclass provides ``_tokenize`` (ids with their character spans), ``_decode`` (valid ids
+    to text) and ``_payload`` (what ``to_json`` stores besides kind and policy).
+
+    Attributes:
+        kind: "char", "word", "bpe" or "unigram".
+        vocab_size: the number of ids; every id is in ``[0, vocab_size)``.
+        unk_id: the id of ``<unk>``, or None when the tokenizer cannot meet an unknown (bpe).
+        unknown: the default policy for unseen symbols, "replace" or "error".
+    """
+
+    unit = "character"  # what an unseen symbol is called in error messages
+
+    def __init__(self, kind: str, *, vocab_size: int, unk_id: int | None, unknown: UnknownPolicy):
+        self.kind = kind
+        self.vocab_size = vocab_size
+        self.unk_id = unk_id
+        self.unknown = _check_policy(unknown)
+
+    def encode(self, text: str, *, unknown: UnknownPolicy | None = None) -> list[int]:
+        """Token ids of ``text``; ``unknown`` overrides the tokenizer's policy for this call."""
+        return self.encode_with_lengths(text, unknown=unknown)[0].tolist()
+
+    def encode_with_lengths(
+        self, text: str, *, unknown: UnknownPolicy | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of ``text`` and how many of its characters each token accounts for.
+
+        Token i owns ``text[end[i-1]:end[i]]``, where ``end`` is where the token's span ends
+        (so whitespace before a token belongs to it) and the last token also owns any text after
+        it. Hence ``char_lengths.sum() == len(text)`` whenever there is a token, and bits per
+        character is ``sum(-log2 p(token)) / char_lengths.sum()`` under any tokenizer. A token
+        may own 0 characters: byte-level BPE can split one character over several tokens, and
+        the character goes to the first of them.
+
+        Returns:
+            ids: (N,) int64 token ids.
+            char_lengths: (N,) int64 characters of ``text`` owned by each token.
+        Raises:
+            DataError: under the "error" policy, naming the first unseen symbol and its position.
+        """
+        ids, starts, ends = self._tokenize(text)
+        policy = self.unknown if unknown is None else _check_policy(unknown)
+        if policy == "error" and self.unk_id is not None:
+            unseen = np.flatnonzero(ids == self.unk_id)
+            if len(unseen):
+                first = unseen[0]
+                raise DataError(self._unseen_message(text, int(starts[first]), int(ends[first])))
+        char_lengths = np.diff(ends, prepend=0)
+        if len(char_lengths):
+            char_lengths[-1] += len(text) - ends[-1]
+        return ids, char_lengths
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, ``unk_id`` written as ``<unk>``; DataError for an id outside."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        outside = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
+        if len(outside):
+            raise DataError(
+                f"token id {ids[outside[0]]} is outside the {self.kind} tokenizer's vocabulary of "
+                f"{self.vocab_size} ids; decode ids produced by this tokenizer"
+            )
+        return self._decode(ids.tolist())
+
+    def to_json(self) -> str:
+        """All that rebuilds this tokenizer: ``{"seqlab_tokenizer": 1, "kind": ..., ...}``.
+
+        ``bpe`` and ``unigram`` embed the HF tokenizer's own JSON under ``"hf_tokenizer"``.
+        """
+        header = {"seqlab_tokenizer": FORMAT_VERSION, "kind": self.kind, "unknown": self.unknown}
+        return json.dumps({**header, **self._payload()})
+
+    def save(self, path: str | Path) -> None:
+        """Write ``to_json()`` to ``path`` (conventionally ``tokenizer.json``)."""
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    def _unseen_message(self, text: str, start: int, end: int) -> str:
+        whole_span = self.unit == "word" or text[start:end] == UNK  # else: first unseen character
+        symbol = text[start:end] if whole_span else text[start]
+        codepoint = f" (U+{ord(symbol):04X})" if len(symbol) == 1 else ""
+        return (
+            f"text contains {symbol!r}{codepoint} at character {start}, which is not in the "
+            f"{self.kind} tokenizer's vocabulary; use {self.unit}s seen in training"
+        )
+
+    def _tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N,) int64 ids, (N,) int64 start and (N,) int64 end character offsets of each token."""
+        raise NotImplementedError
+
+    def _decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def _payload(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class VocabTokenizer(Tokenizer):
+    """``char`` and ``word``: split the text, then look every piece up in a list vocabulary.
+
+    Args:
+        kind: "char" (pieces are characters) or "word" (pieces are ``\\S+`` runs).
+        vocab: the piece of each id, ``vocab[0] == "<unk>"``.
+        unknown: the default policy for unseen pieces.
+    """
+
+    def __init__(self, kind: Literal["char", "word"], vocab: list[str], *, unknown: UnknownPolicy):
+        super().__init__(kind, vocab_size=len(vocab), unk_id=0, unknown=unknown)
+        self.vocab = list(vocab)
+        self.unit = "character" if kind == "char" else "word"
+        self._separator = "" if kind == "char" else " "
+        self._id_of = {piece: token_id for token_id, piece in enumerate(self.vocab)}
+
+    def _tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.kind == "char":
+            pieces, starts = list(text), np.arange(len(text), dtype=np.int64)
+            ends = starts + 1
+        else:
+            matches = list(WORD.finditer(text))
+            pieces = [match.group() for match in matches]
+            bounds = (bound for match in matches for bound in match.span())
+            spans = np.fromiter(bounds, dtype=np.int64, count=2 * len(matches)).reshape(-1, 2)
+            starts, ends = spans[:, 0], spans[:, 1]
+        id_of = self._id_of.get
+        ids = np.fromiter((id_of(piece, 0) for piece in pieces), dtype=np.int64, count=len(pieces))
+        return ids, starts, ends
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._separator.join(map(self.vocab.__getitem__, ids))
+
+    def _payload(self) -> dict[str, Any]:
+        return {"vocab": self.vocab}
+
+
+class HFTokenizer(Tokenizer):
+    """``bpe`` and ``unigram``: a trained HF ``tokenizers.Tokenizer`` and its fast Rust paths.
+
+    HF reports offsets in characters (Python string indices), not UTF-8 bytes, also under the
+    ByteLevel pre-tokenizer: the byte tokens of one multi-byte character all carry that
+    character's span.
+    """
+
+    def __init__(
+        self, kind: Literal["bpe", "unigram"], backend: hf.Tokenizer, *, unknown: UnknownPolicy
+    ):
+        # Byte-level BPE covers all 256 bytes: no <unk>, even if it learned "<unk>" as a piece.
+        unk_id = backend.token_to_id(UNK) if kind == "unigram" else None
+        super().__init__(kind, vocab_size=backend.get_vocab_size(), unk_id=unk_id, unknown=unknown)
+        self.backend = backend
+
+    def _tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        spans = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        return np.array(encoding.ids, dtype=np.int64), spans[:, 0], spans[:, 1]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    def _payload(self) -> dict[str, Any]:
+        return {"hf_tokenizer": json.loads(self.backend.to_str())}
+
+
+def train_tokenizer(
+    kind: str, text: str, *, vocab_size: int | None = None, unknown: UnknownPolicy = "replace"
+) -> Tokenizer:
+    """Build a tokenizer of ``kind`` from ``text``.
+
+    Args:
+        kind: "char", "word", "bpe" or "unigram".
+        text: the training text.
+        vocab_size: the most ids to use, ``<unk>`` included. ``char`` takes none (its vocabulary
+            is every character of ``text``); ``word`` keeps all words when None, else the
+            ``vocab_size - 1`` most frequent (ties: first occurrence first); ``bpe`` and
+            ``unigram`` default to 1024 and may stop short on a small text.
+        unknown: the default policy for unseen symbols, "replace" or "error".
+    Raises:
+        ConfigError: an unknown kind or policy, or a vocab_size that does not apply or is too small.
+        DataError: empty text, or (``word``) text without a word.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    _check_policy(unknown)
+    if not text:
+        raise DataError(f"cannot train a {kind} tokenizer on empty text; pass a non-empty text")
+    if kind == "char":
+        if vocab_size is not None:
+            raise ConfigError(
+                "vocab_size does not apply to the char tokenizer (it keeps every character); "
+                "leave it unset"
+            )
+        return VocabTokenizer("char", [UNK, *sorted(set(text))], unknown=unknown)
+    if vocab_size is None and kind != "word":
+        vocab_size = DEFAULT_SUBWORD_VOCAB_SIZE
+    minimum = MIN_VOCAB_SIZE[kind]
+    if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < minimum):
+        raise ConfigError(
+            f"vocab_size of the {kind} tokenizer must be an integer >= {minimum}, "
+            f"got {vocab_size!r}"
+        )
+    if kind == "word":
+        return VocabTokenizer("word", _word_vocab(text, vocab_size), unknown=unknown)
+    backend = (_train_bpe if kind == "bpe" else _train_unigram)(text, vocab_size)
+    # HF's JSON reader can move a unigram score by one ulp; going through it once here makes the
+    # trained tokenizer the very one that a save and load give back.
+    return HFTokenizer(kind, hf.Tokenizer.from_str(backend.to_str()), unknown=unknown)
+
+
+def _word_vocab(text: str, vocab_size: int | None) -> list[str]:
+    """``<unk>``, then the words of ``text`` by falling count, ties in order of first occurrence."""
+    counts = Counter(WORD.findall(text))
+    counts.pop(UNK, None)
+    if not counts:
+        raise DataError("the word tokenizer's training text is all whitespace; pass some words")
+    most_common = counts.most_common(None if vocab_size is None else vocab_size - 1)
+    return [UNK, *(word for word, _ in most_common)]
+
+
+def _train_bpe(text: str, vocab_size: int) -> hf.Tokenizer:
+    backend = hf.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator([text], trainer)
+    return backend
+
+
+def _train_unigram(text: str, vocab_size: int) -> hf.Tokenizer:
+    backend = hf.Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    backend.decoder = decoders.Metaspace(prepend_scheme="never")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, unk_token=UNK, special_tokens=[UNK], show_progress=False
+    )
+    n_symbols = len(set(text.replace(" ", "▁")))
+    too_small = ConfigError(
+        f"unigram vocab_size {vocab_size} cannot hold the {n_symbols} distinct characters of the "
+        f"training text plus <unk>; use a vocab_size of at least {n_symbols + 2}"
+    )
+    try:
+        backend.train_from_iterator([text], trainer)
+    except Exception as error:  # HF's bare Exception: "not large enough to contain all chars"
+        raise too_small from error
+    if backend.get_vocab_size() > vocab_size:  # HF overshoots just above the character count
+        raise too_small
+    return backend
+
+
+def tokenizer_from_json(data: str) -> Tokenizer:
+    """Rebuild a tokenizer from ``Tokenizer.to_json()`` output; DataError if it is not one."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as error:
+        raise DataError(f"tokenizer JSON is malformed ({error}); save it again") from error
+    if not isinstance(payload, dict) or payload.get("seqlab_tokenizer") != FORMAT_VERSION:
+        raise DataError(
+            f'not a seqlab tokenizer: expected a JSON object with "seqlab_tokenizer": '
+            f"{FORMAT_VERSION}"
+        )
+    kind, unknown = payload.get("kind"), payload.get("unknown")
+    if kind not in KINDS or unknown not in UNKNOWN_POLICIES:
+        raise DataError(
+            f"tokenizer JSON has kind {kind!r} and unknown {unknown!r}; "
+            f"expected a kind in {KINDS} and an unknown policy in {UNKNOWN_POLICIES}"
+        )
+    if kind in ("char", "word"):
+        vocab = payload.get("vocab")
+        if not (isinstance(vocab, list) and vocab[:1] == [UNK]
+                and all(isinstance(piece, str) for piece in vocab)):
+            raise DataError(f'{kind} tokenizer JSON needs "vocab", strings starting with "{UNK}"')
+        return VocabTokenizer(kind, vocab, unknown=unknown)
+    try:
+        backend = hf.Tokenizer.from_str(json.dumps(payload["hf_tokenizer"]))
+    except Exception as error:  # KeyError, or HF's bare Exception for a bad tokenizer description
+        raise DataError(f'{kind} tokenizer JSON has no valid "hf_tokenizer" ({error!r})') from error
+    model_name = type(backend.model).__name__
+    if model_name.lower() != kind:
+        raise DataError(f"{kind} tokenizer JSON holds an HF {model_name} model")
+    return HFTokenizer(kind, backend, unknown=unknown)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer ``Tokenizer.save`` wrote; DataError if the file is missing or malformed."""
+    path = Path(path)
+    try:
+        data = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read tokenizer file {str(path)!r}: {error}") from error
+    try:
+        return tokenizer_from_json(data)
+    except DataError as error:
+        raise DataError(f"tokenizer file {str(path)!r}: {error}") from error
+
+
+def _check_policy(unknown: str) -> UnknownPolicy:
+    if unknown not in UNKNOWN_POLICIES:
+        raise ConfigError(f"unknown must be 'replace' or 'error', got {unknown!r}")
+    return unknown

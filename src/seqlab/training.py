@@ -1,0 +1,341 @@
+"""The Trainer: one loop for every neural model and task.
+
+Each optimizer step draws one global batch of ``batch_size`` sequences, splits it across the
+DDP processes and then into ``grad_accum`` micro-batches, and averages their gradients; so the
+step taken does not depend on how many processes or micro-batches computed it. Then:
+
+- the global gradient norm is measured and, with ``grad_clip``, clipped to it (Pascanu et al.
+  2013); the pre-clip norm is logged at every step;
+- AdamW (Loshchilov and Hutter 2019) steps with the learning rate of a linear warm-up followed
+  by a cosine decay to ``min_lr_ratio * lr`` (Loshchilov and Hutter 2017);
+- every ``eval_every`` steps the validation loss is measured, the checkpoint is written
+  atomically, and training stops early after ``patience`` evaluations without improvement.
+
+A NaN or infinite loss or gradient stops training with ``TrainingError``; the last checkpoint,
+written before the bad step, is left as it was. With ``budget_seconds`` training stops when
+the training time runs out, and the schedule anneals by whichever of steps or time is closer
+to its end, so a time-limited run still decays its learning rate. Resuming restores the
+weights, the optimizer, the step and every random number generator, so 10 + resume + 10 steps
+give the same weights as 20.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from seqlab import checkpoint, distributed
+from seqlab.errors import CheckpointError, ConfigError, TrainingError
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        steps: optimizer steps (the schedule's length).
+        batch_size: sequences per optimizer step, over all processes and micro-batches.
+        lr: peak learning rate.
+        min_lr_ratio: the cosine decay ends at ``lr * min_lr_ratio``.
+        warmup_steps: steps of linear warm-up from ``lr / warmup_steps`` to ``lr``.
+        weight_decay: AdamW decoupled weight decay, applied to matrices only (not to biases
+            and normalisation gains).
+        betas: AdamW moment decay rates.
+        grad_clip: clip the global gradient norm to this value; None measures without clipping.
+        precision: "bf16" runs forward and loss under bfloat16 autocast; weights stay fp32.
+        grad_accum: micro-batches per step; must divide the per-process batch.
+        eval_every: steps between validation evaluations (and checkpoints).
+        eval_batches: validation batches per evaluation; None reads the whole split.
+        patience: stop after this many evaluations without a better validation loss.
+        budget_seconds: stop when this much training time has passed.
+        seed: seeds the batch sampler and the model's random layers (dropout).
+        device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
+        progress: show a progress bar.
+    """
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float | None = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    grad_accum: int = 1
+    eval_every: int = 200
+    eval_batches: int | None = 20
+    patience: int | None = None
+    budget_seconds: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "eval_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
+        if self.budget_seconds is not None and not self.budget_seconds > 0:
+            raise ConfigError(f"budget must be > 0 seconds, got {self.budget_seconds}")
+        for name in ("grad_clip", "patience", "eval_batches"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0 or None, got {value}")
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: its history, throughput and why it stopped."""
+
+    history: list[dict[str, float]] = field(default_factory=list)   # one row per evaluation
+    steps: int = 0
+    train_seconds: float = 0.0
+    tokens_seen: int = 0
+    clipped_steps: int = 0
+    stopped_by: str = "steps"         # "steps", "budget", "patience" or "stop_at"
+    best_valid_loss: float = math.inf
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float | None = None) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``.
+
+    ``progress`` in [0, 1], when given, is how far the decay has gone (for time budgets);
+    otherwise it is ``(step - warmup) / (steps - warmup)``.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if progress is None:
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+class Trainer:
+    """Trains ``model`` on ``task`` and, with ``out_dir``, keeps an atomic checkpoint there.
+
+    The task supplies ``train_batch(batch_size, generator)``, ``loss(model, batch)``,
+    ``evaluate(model, split, ...)`` and ``spec()``, and holds the ``tokenizer``.
+    """
+
+    def __init__(self, model: nn.Module, task: Any, config: TrainConfig, out_dir: str | Path | None = None):
+        self.config = config
+        self.task = task
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.group = distributed.join(config.device)
+        self.model = model.to(self.group.device)
+        per_process, remainder = divmod(config.batch_size, self.group.world_size * config.grad_accum)
+        if remainder or per_process == 0:
+            raise ConfigError(
+                f"batch_size {config.batch_size} must be a multiple of processes x grad_accum "
+                f"({self.group.world_size} x {config.grad_accum})"
+            )
+        self.micro_batch_size = per_process
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr, betas=config.betas,
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed + self.group.rank)
+        self.result = TrainResult()
+        self.step = 0
+        self._evals_without_improvement = 0
+        self._last: dict[str, float] = {}
+
+    def fit(self, *, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+        """Train to ``config.steps`` (or ``stop_at``, checkpointing there), and return the result."""
+        if resume:
+            self._restore()
+        trained = self.model
+        if self.group.world_size > 1:
+            trained = DistributedDataParallel(self.model)
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        end = min(self.config.steps, stop_at) if stop_at is not None else self.config.steps
+        bar = tqdm(total=self.config.steps, initial=self.step, disable=not (self.config.progress and self.group.is_main),
+                   desc=getattr(self.model, "registry_name", "train"), unit="step", dynamic_ncols=True)
+        self.model.train()
+        try:
+            while self.step < end:
+                if self._budget_spent():
+                    self.result.stopped_by = "budget"
+                    break
+                started = time.perf_counter()
+                lr = learning_rate(self.config, self.step, self._time_progress())
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, n_tokens = self._accumulate_gradients(trained)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    parameters, self.config.grad_clip if self.config.grad_clip else math.inf
+                )
+                loss_value, norm_value = loss.item(), grad_norm.item()
+                if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                    raise TrainingError(
+                        f"loss became {loss_value} (gradient norm {norm_value}) at step {self.step + 1}; "
+                        "lower the learning rate or use --grad-clip; the last good checkpoint is kept"
+                    )
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.result.clipped_steps += bool(self.config.grad_clip and norm_value > self.config.grad_clip)
+                self.result.tokens_seen += n_tokens
+                self.result.train_seconds += time.perf_counter() - started
+                self._last = {"train_loss": loss_value, "grad_norm": norm_value, "lr": lr}
+                bar.update(1)
+                if self.step % 10 == 0 or self.step == end:
+                    bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{self.result.tokens_per_second:,.0f}",
+                                    refresh=False)
+                if self.step % self.config.eval_every == 0 or self.step == end:
+                    if self._evaluate_and_checkpoint():
+                        self.result.stopped_by = "patience"
+                        break
+            else:
+                self.result.stopped_by = "stop_at" if end < self.config.steps else "steps"
+            if self.result.stopped_by == "budget" and self._needs_final_evaluation():
+                self._evaluate_and_checkpoint()
+        finally:
+            bar.close()
+            self.group.close()
+        self.result.steps = self.step
+        return self.result
+
+    def _accumulate_gradients(self, trained: nn.Module) -> tuple[Tensor, int]:
+        """Forward and backward over this process's micro-batches; the mean loss and token count."""
+        global_batch = self.task.train_batch(self.config.batch_size, self.generator)
+        rank_rows = slice(self.group.rank * self.config.batch_size // self.group.world_size,
+                          (self.group.rank + 1) * self.config.batch_size // self.group.world_size)
+        local = [part[rank_rows] for part in global_batch]
+        total = torch.zeros((), device=self.group.device)
+        for index in range(self.config.grad_accum):
+            rows = slice(index * self.micro_batch_size, (index + 1) * self.micro_batch_size)
+            micro = [part[rows].to(self.group.device, non_blocking=True) for part in local]
+            last = index == self.config.grad_accum - 1
+            sync = contextlib.nullcontext() if last or not isinstance(trained, DistributedDataParallel) \
+                else trained.no_sync()
+            with sync, self._autocast():
+                loss = self.task.loss(trained, micro) / self.config.grad_accum
+            loss.backward()
+            total += loss.detach()
+        return total, global_batch[-1].numel()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.group.device.type, dtype=torch.bfloat16,
+                              enabled=self.config.precision == "bf16")
+
+    def _evaluate_and_checkpoint(self) -> bool:
+        """Evaluate on the validation split, log, checkpoint; True when patience has run out."""
+        metrics = self.task.evaluate(self.model, "valid", batch_size=self.micro_batch_size * self.config.grad_accum,
+                                     max_batches=self.config.eval_batches)
+        self.model.train()
+        row = {"step": self.step, "train_seconds": self.result.train_seconds, **self._last,
+               "valid_loss": metrics["loss"], "valid_bpc": metrics["bpc"]}
+        self.result.history.append(row)
+        if metrics["loss"] < self.result.best_valid_loss:
+            self.result.best_valid_loss = metrics["loss"]
+            self._evals_without_improvement = 0
+        else:
+            self._evals_without_improvement += 1
+        self._save()
+        return self.config.patience is not None and self._evals_without_improvement >= self.config.patience
+
+    def _needs_final_evaluation(self) -> bool:
+        return not self.result.history or self.result.history[-1]["step"] != self.step
+
+    def _budget_spent(self) -> bool:
+        budget = self.config.budget_seconds
+        return budget is not None and self.result.train_seconds >= budget
+
+    def _time_progress(self) -> float | None:
+        """How far a time budget has gone, as a decay fraction, when it runs ahead of the steps."""
+        budget = self.config.budget_seconds
+        if budget is None or self.step < self.config.warmup_steps:
+            return None
+        by_steps = (self.step - self.config.warmup_steps) / max(1, self.config.steps - self.config.warmup_steps)
+        return max(by_steps, self.result.train_seconds / budget)
+
+    def _save(self) -> None:
+        if self.out_dir is None:
+            return
+        if self.group.is_main:
+            checkpoint.save_checkpoint(
+                self.out_dir, self.model, self.task.tokenizer,
+                info={"task": self.task.spec(), "train": dataclasses.asdict(self.config),
+                      "step": self.step, "history": self.result.history},
+                trainer_state=self._trainer_state(),
+            )
+        self.group.barrier()
+
+    def _trainer_state(self) -> dict[str, Any]:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "train_seconds": self.result.train_seconds,
+            "tokens_seen": self.result.tokens_seen,
+            "clipped_steps": self.result.clipped_steps,
+            "best_valid_loss": self.result.best_valid_loss,
+            "evals_without_improvement": self._evals_without_improvement,
+            "sampler_rng": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _restore(self) -> None:
+        """Load weights, optimizer, counters and RNG states from ``out_dir``."""
+        if self.out_dir is None:
+            raise ConfigError("resume needs an output directory holding the run")
+        checkpoint.check_output_directory(self.out_dir, resume=True, overwrite=False)
+        loaded = checkpoint.load_checkpoint(self.out_dir, device="cpu", with_trainer_state=True)
+        if loaded.info["model"] != getattr(self.model, "registry_name", None):
+            raise CheckpointError(f"{self.out_dir} holds a {loaded.info['model']!r} run, not this model")
+        self.model.load_state_dict(loaded.model.state_dict())
+        state = loaded.trainer_state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.result.train_seconds = float(state["train_seconds"])
+        self.result.tokens_seen = int(state["tokens_seen"])
+        self.result.clipped_steps = int(state["clipped_steps"])
+        self.result.best_valid_loss = float(state["best_valid_loss"])
+        self.result.history = list(loaded.info.get("history", []))
+        self._evals_without_improvement = int(state["evals_without_improvement"])
+        self.generator.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._last = self.result.history[-1] if self.result.history else {}
+
+
+def fit(model: nn.Module, task: Any, out_dir: str | Path | None = None, **options: Any) -> Any:
+    """Train ``model`` on ``task`` however it trains.
+
+    Models with a closed-form or EM fit (n-gram, HMM, ...) define ``fit(task, **options)``;
+    every other model goes through the one ``Trainer`` with ``TrainConfig(**options)``.
+    """
+    own_fit = getattr(model, "fit", None)
+    if callable(own_fit):
+        return own_fit(task, **options)
+    from seqlab.registry import make_config
+
+    return Trainer(model, task, make_config(TrainConfig, options), out_dir).fit()

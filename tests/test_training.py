@@ -1,0 +1,173 @@
+import math
+
+import pytest
+import torch
+
+from seqlab.checkpoint import load_checkpoint
+from seqlab.errors import ConfigError, TrainingError
+from seqlab.training import TrainConfig, Trainer, learning_rate
+
+from helpers import tiny_lstm, tiny_task, weights
+
+
+def config(**overrides) -> TrainConfig:
+    defaults = dict(steps=20, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=10, eval_batches=2,
+                    progress=False, device="cpu")
+    return TrainConfig(**{**defaults, **overrides})
+
+
+@pytest.fixture(scope="module")
+def task():
+    return tiny_task()
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine():
+    cfg = TrainConfig(steps=110, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert [learning_rate(cfg, s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert learning_rate(cfg, 10) == pytest.approx(1.0)
+    assert learning_rate(cfg, 60) == pytest.approx(0.1 + 0.9 * 0.5)       # half way: cos(pi/2) = 0
+    assert learning_rate(cfg, 110) == pytest.approx(0.1)
+    decay = [learning_rate(cfg, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert learning_rate(cfg, 20, progress=1.0) == pytest.approx(0.1)      # a spent time budget
+
+
+def test_training_lowers_the_validation_loss(task):
+    model = tiny_lstm(task)
+    before = task.evaluate(model, "valid", max_batches=4)["loss"]
+    result = Trainer(model, task, config(steps=80, eval_every=40)).fit()
+    after = task.evaluate(model, "valid", max_batches=4)["loss"]
+    assert after < before - 0.5, (before, after)
+    assert [row["step"] for row in result.history] == [40, 80]
+    assert result.tokens_seen == 80 * 8 * task.context
+    assert result.stopped_by == "steps"
+
+
+def test_gradient_accumulation_equals_one_large_batch(task):
+    plain, accumulated = tiny_lstm(task), tiny_lstm(task)
+    Trainer(plain, task, config(steps=3, batch_size=8, grad_accum=1)).fit()
+    Trainer(accumulated, task, config(steps=3, batch_size=8, grad_accum=4)).fit()
+    for name, tensor in weights(plain).items():
+        torch.testing.assert_close(weights(accumulated)[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_size_must_split_evenly_into_micro_batches(task):
+    with pytest.raises(ConfigError, match="multiple"):
+        Trainer(tiny_lstm(task), task, config(batch_size=6, grad_accum=4))
+
+
+def test_pre_clip_norm_is_logged_and_gradients_are_clipped(task):
+    model = tiny_lstm(task)
+    reference = tiny_lstm(task)
+    batch = task.train_batch(8, torch.Generator().manual_seed(0))       # the trainer's first batch
+    task.loss(reference, batch).backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters()]))
+
+    trainer = Trainer(model, task, config(steps=1, eval_every=1, grad_clip=0.05))
+    seen = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(
+            torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()))
+    result = trainer.fit()
+    assert result.history[0]["grad_norm"] == pytest.approx(expected.item(), rel=1e-5)
+    assert expected > 0.05 and seen == [pytest.approx(0.05, rel=1e-4)]
+    assert result.clipped_steps == 1
+
+
+def test_resume_continues_exactly(task, tmp_path):
+    # Dropout on: resuming must restore the RNG that drives it, not only weights and optimizer.
+    straight = tiny_lstm(task, dropout=0.2)
+    Trainer(straight, task, config(steps=20, eval_every=5)).fit()
+
+    first = tiny_lstm(task, dropout=0.2)
+    result = Trainer(first, task, config(steps=20, eval_every=5), tmp_path / "run").fit(stop_at=10)
+    assert result.steps == 10 and result.stopped_by == "stop_at"
+    resumed = tiny_lstm(task, dropout=0.2, seed=123)                   # different initial weights
+    result = Trainer(resumed, task, config(steps=20, eval_every=5), tmp_path / "run").fit(resume=True)
+    assert result.steps == 20
+    assert [row["step"] for row in result.history] == [5, 10, 15, 20]
+    for name, tensor in weights(straight).items():
+        assert torch.equal(weights(resumed)[name], tensor), name
+
+
+class NaNAfter:
+    """Wraps a task so that its training loss becomes NaN from step ``bad_step`` on."""
+
+    def __init__(self, task, bad_step):
+        self.task, self.bad_step, self.calls = task, bad_step, 0
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def loss(self, model, batch):
+        self.calls += 1
+        loss = self.task.loss(model, batch)
+        return loss * math.nan if self.calls >= self.bad_step else loss
+
+
+def test_nan_loss_stops_with_error_and_keeps_last_good_checkpoint(task, tmp_path):
+    model = tiny_lstm(task)
+    trainer = Trainer(model, NaNAfter(task, bad_step=6), config(steps=20, eval_every=4), tmp_path / "run")
+    with pytest.raises(TrainingError, match="step 6"):
+        trainer.fit()
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved.info["step"] == 4
+    reference = tiny_lstm(task)
+    Trainer(reference, task, config(steps=20)).fit(stop_at=4)
+    for name, tensor in weights(reference).items():
+        assert torch.equal(saved.model.state_dict()[name], tensor), name
+
+
+def test_budget_stops_training(task):
+    result = Trainer(tiny_lstm(task), task, config(steps=10**6, budget_seconds=0.5)).fit()
+    assert result.stopped_by == "budget"
+    assert 0.5 <= result.train_seconds < 5.0
+    assert result.history and result.history[-1]["step"] == result.steps
+
+
+def test_budget_must_be_positive():
+    with pytest.raises(ConfigError, match="budget"):
+        TrainConfig(budget_seconds=0)
+
+
+class WorseningValidation:
+    """A task whose validation loss gets worse at every evaluation after the first."""
+
+    def __init__(self, task):
+        self.task, self.evaluations = task, 0
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def evaluate(self, model, split, **options):
+        self.evaluations += 1
+        return {"loss": float(self.evaluations), "bpc": float(self.evaluations)}
+
+
+def test_early_stopping_after_patience_evaluations(task):
+    wrapped = WorseningValidation(task)
+    result = Trainer(tiny_lstm(task), wrapped, config(steps=100, eval_every=2, patience=3)).fit()
+    assert result.stopped_by == "patience"
+    assert result.steps == 8 and wrapped.evaluations == 4
+    assert result.best_valid_loss == 1.0
+
+
+class RecordingDtype:
+    def __init__(self, task):
+        self.task, self.dtypes = task, []
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def loss(self, model, batch):
+        self.dtypes.append(model(batch[0]).dtype)
+        return self.task.loss(model, batch)
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16(task):
+    recording = RecordingDtype(task)
+    model = tiny_lstm(task)
+    result = Trainer(model, recording, config(steps=30, precision="bf16", eval_every=30)).fit()
+    assert set(recording.dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert result.history[-1]["valid_loss"] < math.log(task.vocab_size)
