@@ -5,7 +5,8 @@ import torch
 
 from seqlab.checkpoint import load_checkpoint
 from seqlab.errors import ConfigError, TrainingError
-from seqlab.training import TrainConfig, Trainer, learning_rate
+from seqlab.contracts import CausalLM
+from seqlab.training import TrainConfig, Trainer, fit, learning_rate
 
 from helpers import tiny_lstm, tiny_task, weights
 
@@ -171,3 +172,49 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16(task):
     assert set(recording.dtypes) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert result.history[-1]["valid_loss"] < math.log(task.vocab_size)
+
+
+def test_time_based_evaluation(task):
+    result = Trainer(tiny_lstm(task), task, config(steps=5, eval_every=1000, eval_every_seconds=1e-9)).fit()
+    assert [row["step"] for row in result.history] == [1, 2, 3, 4, 5]
+
+
+class CountingUnigram(CausalLM):
+    """A model with a closed-form fit: add-one unigram frequencies of the training block."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.log_probs = torch.nn.Parameter(torch.full((vocab_size,), -math.log(vocab_size)))
+
+    def fit(self, task):
+        counts = torch.bincount(task.splits["train"].ids, minlength=self.vocab_size) + 1.0
+        self.log_probs.data = (counts / counts.sum()).log()
+        return self
+
+    def forward(self, tokens):
+        return self.log_probs.expand(*tokens.shape, -1)
+
+    def init_state(self, batch_size):
+        return None
+
+    def step(self, token, state):
+        return self.log_probs.expand(len(token), -1), state
+
+
+def test_fit_dispatches_to_a_models_own_fit(task):
+    model = CountingUnigram(task.vocab_size)
+    result = fit(model, task)
+    valid = task.splits["valid"].ids[1:]
+    expected = -model.log_probs[valid].mean().item()
+    assert result.history[0]["valid_loss"] == pytest.approx(expected, rel=1e-5)
+    assert expected < math.log(task.vocab_size) - 0.5
+    assert result.steps == 0 and result.tokens_seen == task.train_tokens
+
+
+def test_fit_trains_a_neural_model_with_the_trainer(task):
+    model = tiny_lstm(task)
+    result = fit(model, task, steps=3, batch_size=4, eval_every=3, progress=False, device="cpu")
+    assert result.steps == 3 and result.tokens_seen == 3 * 4 * task.context
+    with pytest.raises(ConfigError, match="unknown key 'stepz'"):
+        fit(model, task, stepz=3)

@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="train several models on one task and report")
     compare.add_argument("--models", help="comma-separated names (default: every LM that fits)")
-    _task_arguments(compare)
+    _task_arguments(compare, context=64)     # short windows: more steps in a CPU budget
     compare.add_argument("--budget", type=float, default=120.0, help="total training seconds, split equally")
     compare.add_argument("--steps", type=int, help="cap on steps per model (the budget still applies)")
     compare.add_argument("--out", default="runs/compare", help="report directory")
@@ -84,11 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _task_arguments(parser: argparse.ArgumentParser) -> None:
+def _task_arguments(parser: argparse.ArgumentParser, context: int = 128) -> None:
     parser.add_argument("--task", default="lm", choices=("lm",), help="task (more arrive with their families)")
     parser.add_argument("--data", help="UTF-8 text file (default: the built-in pydoc-topics corpus)")
     parser.add_argument("--tokenizer", default="char", help="char, word, bpe or unigram")
-    parser.add_argument("--context", type=int, default=128, help="context window in tokens")
+    parser.add_argument("--context", type=int, default=context, help="context window in tokens")
     parser.add_argument("--vocab-size", type=int, help="vocabulary size for word/bpe/unigram")
 
 

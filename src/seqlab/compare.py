@@ -24,7 +24,7 @@ from seqlab import registry
 from seqlab.data.corpora import load_corpus
 from seqlab.errors import ConfigError
 from seqlab.tasks.lm import LanguageModeling
-from seqlab.training import TrainConfig, Trainer
+from seqlab.training import TrainConfig, Trainer, fit
 
 SAMPLE_CHARACTERS = 200
 
@@ -141,16 +141,20 @@ def run_one(
     task = task_options.build()
     baseline_mb = _resident_mb()
     model = registry.build_for_task(name, task.model_defaults(), overrides)
-    options = {"steps": 1_000_000, "eval_every": 50, "eval_batches": 10, "progress": progress,
-               **getattr(model, "train_defaults", {}), **train_options, "budget_seconds": budget_seconds}
-    config = registry.make_config(TrainConfig, options)
-    trainer = Trainer(model, task, config)
-    if trainer.group.device.type == "cuda":
+    on_cuda = torch.cuda.is_available() and train_options.get("device", "auto") != "cpu"
+    if on_cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = trainer.fit()
+    if callable(getattr(model, "fit", None)):        # closed-form or EM fit: no budget to share
+        result = fit(model, task)
+    else:
+        # Evaluate about 15 times whatever the step rate, so every curve has the same detail.
+        options = {"steps": 1_000_000, "warmup_steps": 20, "eval_every": 1_000_000,
+                   "eval_every_seconds": budget_seconds / 15, "eval_batches": 10, "progress": progress,
+                   **getattr(model, "train_defaults", {}), **train_options, "budget_seconds": budget_seconds}
+        result = Trainer(model, task, registry.make_config(TrainConfig, options)).fit()
     test = task.evaluate(model, "test", batch_size=32)
     sample, generate_rate = _sample(model, task)
-    if trainer.group.device.type == "cuda":
+    if on_cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = _peak_resident_mb() - baseline_mb
@@ -176,9 +180,12 @@ def _sample(model: torch.nn.Module, task: LanguageModeling) -> tuple[str, float]
 
 
 def _resident_mb() -> float:
-    """Current resident set size of this process."""
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
+    """Current resident set size of this process (its peak so far where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except OSError:
+        return _peak_resident_mb()
     return pages * resource.getpagesize() / 2**20
 
 

@@ -56,6 +56,8 @@ class TrainConfig:
         grad_accum: micro-batches per step; must divide the per-process batch.
         eval_every: steps between validation evaluations (and checkpoints).
         eval_batches: validation batches per evaluation; None reads the whole split.
+        eval_every_seconds: also evaluate whenever this much training time has passed since
+            the last evaluation (for time-budgeted runs, whose step rate is not known ahead).
         patience: stop after this many evaluations without a better validation loss.
         budget_seconds: stop when this much training time has passed.
         seed: seeds the batch sampler and the model's random layers (dropout).
@@ -75,6 +77,7 @@ class TrainConfig:
     grad_accum: int = 1
     eval_every: int = 200
     eval_batches: int | None = 20
+    eval_every_seconds: float | None = None
     patience: int | None = None
     budget_seconds: float | None = None
     seed: int = 0
@@ -92,7 +95,7 @@ class TrainConfig:
             raise ConfigError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
         if self.budget_seconds is not None and not self.budget_seconds > 0:
             raise ConfigError(f"budget must be > 0 seconds, got {self.budget_seconds}")
-        for name in ("grad_clip", "patience", "eval_batches"):
+        for name in ("grad_clip", "patience", "eval_batches", "eval_every_seconds"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be > 0 or None, got {value}")
@@ -206,7 +209,7 @@ class Trainer:
                 if self.step % 10 == 0 or self.step == end:
                     bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{self.result.tokens_per_second:,.0f}",
                                     refresh=False)
-                if self.step % self.config.eval_every == 0 or self.step == end:
+                if self._evaluation_due(end):
                     if self._evaluate_and_checkpoint():
                         self.result.stopped_by = "patience"
                         break
@@ -258,6 +261,13 @@ class Trainer:
             self._evals_without_improvement += 1
         self._save()
         return self.config.patience is not None and self._evals_without_improvement >= self.config.patience
+
+    def _evaluation_due(self, end: int) -> bool:
+        if self.step % self.config.eval_every == 0 or self.step == end:
+            return True
+        interval = self.config.eval_every_seconds
+        last = self.result.history[-1]["train_seconds"] if self.result.history else 0.0
+        return interval is not None and self.result.train_seconds - last >= interval
 
     def _needs_final_evaluation(self) -> bool:
         return not self.result.history or self.result.history[-1]["step"] != self.step
@@ -327,15 +337,25 @@ class Trainer:
         self._last = self.result.history[-1] if self.result.history else {}
 
 
-def fit(model: nn.Module, task: Any, out_dir: str | Path | None = None, **options: Any) -> Any:
-    """Train ``model`` on ``task`` however it trains.
+def fit(model: nn.Module, task: Any, out_dir: str | Path | None = None, **options: Any) -> TrainResult:
+    """Train ``model`` on ``task`` however it trains, and say how it went.
 
-    Models with a closed-form or EM fit (n-gram, HMM, ...) define ``fit(task, **options)``;
-    every other model goes through the one ``Trainer`` with ``TrainConfig(**options)``.
+    Models with a closed-form or EM fit (n-gram, HMM, ...) define ``fit(task, **options)`` and
+    are timed and evaluated here; every other model goes through the one ``Trainer`` with
+    ``TrainConfig(**options)``. Either way a checkpoint is written to ``out_dir`` when given.
     """
     own_fit = getattr(model, "fit", None)
-    if callable(own_fit):
-        return own_fit(task, **options)
-    from seqlab.registry import make_config
+    if not callable(own_fit):
+        from seqlab.registry import make_config
 
-    return Trainer(model, task, make_config(TrainConfig, options), out_dir).fit()
+        return Trainer(model, task, make_config(TrainConfig, options), out_dir).fit()
+    started = time.perf_counter()
+    own_fit(task, **options)
+    seconds = time.perf_counter() - started
+    metrics = task.evaluate(model, "valid")
+    row = {"step": 0, "train_seconds": seconds, "valid_loss": metrics["loss"], "valid_bpc": metrics["bpc"]}
+    if out_dir is not None:
+        checkpoint.save_checkpoint(out_dir, model, task.tokenizer,
+                                   info={"task": task.spec(), "train": options, "step": 0, "history": [row]})
+    return TrainResult(history=[row], train_seconds=seconds, tokens_seen=task.train_tokens,
+                       best_valid_loss=metrics["loss"])

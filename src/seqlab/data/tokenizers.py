@@ -30,6 +30,7 @@ becomes one ``<unk>``), ``"error"`` raises a ``DataError`` naming the first one.
 
 from __future__ import annotations
 
+import abc
 import json
 import re
 from collections import Counter
@@ -55,7 +56,7 @@ MIN_VOCAB_SIZE = {"word": 2, "bpe": 256, "unigram": 2}  # bpe: the 256 byte symb
 WORD = re.compile(r"\S+")
 
 
-class Tokenizer:
+class Tokenizer(abc.ABC):
     """Text to token ids and back; the shared part of every kind.
 
     A subclass provides ``_tokenize`` (ids with their character spans), ``_decode`` (valid ids
@@ -142,15 +143,17 @@ class Tokenizer:
             f"{self.kind} tokenizer's vocabulary; use {self.unit}s seen in training"
         )
 
+    @abc.abstractmethod
     def _tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N,) int64 ids, (N,) int64 start and (N,) int64 end character offsets of each token."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _decode(self, ids: list[int]) -> str:
-        raise NotImplementedError
+        """Text of ids already checked to be in range."""
 
+    @abc.abstractmethod
     def _payload(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """What ``to_json`` stores besides the kind and the policy."""
 
 
 class VocabTokenizer(Tokenizer):

@@ -84,6 +84,11 @@ class LanguageModeling:
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
+    @property
+    def train_tokens(self) -> int:
+        """Tokens in the training block."""
+        return len(self.splits["train"].ids)
+
     def model_defaults(self) -> dict[str, Any]:
         """Config values a model for this task must take: its vocabulary and context."""
         return {"vocab_size": self.vocab_size, "max_len": self.context}
