@@ -145,3 +145,12 @@ def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.model.eval()(tokens), model(tokens))
     assert loaded.tokenizer.encode("jihgfedcba") == tokenizer.encode("jihgfedcba")
+
+
+@pytest.mark.parametrize("name", LM_NAMES)
+def test_generation_runs_past_a_finite_context(name):
+    model = make(name)
+    limit = model.max_context or 64
+    generated = model.generate(random_tokens(1, 3, seed=7), 2 * limit, seed=0)
+    assert generated.shape == (1, 3 + 2 * limit)
+    assert int(generated.min()) >= 0 and int(generated.max()) < VOCAB

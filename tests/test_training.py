@@ -218,3 +218,9 @@ def test_fit_trains_a_neural_model_with_the_trainer(task):
     assert result.steps == 3 and result.tokens_seen == 3 * 4 * task.context
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
         fit(model, task, stepz=3)
+
+
+def test_progress_bar_shows_loss_and_tokens_per_second(task, capfd):
+    Trainer(tiny_lstm(task), task, config(steps=10, progress=True)).fit()
+    err = capfd.readouterr().err
+    assert "loss=" in err and "tok_s=" in err and "10/10" in err

@@ -136,7 +136,8 @@ def _train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0                       # under torchrun, only the first process reports
     print(f"trained {result.steps} steps in {result.train_seconds:.1f} s "
-          f"({result.tokens_per_second:,.0f} tokens/s), stopped by {result.stopped_by}; "
+          f"({result.tokens_per_second:,.0f} tokens/s, gradient clipped at {result.clipped_steps} steps), "
+          f"stopped by {result.stopped_by}; "
           f"valid loss {metrics.get('valid_loss', float('nan')):.4f}, "
           f"bpc {metrics.get('valid_bpc', float('nan')):.4f}; saved to {args.out}")
     return 0

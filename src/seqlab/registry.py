@@ -181,20 +181,13 @@ def _convert(config_class: type, key: str, value: Any, hint: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    elif hint in (int, float) and not isinstance(value, bool):
+        # An int is a float too; a float is not an int; strings are parsed.
+        if isinstance(value, int) or (hint is float and isinstance(value, float)):
+            return hint(value)
         if isinstance(value, str):
             try:
-                return int(value)
-            except ValueError:
-                pass
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
+                return hint(value)
             except ValueError:
                 pass
     elif hint is str:

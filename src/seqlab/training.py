@@ -176,8 +176,7 @@ class Trainer:
             trained = DistributedDataParallel(self.model)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         end = min(self.config.steps, stop_at) if stop_at is not None else self.config.steps
-        bar = tqdm(total=self.config.steps, initial=self.step, disable=not (self.config.progress and self.group.is_main),
-                   desc=getattr(self.model, "registry_name", "train"), unit="step", dynamic_ncols=True)
+        bar = self._progress_bar(end)
         self.model.train()
         try:
             while self.step < end:
@@ -205,7 +204,8 @@ class Trainer:
                 self.result.tokens_seen += n_tokens
                 self.result.train_seconds += time.perf_counter() - started
                 self._last = {"train_loss": loss_value, "grad_norm": norm_value, "lr": lr}
-                bar.update(1)
+                bar.update(1 if bar.unit == "step" else
+                           min(self.result.train_seconds, bar.total) - bar.n)
                 if self.step % 10 == 0 or self.step == end:
                     bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{self.result.tokens_per_second:,.0f}",
                                     refresh=False)
@@ -222,6 +222,20 @@ class Trainer:
             self.group.close()
         self.result.steps = self.step
         return self.result
+
+    def _progress_bar(self, end: int) -> tqdm:
+        """Counts steps, or training seconds when a time budget will end the run first."""
+        budget = self.config.budget_seconds
+        by_time = budget is not None and end - self.step > 10 * budget   # more steps than can fit
+        return tqdm(
+            total=budget if by_time else end,
+            initial=min(self.result.train_seconds, budget) if by_time else self.step,
+            unit="s" if by_time else "step",
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}{postfix}]" if by_time else None,
+            desc=getattr(self.model, "registry_name", "train"),
+            disable=not (self.config.progress and self.group.is_main),
+            mininterval=0.5, dynamic_ncols=True,
+        )
 
     def _accumulate_gradients(self, trained: nn.Module) -> tuple[Tensor, int]:
         """Forward and backward over this process's micro-batches; the mean loss and token count."""
