@@ -176,7 +176,9 @@ class Trainer:
             trained = DistributedDataParallel(self.model)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         end = min(self.config.steps, stop_at) if stop_at is not None else self.config.steps
-        bar = self._progress_bar(end)
+        budget = self.config.budget_seconds
+        by_time = budget is not None and end - self.step > 10 * budget   # more steps than can fit
+        bar = self._progress_bar(end, by_time)
         self.model.train()
         try:
             while self.step < end:
@@ -202,10 +204,14 @@ class Trainer:
                 self.step += 1
                 self.result.clipped_steps += bool(self.config.grad_clip and norm_value > self.config.grad_clip)
                 self.result.tokens_seen += n_tokens
-                self.result.train_seconds += time.perf_counter() - started
+                step_seconds = time.perf_counter() - started
+                self.result.train_seconds += step_seconds
                 self._last = {"train_loss": loss_value, "grad_norm": norm_value, "lr": lr}
-                bar.update(1 if bar.unit == "step" else
-                           min(self.result.train_seconds, bar.total) - bar.n)
+                if by_time:   # advance by this step's seconds, stopping at the budget
+                    bar.update(min(self.result.train_seconds, budget)
+                               - min(self.result.train_seconds - step_seconds, budget))
+                else:
+                    bar.update(1)
                 if self.step % 10 == 0 or self.step == end:
                     bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{self.result.tokens_per_second:,.0f}",
                                     refresh=False)
@@ -223,10 +229,9 @@ class Trainer:
         self.result.steps = self.step
         return self.result
 
-    def _progress_bar(self, end: int) -> tqdm:
+    def _progress_bar(self, end: int, by_time: bool) -> tqdm:
         """Counts steps, or training seconds when a time budget will end the run first."""
         budget = self.config.budget_seconds
-        by_time = budget is not None and end - self.step > 10 * budget   # more steps than can fit
         return tqdm(
             total=budget if by_time else end,
             initial=min(self.result.train_seconds, budget) if by_time else self.step,
