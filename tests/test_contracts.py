@@ -14,15 +14,33 @@ from hypothesis import given, settings, strategies as st
 from seqlab import registry
 from seqlab.checkpoint import load_checkpoint, save_checkpoint
 from seqlab.contracts import CausalLM
+from seqlab.data.corpora import Corpus
 from seqlab.data.tokenizers import train_tokenizer
+from seqlab.tasks.lm import LanguageModeling
 
 VOCAB = 11
 LM_NAMES = [entry.name for entry in registry.entries("lm")]
 
 
+def task_with_vocabulary(vocab_size: int) -> LanguageModeling:
+    """A character task whose vocabulary is ``<unk>`` and ``vocab_size - 1`` letters."""
+    letters = "abcdefghijklmnopqrstuvwxyz"[: vocab_size - 1]
+    generator = torch.Generator().manual_seed(vocab_size)
+    # A text with structure (each letter tends to follow the one before) for fitted models.
+    index = torch.randint(0, 3, (3000,), generator=generator).cumsum(0) % len(letters)
+    text = "".join(letters[i] for i in index.tolist())
+    task = LanguageModeling(Corpus("letters", text, None), "char", context=16)
+    assert task.vocab_size == vocab_size
+    return task
+
+
 def make(name: str, vocab_size: int = VOCAB) -> CausalLM:
+    """The model for a small task; models with a closed-form fit are fitted to it first."""
     torch.manual_seed(0)
-    model = registry.build_for_task(name, {"vocab_size": vocab_size, "max_len": 64}, {})
+    task = task_with_vocabulary(vocab_size)
+    model = registry.build_for_task(name, {**task.model_defaults(), "max_len": 64}, {})
+    if callable(getattr(model, "fit", None)):
+        model.fit(task)
     return model.eval()
 
 
@@ -137,6 +155,7 @@ def test_greedy_generation_equals_full_recompute(name):
 def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
     tokenizer = train_tokenizer("char", "abcdefghij")
     model = make(name, vocab_size=tokenizer.vocab_size)
+    assert tokenizer.vocab_size == VOCAB
     save_checkpoint(tmp_path / "run", model, tokenizer, info={})
     loaded = load_checkpoint(tmp_path / "run")
     tokens = random_tokens(2, 16, seed=6, vocab=tokenizer.vocab_size)

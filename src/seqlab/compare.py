@@ -151,7 +151,7 @@ def run_one(
         # Evaluate about 15 times whatever the step rate, so every curve has the same detail.
         options = {"steps": 1_000_000, "warmup_steps": 20, "eval_every": 1_000_000,
                    "eval_every_seconds": budget_seconds / 15, "eval_batches": 10, "progress": progress,
-                   **getattr(model, "train_defaults", {}), **train_options, "budget_seconds": budget_seconds}
+                   **model.train_defaults, **train_options, "budget_seconds": budget_seconds}
         result = Trainer(model, task, registry.make_config(TrainConfig, options)).fit()
     test = task.evaluate(model, "test", batch_size=32)
     sample, generate_rate = _sample(model, task)

@@ -16,7 +16,7 @@ families that implement them arrive with their issues.
 from __future__ import annotations
 
 import abc
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -30,10 +30,14 @@ class CausalLM(nn.Module, abc.ABC):
     Subclasses set ``vocab_size`` and implement ``forward``, ``init_state`` and ``step``.
     ``max_context`` is the longest prefix the model can condition on (``None``: unbounded);
     generation slides a window when a model with a finite context runs past it.
+    ``train_defaults`` holds ``TrainConfig`` values that suit the model (e.g. a learning rate),
+    used unless the caller gives others. A model with a closed-form or EM fit defines
+    ``fit(task) -> self`` instead, and ``seqlab.fit`` calls it rather than the Trainer.
     """
 
     vocab_size: int
     max_context: int | None = None
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     @abc.abstractmethod
     def forward(self, tokens: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from seqlab import checkpoint, registry
 from seqlab.compare import TaskOptions
 from seqlab.errors import ConfigError, DataError
 from seqlab.tasks.lm import LanguageModeling
-from seqlab.training import TrainConfig, Trainer, TrainResult
+from seqlab.training import TrainConfig, Trainer, TrainResult, fit
 
 TASKS = ("lm",)
 
@@ -29,13 +29,14 @@ def train_run(
     resume: bool = False,
     overwrite: bool = False,
 ) -> tuple[TrainResult, dict[str, float]]:
-    """Train ``model_name`` into ``out_dir`` and return the result and validation metrics.
+    """Train ``model_name`` into ``out_dir`` and return the result and the last validation row.
 
     With ``resume`` the model, task and training options come from the run in ``out_dir``;
-    ``train_options`` given here override the saved ones (e.g. more ``steps``).
+    ``train_options`` given here override the saved ones (e.g. more ``steps``). Models with a
+    closed-form fit take no training options beyond ``progress``.
     """
     checkpoint.check_output_directory(out_dir, resume=resume, overwrite=overwrite)
-    train_options = dict(train_options or {})
+    given = dict(train_options or {})
     if resume:
         loaded = checkpoint.load_checkpoint(out_dir)
         saved = loaded.info
@@ -45,16 +46,22 @@ def train_run(
             raise ConfigError("a resumed run keeps its model config; drop --set or start a new run")
         lm_task = LanguageModeling.from_spec(saved["task"], loaded.tokenizer)
         model = loaded.model
-        train_options = {**saved["train"], **train_options}
+        options = {**saved["train"], **given}
     else:
         if model_name is None:
             raise ConfigError("name the model to train, e.g. `seqlab train lstm --out DIR`")
         lm_task = (task or TaskOptions()).build()
-        torch.manual_seed(train_options.get("seed", 0))    # the same initial weights on every rank and rerun
+        torch.manual_seed(given.get("seed", 0))    # the same initial weights on every rank and rerun
         model = registry.build_for_task(model_name, lm_task.model_defaults(), model_overrides or {})
-        train_options = {**getattr(model, "train_defaults", {}), **train_options}
-    config = registry.make_config(TrainConfig, train_options)
-    result = Trainer(model, lm_task, config, out_dir).fit(resume=resume)
+        options = {**model.train_defaults, **given}
+    if callable(getattr(model, "fit", None)):
+        ignored = sorted(set(given) - {"progress"})
+        if ignored:
+            raise ConfigError(f"{model.registry_name} is fitted in closed form; drop --{ignored[0].replace('_', '-')}")
+        result = fit(model, lm_task, out_dir)
+    else:
+        config = registry.make_config(TrainConfig, options)
+        result = Trainer(model, lm_task, config, out_dir).fit(resume=resume)
     return result, (result.history[-1] if result.history else {})
 
 

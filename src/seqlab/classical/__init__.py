@@ -1,0 +1,1 @@
+"""Count-based and probabilistic sequence models: Markov chains, n-grams, HMMs, CRFs."""

@@ -1,0 +1,1 @@
+"""Algorithms several families share, each fast path with a reference beside it."""
