@@ -41,7 +41,7 @@ def test_bad_values_name_the_key(values, message):
 
 def test_build_and_unknown_names():
     model = registry.build("lstm", vocab_size=7, d_model=12, n_layers=3)
-    assert model.config.n_layers == 3 and model.lstm.num_layers == 3 and model.head.out_features == 7
+    assert model.config.n_layers == 3 and model.recurrent.module.num_layers == 3 and model.head.out_features == 7
     with pytest.raises(ConfigError, match=r"unknown model 'transfomer' \(did you mean 'transformer'\?\)"):
         registry.build("transfomer", vocab_size=7)
     with pytest.raises(ConfigError, match="d_model"):

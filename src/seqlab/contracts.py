@@ -64,21 +64,35 @@ class CausalLM(nn.Module, abc.ABC):
             (B, V) logits for the next token, and the new state.
         """
 
+    def forward_from(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """The parallel view continued from ``state``: logits for every position, and the state
+        after the last token. Truncated BPTT carries this state from one window to the next.
+
+        The default steps through ``tokens``; models with a parallel way (a fused RNN over a
+        whole window, a Transformer's cached attention) override it.
+
+        Args:
+            tokens: (B, T) token ids, T >= 1.
+            state: from ``init_state``, ``step`` or an earlier ``forward_from``.
+        Returns:
+            (B, T, V) logits, and the state after ``tokens[:, -1]``.
+        """
+        all_logits = []
+        for t in range(tokens.shape[1]):
+            logits, state = self.step(tokens[:, t], state)
+            all_logits.append(logits)
+        return torch.stack(all_logits, dim=1), state
+
     def prefill(self, tokens: Tensor) -> tuple[Tensor, State]:
         """Read a whole prompt: the logits after its last token, and the state there.
-
-        The default steps through ``tokens``; models with a parallel way to build their
-        state (a Transformer's key/value cache) override it.
 
         Args:
             tokens: (B, T) token ids, T >= 1.
         Returns:
             (B, V) logits for the token after ``tokens``, and the state.
         """
-        state = self.init_state(tokens.shape[0])
-        for t in range(tokens.shape[1]):
-            logits, state = self.step(tokens[:, t], state)
-        return logits, state
+        logits, state = self.forward_from(tokens, self.init_state(tokens.shape[0]))
+        return logits[:, -1], state
 
     def log_prob(self, tokens: Tensor) -> Tensor:
         """log p(tokens[:, 1:] | tokens[:, 0]) by the chain rule, in nats.

@@ -1,9 +1,12 @@
-"""Recurrent language models.
+"""Recurrent language models: Elman, Jordan, LSTM and GRU.
 
-The LSTM (Hochreiter and Schmidhuber 1997, with the forget gate of Gers et al. 2000) runs on
-torch's fused ``nn.LSTM``. Its recurrent view is the LSTM itself: the state is ``(h, c)`` and
-one step is the same cell applied to a length-one sequence, so both views share every weight
-and every kernel.
+    e_t = Embed(x_t),   h_t = Recurrent(e_t, h_{t-1}),   logits_t = W_out h_t + b
+
+over the layers of ``seqlab.layers.recurrent``: torch's fused kernels for Elman, LSTM and GRU,
+our unrolled cells for Jordan and peephole LSTMs. The recurrent view is the recurrence itself:
+the state is the layer's (h) or (h, c), and a step is the same layer over a length-one window,
+so both views share every weight and kernel. The output layer can share the embedding matrix
+(Press and Wolf 2017).
 
 Shapes: B batch, T time, D ``d_model``, L ``n_layers``, V ``vocab_size``.
 """
@@ -11,26 +14,28 @@ Shapes: B batch, T time, D ``d_model``, L ``n_layers``, V ``vocab_size``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from seqlab.contracts import CausalLM
 from seqlab.errors import ConfigError
+from seqlab.layers.recurrent import Recurrent, State
 from seqlab.registry import register
 
 
 @dataclass(frozen=True, kw_only=True)
-class LSTMConfig:
-    """LSTM language model.
+class RecurrentLMConfig:
+    """A recurrent language model.
 
     Attributes:
         vocab_size: number of token ids.
         d_model: embedding and hidden size.
-        n_layers: stacked LSTM layers.
+        n_layers: stacked recurrent layers.
         dropout: dropout on the embeddings, between layers and before the output layer (0 by
             default: short CPU runs underfit; raise it for long runs on small corpora).
-        tie_weights: share the embedding matrix with the output layer (Press and Wolf 2017).
+        tie_weights: share the embedding matrix with the output layer.
     """
 
     vocab_size: int
@@ -40,68 +45,113 @@ class LSTMConfig:
     tie_weights: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"LSTMConfig.{name} must be >= 1, got {getattr(self, name)}")
+        name = type(self).__name__
+        for field in ("vocab_size", "d_model", "n_layers"):
+            if getattr(self, field) < 1:
+                raise ConfigError(f"{name}.{field} must be >= 1, got {getattr(self, field)}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"LSTMConfig.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+
+    def cell_options(self) -> dict[str, Any]:
+        """Options of the recurrent cell beyond its size."""
+        return {}
 
 
-@register("lstm", task="lm", config=LSTMConfig)
-class LSTMLanguageModel(CausalLM):
-    """LSTM language model on torch's fused nn.LSTM."""
+@dataclass(frozen=True, kw_only=True)
+class ElmanConfig(RecurrentLMConfig):
+    """Elman RNN language model; ``nonlinearity`` is "tanh" or "relu"."""
 
-    def __init__(self, config: LSTMConfig):
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
+
+    def cell_options(self) -> dict[str, Any]:
+        return {"nonlinearity": self.nonlinearity}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JordanConfig(RecurrentLMConfig):
+    """Jordan network language model (its output, not its hidden state, is fed back)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LSTMConfig(RecurrentLMConfig):
+    """LSTM language model; ``peepholes`` adds Gers and Schmidhuber's peephole connections
+    (run on our cell, since torch's fused LSTM has none)."""
+
+    peepholes: bool = False
+
+    def cell_options(self) -> dict[str, Any]:
+        return {"peepholes": self.peepholes}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRUConfig(RecurrentLMConfig):
+    """GRU language model."""
+
+
+class RecurrentLanguageModel(CausalLM):
+    """Embedding, a recurrent stack and an output layer; subclasses name the cell."""
+
+    cell: ClassVar[str]
+
+    def __init__(self, config: RecurrentLMConfig):
         super().__init__()
         self.config = config
         self.vocab_size = config.vocab_size
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
-        self.lstm = nn.LSTM(
-            config.d_model, config.d_model, config.n_layers, batch_first=True,
-            dropout=config.dropout if config.n_layers > 1 else 0.0,
-        )
+        self.recurrent = Recurrent(self.cell, config.d_model, config.d_model, config.n_layers,
+                                   dropout=config.dropout, **config.cell_options())
         self.head = nn.Linear(config.d_model, config.vocab_size)
         if config.tie_weights:
             self.head.weight = self.embedding.weight
-        self._init_forget_bias()
-
-    def _init_forget_bias(self) -> None:
-        # Forget-gate bias 1 (Jozefowicz et al. 2015): the cell remembers by default at the start.
-        # torch orders the gates (input, forget, cell, output); the bias is b_ih + b_hh.
-        hidden = self.config.d_model
-        with torch.no_grad():
-            for name, bias in self.lstm.named_parameters():
-                if name.startswith("bias_ih"):
-                    bias[hidden:2 * hidden].fill_(1.0)
-                elif name.startswith("bias_hh"):
-                    bias[hidden:2 * hidden].zero_()
 
     def forward(self, tokens: Tensor) -> Tensor:
-        logits, _ = self._run(tokens, self.init_state(tokens.shape[0]))
+        logits, _ = self.forward_from(tokens, self.init_state(tokens.shape[0]))
         return logits
 
-    def init_state(self, batch_size: int) -> tuple[Tensor, Tensor]:
-        weight = self.embedding.weight
-        shape = (self.config.n_layers, batch_size, self.config.d_model)
-        return weight.new_zeros(shape), weight.new_zeros(shape)       # (h, c): (L, B, D) each
+    def init_state(self, batch_size: int) -> State:
+        return self.recurrent.init_state(batch_size)                 # (L, B, D), or (h, c)
 
-    def step(self, token: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        logits, state = self._run(token[:, None], state)             # (B, 1, V)
+    def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
+        logits, state = self.forward_from(token[:, None], state)     # (B, 1, V)
         return logits[:, 0], state
 
-    def prefill(self, tokens: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        logits, state = self._run(tokens, self.init_state(tokens.shape[0]))
-        return logits[:, -1], state
-
-    def _run(self, tokens: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Tokens (B, T) from ``state`` -> logits (B, T, V) and the state after the last token."""
+    def forward_from(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         embedded = self.dropout(self.embedding(tokens))               # (B, T, D)
         device = embedded.device.type
         if torch.is_autocast_enabled(device):
-            # Hand the fused LSTM inputs and state already in the autocast dtype: on CPU, oneDNN
-            # finds no bf16 LSTM kernel for the fp32 inputs that autocast would cast itself.
+            # Hand the fused kernels inputs and state already in the autocast dtype: on CPU,
+            # oneDNN finds no bf16 LSTM kernel for the fp32 inputs autocast would cast itself.
             dtype = torch.get_autocast_dtype(device)
-            embedded, state = embedded.to(dtype), tuple(s.to(dtype) for s in state)
-        hidden, state = self.lstm(embedded, state)                    # (B, T, D)
+            embedded = embedded.to(dtype)
+            state = tuple(s.to(dtype) for s in state) if isinstance(state, tuple) else state.to(dtype)
+        hidden, state = self.recurrent(embedded, state)               # (B, T, D)
         return self.head(self.dropout(hidden)), state
+
+
+@register("elman", task="lm", config=ElmanConfig)
+class ElmanLanguageModel(RecurrentLanguageModel):
+    """Elman RNN language model (Elman 1990) on torch's fused nn.RNN."""
+
+    cell = "elman"
+
+
+@register("jordan", task="lm", config=JordanConfig)
+class JordanLanguageModel(RecurrentLanguageModel):
+    """Jordan network language model (Jordan 1986): the previous output is fed back."""
+
+    cell = "jordan"
+
+
+@register("lstm", task="lm", config=LSTMConfig)
+class LSTMLanguageModel(RecurrentLanguageModel):
+    """LSTM language model on torch's fused nn.LSTM (forget-gate bias 1)."""
+
+    cell = "lstm"
+
+
+@register("gru", task="lm", config=GRUConfig)
+class GRULanguageModel(RecurrentLanguageModel):
+    """GRU language model (Cho et al. 2014) on torch's fused nn.GRU."""
+
+    cell = "gru"

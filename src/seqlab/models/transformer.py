@@ -125,14 +125,15 @@ class TransformerLanguageModel(CausalLM):
         logits, state = self._run(token[:, None], state)
         return logits[:, 0], state
 
-    def prefill(self, tokens: Tensor) -> tuple[Tensor, tuple[KVCache, ...]]:
-        logits, state = self._run(tokens, cache=None)
-        return logits[:, -1], state
+    def forward_from(self, tokens: Tensor, state: tuple[KVCache, ...]) -> tuple[Tensor, tuple[KVCache, ...]]:
+        return self._run(tokens, state)
 
     def _run(
         self, tokens: Tensor, cache: tuple[KVCache, ...] | None
     ) -> tuple[Tensor, tuple[KVCache, ...]]:
-        """Tokens (B, T) after the cached positions -> logits (B, T, V) and the extended cache."""
+        """Tokens (B, T) after the cached positions -> logits (B, T, V) and the extended cache.
+
+        An empty cache (from ``init_state``) and None both mean no earlier positions."""
         start = 0 if cache is None else cache[0][0].shape[2]
         end = start + tokens.shape[1]
         if end > self.config.max_len:
