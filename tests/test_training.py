@@ -75,16 +75,18 @@ def test_pre_clip_norm_is_logged_and_gradients_are_clipped(task):
     assert result.clipped_steps == 1
 
 
-def test_resume_continues_exactly(task, tmp_path):
-    # Dropout on: resuming must restore the RNG that drives it, not only weights and optimizer.
+@pytest.mark.parametrize("tbptt", [False, True])
+def test_resume_continues_exactly(task, tmp_path, tbptt):
+    # Dropout on: resuming must restore the RNG that drives it, not only weights and optimizer;
+    # with truncated BPTT it must also restore the state carried between windows.
     straight = tiny_lstm(task, dropout=0.2)
-    Trainer(straight, task, config(steps=20, eval_every=5)).fit()
+    Trainer(straight, task, config(steps=20, eval_every=5, tbptt=tbptt)).fit()
 
     first = tiny_lstm(task, dropout=0.2)
-    result = Trainer(first, task, config(steps=20, eval_every=5), tmp_path / "run").fit(stop_at=10)
+    result = Trainer(first, task, config(steps=20, eval_every=5, tbptt=tbptt), tmp_path / "run").fit(stop_at=10)
     assert result.steps == 10 and result.stopped_by == "stop_at"
     resumed = tiny_lstm(task, dropout=0.2, seed=123)                   # different initial weights
-    result = Trainer(resumed, task, config(steps=20, eval_every=5), tmp_path / "run").fit(resume=True)
+    result = Trainer(resumed, task, config(steps=20, eval_every=5, tbptt=tbptt), tmp_path / "run").fit(resume=True)
     assert result.steps == 20
     assert [row["step"] for row in result.history] == [5, 10, 15, 20]
     for name, tensor in weights(straight).items():
@@ -224,3 +226,52 @@ def test_progress_bar_shows_loss_and_tokens_per_second(task, capfd):
     Trainer(tiny_lstm(task), task, config(steps=10, progress=True)).fit()
     err = capfd.readouterr().err
     assert "loss=" in err and "tok_s=" in err and "10/10" in err
+
+
+def test_stream_windows_continue_each_other(task):
+    first_inputs, first_targets = task.stream_batch(4, 0)
+    second_inputs, _ = task.stream_batch(4, 1)
+    assert torch.equal(second_inputs[:, 0], first_targets[:, -1])
+    ids = task.splits["train"].ids
+    windows = task.stream_windows(4)
+    assert torch.equal(first_inputs[1], ids[windows * task.context: windows * task.context + task.context])
+    assert torch.equal(task.stream_batch(4, windows)[0], first_inputs)          # wraps around
+
+
+def stream_training_by_hand(task, steps: int, carry: bool):
+    """AdamW on consecutive stream windows, carrying the detached state or starting afresh."""
+    model = tiny_lstm(task)
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.01},
+         {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
+        lr=3e-3, betas=(0.9, 0.99))
+    state, cfg = None, config(steps=steps, warmup_steps=0)
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        loss, state = task.stream_loss(model, task.stream_batch(4, step), state if carry else None)
+        loss.backward()
+        state = tuple(s.detach() for s in state)
+        optimizer.step()
+        optimizer.zero_grad()
+    return weights(model)
+
+
+def test_truncated_bptt_carries_the_detached_state(task):
+    model = tiny_lstm(task)
+    Trainer(model, task, config(steps=3, batch_size=4, tbptt=True, grad_clip=None, warmup_steps=0)).fit()
+    carried, fresh = stream_training_by_hand(task, 3, carry=True), stream_training_by_hand(task, 3, carry=False)
+    for name, tensor in carried.items():
+        torch.testing.assert_close(weights(model)[name], tensor, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(fresh["head.bias"], carried["head.bias"])
+
+
+def test_gradients_clipped_by_value(task):
+    model = tiny_lstm(task)
+    trainer = Trainer(model, task, config(steps=2, grad_clip=None, grad_clip_value=1e-4))
+    largest = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: largest.append(max(p.grad.abs().max().item() for p in model.parameters())))
+    result = trainer.fit()
+    assert largest and max(largest) <= 1e-4 + 1e-12
+    assert result.history[-1]["grad_norm"] > 1e-3                   # the logged norm is pre-clip

@@ -52,6 +52,13 @@ class TrainConfig:
             and normalisation gains).
         betas: AdamW moment decay rates.
         grad_clip: clip the global gradient norm to this value; None measures without clipping.
+        grad_clip_value: also clamp every gradient element to [-value, value] (after the norm
+            is measured; Mikolov 2012); None leaves elements alone.
+        tbptt: truncated backpropagation through time (Williams and Peng 1990): the batch is
+            ``batch_size`` contiguous streams read window after window, and the model's state
+            is carried from one window to the next, detached, so gradients stop at the window
+            edge while the state remembers beyond it. Needs a model with ``forward_from``
+            (every CausalLM) and a task with ``stream_batch``; one process only.
         precision: "bf16" runs forward and loss under bfloat16 autocast; weights stay fp32.
         grad_accum: micro-batches per step; must divide the per-process batch.
         eval_every: steps between validation evaluations (and checkpoints).
@@ -73,8 +80,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float | None = 1.0
+    grad_clip_value: float | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
     grad_accum: int = 1
+    tbptt: bool = False
     eval_every: int = 200
     eval_batches: int | None = 20
     eval_every_seconds: float | None = None
@@ -95,7 +104,7 @@ class TrainConfig:
             raise ConfigError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
         if self.budget_seconds is not None and not self.budget_seconds > 0:
             raise ConfigError(f"budget must be > 0 seconds, got {self.budget_seconds}")
-        for name in ("grad_clip", "patience", "eval_batches", "eval_every_seconds"):
+        for name in ("grad_clip", "grad_clip_value", "patience", "eval_batches", "eval_every_seconds"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be > 0 or None, got {value}")
@@ -166,6 +175,9 @@ class Trainer:
         self.step = 0
         self._evals_without_improvement = 0
         self._last: dict[str, float] = {}
+        self._carried: list[Any] = [None] * config.grad_accum     # truncated-BPTT states
+        if config.tbptt and self.group.world_size > 1:
+            raise ConfigError("tbptt runs in one process; launch without torchrun or drop --tbptt")
 
     def fit(self, *, resume: bool = False, stop_at: int | None = None) -> TrainResult:
         """Train to ``config.steps`` (or ``stop_at``, checkpointing there), and return the result."""
@@ -193,6 +205,8 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     parameters, self.config.grad_clip if self.config.grad_clip else math.inf
                 )
+                if self.config.grad_clip_value is not None:
+                    torch.nn.utils.clip_grad_value_(parameters, self.config.grad_clip_value)
                 loss_value, norm_value = loss.item(), grad_norm.item()
                 if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                     raise TrainingError(
@@ -244,7 +258,12 @@ class Trainer:
 
     def _accumulate_gradients(self, trained: nn.Module) -> tuple[Tensor, int]:
         """Forward and backward over this process's micro-batches; the mean loss and token count."""
-        global_batch = self.task.train_batch(self.config.batch_size, self.generator)
+        if self.config.tbptt:
+            global_batch = self.task.stream_batch(self.config.batch_size, self.step)
+            if self.step % self.task.stream_windows(self.config.batch_size) == 0:
+                self._carried = [None] * self.config.grad_accum       # the streams start again
+        else:
+            global_batch = self.task.train_batch(self.config.batch_size, self.generator)
         rank_rows = slice(self.group.rank * self.config.batch_size // self.group.world_size,
                           (self.group.rank + 1) * self.config.batch_size // self.group.world_size)
         local = [part[rank_rows] for part in global_batch]
@@ -256,7 +275,12 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not isinstance(trained, DistributedDataParallel) \
                 else trained.no_sync()
             with sync, self._autocast():
-                loss = self.task.loss(trained, micro) / self.config.grad_accum
+                if self.config.tbptt:
+                    loss, state = self.task.stream_loss(trained, micro, self._carried[index])
+                    self._carried[index] = _detach(state)
+                else:
+                    loss = self.task.loss(trained, micro)
+                loss = loss / self.config.grad_accum
             loss.backward()
             total += loss.detach()
         return total, global_batch[-1].numel()
@@ -271,7 +295,7 @@ class Trainer:
                                      max_batches=self.config.eval_batches)
         self.model.train()
         row = {"step": self.step, "train_seconds": self.result.train_seconds, **self._last,
-               "valid_loss": metrics["loss"], "valid_bpc": metrics["bpc"]}
+               **_validation_row(metrics)}
         self.result.history.append(row)
         if metrics["loss"] < self.result.best_valid_loss:
             self.result.best_valid_loss = metrics["loss"]
@@ -325,6 +349,7 @@ class Trainer:
             "best_valid_loss": self.result.best_valid_loss,
             "evals_without_improvement": self._evals_without_improvement,
             "sampler_rng": self.generator.get_state(),
+            "carried_state": self._carried,
             "torch_rng": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -350,10 +375,25 @@ class Trainer:
         self.result.history = list(loaded.info.get("history", []))
         self._evals_without_improvement = int(state["evals_without_improvement"])
         self.generator.set_state(state["sampler_rng"])
+        self._carried = list(state.get("carried_state", self._carried))
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self._last = self.result.history[-1] if self.result.history else {}
+
+
+def _validation_row(metrics: dict[str, float]) -> dict[str, float]:
+    """A task's validation metrics as history columns: ``loss`` becomes ``valid_loss``."""
+    return {f"valid_{name}": value for name, value in metrics.items()}
+
+
+def _detach(state: Any) -> Any:
+    """The state with every tensor cut from the graph (the truncation of truncated BPTT)."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, (tuple, list)):
+        return type(state)(_detach(part) for part in state)
+    return state
 
 
 def fit(model: nn.Module, task: Any, out_dir: str | Path | None = None, **options: Any) -> TrainResult:
@@ -372,7 +412,7 @@ def fit(model: nn.Module, task: Any, out_dir: str | Path | None = None, **option
     own_fit(task, **options)
     seconds = time.perf_counter() - started
     metrics = task.evaluate(model, "valid")
-    row = {"step": 0, "train_seconds": seconds, "valid_loss": metrics["loss"], "valid_bpc": metrics["bpc"]}
+    row = {"step": 0, "train_seconds": seconds, **_validation_row(metrics)}
     if out_dir is not None:
         checkpoint.save_checkpoint(out_dir, model, task.tokenizer,
                                    info={"task": task.spec(), "train": options, "step": 0, "history": [row]})

@@ -112,6 +112,40 @@ class LanguageModeling:
         """Random windows of the training block: inputs and targets, (B, T) each."""
         return random_windows(self.splits["train"].ids, batch_size, self.context, generator)
 
+    def stream_windows(self, batch_size: int) -> int:
+        """How many consecutive windows each of ``batch_size`` streams holds (truncated BPTT)."""
+        windows = (len(self.splits["train"].ids) - 1) // batch_size // self.context
+        if windows < 1:
+            raise DataError(
+                f"the training split is too short for {batch_size} streams of {self.context} tokens; "
+                "use a smaller batch or context"
+            )
+        return windows
+
+    def stream_batch(self, batch_size: int, index: int) -> tuple[Tensor, Tensor]:
+        """Window ``index`` (modulo the number of windows) of ``batch_size`` parallel streams.
+
+        The training block is cut into ``batch_size`` contiguous streams; window w of every
+        stream directly follows window w - 1, so a state carried between consecutive calls
+        continues the text (truncated BPTT). Returns inputs and targets, (B, T) each.
+        """
+        ids = self.splits["train"].ids
+        windows = self.stream_windows(batch_size)
+        stream_length = windows * self.context
+        streams = ids[: batch_size * stream_length + 1]
+        starts = torch.arange(batch_size) * stream_length + (index % windows) * self.context
+        offsets = starts[:, None] + torch.arange(self.context + 1)              # (B, T + 1)
+        window = streams[offsets]
+        return window[:, :-1], window[:, 1:]
+
+    def stream_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor], state: Any) -> tuple[Tensor, Any]:
+        """Mean cross-entropy of one stream window read from ``state`` (None: a fresh state)."""
+        inputs, targets = batch
+        if state is None:
+            state = model.init_state(inputs.shape[0])
+        logits, state = model.forward_from(inputs, state)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()), state
+
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
         """Mean cross-entropy in nats per target token."""
         inputs, targets = batch
