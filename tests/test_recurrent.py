@@ -13,16 +13,6 @@ from seqlab.layers.recurrent import (
 B, T, D, H = 3, 7, 5, 4
 
 
-def copy_fused_into_cells(fused: Recurrent, cells: Recurrent) -> None:
-    """Give the unrolled cells of ``cells`` the weights of torch's module inside ``fused``."""
-    for layer in range(fused.n_layers):
-        for direction in range(fused.directions):
-            suffix = f"_l{layer}" + ("_reverse" if direction else "")
-            cell = cells.cells[layer * fused.directions + direction]
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(cell, name).data.copy_(getattr(fused.module, name + suffix))
-
-
 @pytest.mark.parametrize("kind, options", [("elman", {"nonlinearity": "tanh"}),
                                            ("elman", {"nonlinearity": "relu"}),
                                            ("lstm", {}), ("gru", {})])
@@ -57,8 +47,8 @@ def test_deep_bidirectional_cells_equal_fused_module_on_padded_batches(kind, n_l
     # Our masked unrolling and per-sequence reversal against torch's packed sequences.
     torch.manual_seed(seed)
     fused = Recurrent(kind, D, H, n_layers, bidirectional=bidirectional, fused=True).double()
-    cells = Recurrent(kind, D, H, n_layers, bidirectional=bidirectional, fused=False).double()
-    copy_fused_into_cells(fused, cells)
+    cells = fused.unfused()
+    assert not cells.fused
     x = torch.randn(B, T, D, dtype=torch.float64)
     lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(seed))
     expected, expected_state = fused(x, lengths=lengths)
@@ -97,7 +87,9 @@ def test_peephole_lstm_with_zero_peepholes_is_the_plain_lstm():
     torch.manual_seed(0)
     plain = Recurrent("lstm", D, H, 2, fused=True)
     peephole = Recurrent("lstm", D, H, 2, peepholes=True)
-    copy_fused_into_cells(plain, peephole)
+    for cell, copied in zip(peephole.cells, plain.unfused().cells):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).data.copy_(getattr(copied, name))
     for cell in peephole.cells:
         cell.peephole.data.zero_()
     x = torch.randn(B, T, D)

@@ -18,7 +18,8 @@ from seqlab.errors import ConfigError, SeqlabError
 TRAIN_FLAGS = {
     "--steps": ("steps", int), "--batch-size": ("batch_size", int), "--lr": ("lr", float),
     "--warmup-steps": ("warmup_steps", int), "--weight-decay": ("weight_decay", float),
-    "--grad-clip": ("grad_clip", float), "--grad-accum": ("grad_accum", int),
+    "--grad-clip": ("grad_clip", float), "--grad-clip-value": ("grad_clip_value", float),
+    "--grad-accum": ("grad_accum", int),
     "--precision": ("precision", str), "--eval-every": ("eval_every", int),
     "--patience": ("patience", int), "--seed": ("seed", int), "--device": ("device", str),
 }
@@ -54,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--budget", type=float, help="training time limit in seconds")
     for flag, (_, kind) in TRAIN_FLAGS.items():
         train.add_argument(flag, type=kind, default=None)
+    train.add_argument("--tbptt", action="store_true", default=None,
+                       help="truncated BPTT: carry the state across consecutive windows")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(command=_train)
 
@@ -81,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="runs/compare", help="report directory")
     compare.add_argument("--no-progress", action="store_true")
     compare.set_defaults(command=_compare)
+
+    reproduce = commands.add_parser("reproduce", help="re-run a result from the literature")
+    reproduce.add_argument("name", nargs="?", help="experiment name (see --list)")
+    reproduce.add_argument("--list", action="store_true", help="list the experiments")
+    reproduce.add_argument("--quick", action="store_true", help="a shorter run, for a first look")
+    reproduce.add_argument("--out", help="where to write plots (default runs/NAME)")
+    reproduce.add_argument("--no-progress", action="store_true")
+    reproduce.set_defaults(command=_reproduce)
     return parser
 
 
@@ -126,6 +137,8 @@ def _train(args: argparse.Namespace) -> int:
     options = {field: value for field, value in options.items() if value is not None}
     if args.budget is not None:
         options["budget_seconds"] = args.budget
+    if args.tbptt:
+        options["tbptt"] = True
     if args.no_progress:
         options["progress"] = False
     result, metrics = train_run(
@@ -168,6 +181,18 @@ def _compare(args: argparse.Namespace) -> int:
                      out_dir=args.out, progress=not args.no_progress)
     print(report.table())
     print(f"report written to {args.out}/report.md, report.html and curves.png")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from seqlab import experiments
+
+    if args.list or not args.name:
+        for name in experiments.EXPERIMENTS:
+            print(f"{name:<20} {experiments.get(name).CLAIM}")
+        return 0
+    experiment = experiments.get(args.name)
+    print(experiment.run(args.out or f"runs/{args.name}", quick=args.quick, progress=not args.no_progress))
     return 0
 
 

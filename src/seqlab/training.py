@@ -66,6 +66,7 @@ class TrainConfig:
         eval_every_seconds: also evaluate whenever this much training time has passed since
             the last evaluation (for time-budgeted runs, whose step rate is not known ahead).
         patience: stop after this many evaluations without a better validation loss.
+        target_loss: stop as soon as the validation loss is at or below this value.
         budget_seconds: stop when this much training time has passed.
         seed: seeds the batch sampler and the model's random layers (dropout).
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
@@ -88,6 +89,7 @@ class TrainConfig:
     eval_batches: int | None = 20
     eval_every_seconds: float | None = None
     patience: int | None = None
+    target_loss: float | None = None
     budget_seconds: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -119,7 +121,7 @@ class TrainResult:
     train_seconds: float = 0.0
     tokens_seen: int = 0
     clipped_steps: int = 0
-    stopped_by: str = "steps"         # "steps", "budget", "patience" or "stop_at"
+    stopped_by: str = "steps"         # "steps", "budget", "patience", "target" or "stop_at"
     best_valid_loss: float = math.inf
 
     @property
@@ -230,8 +232,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{self.result.tokens_per_second:,.0f}",
                                     refresh=False)
                 if self._evaluation_due(end):
-                    if self._evaluate_and_checkpoint():
-                        self.result.stopped_by = "patience"
+                    stop = self._evaluate_and_checkpoint()
+                    if stop:
+                        self.result.stopped_by = stop
                         break
             else:
                 self.result.stopped_by = "stop_at" if end < self.config.steps else "steps"
@@ -289,8 +292,8 @@ class Trainer:
         return torch.autocast(self.group.device.type, dtype=torch.bfloat16,
                               enabled=self.config.precision == "bf16")
 
-    def _evaluate_and_checkpoint(self) -> bool:
-        """Evaluate on the validation split, log, checkpoint; True when patience has run out."""
+    def _evaluate_and_checkpoint(self) -> str | None:
+        """Evaluate on the validation split, log, checkpoint; why to stop, if training should."""
         metrics = self.task.evaluate(self.model, "valid", batch_size=self.micro_batch_size * self.config.grad_accum,
                                      max_batches=self.config.eval_batches)
         self.model.train()
@@ -303,7 +306,11 @@ class Trainer:
         else:
             self._evals_without_improvement += 1
         self._save()
-        return self.config.patience is not None and self._evals_without_improvement >= self.config.patience
+        if self.config.target_loss is not None and metrics["loss"] <= self.config.target_loss:
+            return "target"
+        if self.config.patience is not None and self._evals_without_improvement >= self.config.patience:
+            return "patience"
+        return None
 
     def _evaluation_due(self, end: int) -> bool:
         if self.step % self.config.eval_every == 0 or self.step == end:

@@ -111,11 +111,14 @@ class RecurrentCell(nn.Module):
         return gru_step(x, state, *weights)
 
 
-def unroll(cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None = None) -> tuple[Tensor, State]:
+def unroll(cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None = None,
+           record: list[Tensor] | None = None) -> tuple[Tensor, State]:
     """Run ``cell`` over time: x (B, T, D) -> outputs (B, T, H) and the final state.
 
     Where ``mask`` (B, T) is false the state is carried unchanged and the output is zero, so a
-    padded sequence ends in the state of its last real position.
+    padded sequence ends in the state of its last real position. With ``record``, each step's
+    output h_t (B, H) is appended to it with ``retain_grad()``: it is the very tensor that feeds
+    both the output and the next step, so its gradient is the total dLoss/dh_t.
     """
     outputs = []
     for t in range(x.shape[1]):
@@ -126,6 +129,9 @@ def unroll(cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None = N
                 else torch.where(keep, new, state)
         state = new
         output = state[0] if isinstance(state, tuple) else state
+        if record is not None and output.requires_grad:
+            output.retain_grad()
+            record.append(output)
         outputs.append(output if mask is None else output * mask[:, t, None])
     return torch.stack(outputs, dim=1), state
 
@@ -187,6 +193,25 @@ class Recurrent(nn.Module):
             self.dropout = nn.Dropout(dropout)
         if kind == "lstm":
             self._init_forget_bias()
+        self.record: list[Tensor] | None = None       # see ``unroll``; the top layer's forward pass
+
+    def unfused(self) -> Recurrent:
+        """The same layer on our unrolled cells, with this one's weights (for probing each step)."""
+        if not self.fused:
+            return self
+        module = self.module
+        copy = Recurrent(self.kind, self.input_size, self.hidden_size, self.n_layers,
+                         dropout=module.dropout, bidirectional=self.directions == 2,
+                         nonlinearity=getattr(module, "nonlinearity", "tanh"), fused=False)
+        copy = copy.to(next(self.parameters())).train(self.training)     # same dtype and device
+        with torch.no_grad():
+            for layer in range(self.n_layers):
+                for direction in range(self.directions):
+                    suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                    cell = copy.cells[layer * self.directions + direction]
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                        getattr(cell, name).copy_(getattr(module, name + suffix))
+        return copy
 
     def _init_forget_bias(self) -> None:
         # Forget-gate bias 1 (Gers et al. 2000; Jozefowicz et al. 2015): remember by default.
@@ -231,7 +256,9 @@ class Recurrent(nn.Module):
                 index = layer * self.directions + direction
                 initial = tuple(s[index] for s in state) if isinstance(state, tuple) else state[index]
                 inputs = x if direction == 0 else reverse_padded(x, lengths)
-                output, final = unroll(self.cells[index], inputs, initial, mask)
+                top_forward = layer == self.n_layers - 1 and direction == 0
+                output, final = unroll(self.cells[index], inputs, initial, mask,
+                                       self.record if top_forward else None)
                 outputs.append(output if direction == 0 else reverse_padded(output, lengths))
                 finals.append(final)
             x = torch.cat(outputs, dim=-1)                                                 # (B, T, H x dirs)
