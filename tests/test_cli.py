@@ -150,3 +150,19 @@ def test_compare_writes_the_report(text_file, tmp_path, capsys):
     markdown = (out / "report.md").read_text()
     assert "## Samples" in markdown and "test bpc" in markdown
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reproduce_lists_and_rejects_unknown(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    assert "adding-problem" in capsys.readouterr().out
+    fails_cleanly(capsys, ["reproduce", "adding-problm"], "unknown experiment 'adding-problm'")
+
+
+@pytest.mark.parametrize("model", ["elman", "jordan", "gru"])
+def test_train_recurrent_models_with_truncated_bptt(text_file, tmp_path, model, capsys):
+    out = tmp_path / model
+    assert main(["train", model, "--data", str(text_file), *TINY, "--steps", "3", "--tbptt",
+                 "--grad-clip-value", "0.5", "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == model and saved["train"]["tbptt"] is True
+    assert saved["train"]["grad_clip_value"] == 0.5 and saved["step"] == 3

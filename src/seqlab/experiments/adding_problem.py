@@ -47,11 +47,15 @@ def train(cell: str, length: int, max_steps: int, progress: bool = False) -> dic
             "test_mse": task.evaluate(model, "test")["mse"], "stopped_by": result.stopped_by}
 
 
+def results(max_steps: int = 3000, progress: bool = False) -> list[tuple[str, int, dict[str, float]]]:
+    """(cell, length, outcome) for every cell at every length."""
+    return [(cell, length, train(cell, length, max_steps, progress)) for length in LENGTHS for cell in CELLS]
+
+
 def run(out_dir: str | Path = "runs/adding-problem", quick: bool = False, progress: bool = True) -> str:
     """Train every cell at every length, plot the gradient flow, and return the report table."""
     out_dir = Path(out_dir)
-    max_steps = 600 if quick else 3000
-    rows = [(cell, length, train(cell, length, max_steps, progress)) for length in LENGTHS for cell in CELLS]
+    rows = results(600 if quick else 3000, progress)
     task = AddingProblem(max(LENGTHS))
     batch = task.sample(256, torch.Generator().manual_seed(0))
     flows = {cell: gradient_flow(build(cell), batch, task.loss) for cell in CELLS}
