@@ -136,7 +136,9 @@ class ElmanLanguageModel(RecurrentLanguageModel):
     cell = "elman"
 
 
-@register("jordan", task="lm", config=JordanConfig)
+# Unrolled in Python (torch has no fused Jordan kernel): too slow for the default two-minute
+# comparison, so `seqlab compare` runs it only when named.
+@register("jordan", task="lm", config=JordanConfig, in_default_compare=False)
 class JordanLanguageModel(RecurrentLanguageModel):
     """Jordan network language model (Jordan 1986): the previous output is fed back."""
 
