@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/seqlab compare --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/trainer_overhead.py

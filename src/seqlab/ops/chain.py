@@ -25,9 +25,8 @@ The sum over i is a matrix product of exponentials, shifted so nothing overflows
 It is exact except for terms more than about 87 nats (float32; 708 in float64) below the best
 predecessor's, which flush to zero; they matter only when a transition into a state carries
 that much more score than the best predecessor's (hard constraints against a confident
-emission). Use float64 for such chains. ``xi`` is summed by one matrix product over time with
-balanced shifts; positions whose forward and backward peaks disagree by too much for that are
-recomputed exactly.
+emission). Use float64 for such chains. The expected transition counts ``sum_t xi_t`` reuse the
+forward step's weights and take one matrix product over all positions.
 
 Conventions: ``log_init`` (K,) or (B, K); ``log_trans`` (K, K) or (B, K, K), ``[i, j]`` for
 i -> j; ``log_emit`` (B, T, K); ``log_final`` (K,), (B, K) or None (zero); ``mask`` (B, T) bool,
@@ -98,16 +97,16 @@ def log_matmul_exp(log_a: Tensor, log_b: Tensor) -> Tensor:
 
 def chain_forward(log_init: Tensor, log_trans: Tensor, log_emit: Tensor, mask: Tensor | None = None) -> Tensor:
     """Forward messages ``log_alpha`` (B, T, K); at padding they carry on with zero emissions."""
-    mask = check_chain_mask(log_emit, mask)
-    return _forward(log_init, log_trans, _masked(log_emit, mask))
+    emit, _ = _time_major(log_emit, check_chain_mask(log_emit, mask))
+    return _forward(log_init, log_trans, emit).log_alpha.transpose(0, 1)
 
 
 def chain_backward(
     log_trans: Tensor, log_emit: Tensor, mask: Tensor | None = None, log_final: Tensor | None = None
 ) -> Tensor:
     """Backward messages ``log_beta`` (B, T, K); ``log_final`` at each sequence's last position and after."""
-    mask = check_chain_mask(log_emit, mask)
-    return _backward(log_trans, _masked(log_emit, mask), mask, _final(log_final, log_emit))
+    emit, ended = _time_major(log_emit, check_chain_mask(log_emit, mask))
+    return _backward(log_trans, emit, ended, _final(log_final, log_emit)).transpose(0, 1)
 
 
 def chain_log_partition(
@@ -128,12 +127,12 @@ def chain_posteriors(
     log_final: Tensor | None = None,
 ) -> ChainPosteriors:
     """log Z, ``gamma`` and expected transition counts by forward-backward (see ``ChainPosteriors``)."""
-    mask = check_chain_mask(log_emit, mask)
-    log_emit, log_final = _masked(log_emit, mask), _final(log_final, log_emit)
-    log_alpha = _forward(log_init, log_trans, log_emit)
-    log_z = _log_partition(log_alpha, log_final, mask)
-    log_beta = _backward(log_trans, log_emit, mask, log_final)
-    return _posteriors(log_alpha, log_beta, log_z, log_trans, log_emit, mask)
+    emit, ended = _time_major(log_emit, check_chain_mask(log_emit, mask))
+    log_final = _final(log_final, log_emit)
+    forward = _forward(log_init, log_trans, emit)
+    log_z = _log_partition(forward.log_alpha, log_final, ended)
+    log_beta = _backward(log_trans, emit, ended, log_final)
+    return _posteriors(forward, log_beta, log_z, log_trans, emit, ended)
 
 
 def chain_viterbi(
@@ -145,22 +144,22 @@ def chain_viterbi(
     Returns:
         (B, T) int64 paths (0 at padding) and (B,) their scores.
     """
-    mask = check_chain_mask(log_emit, mask)
-    log_emit, log_final = _masked(log_emit, mask), _final(log_final, log_emit)
-    score = log_init + log_emit[:, 0]                                       # (B, K)
+    emit, ended = _time_major(log_emit, check_chain_mask(log_emit, mask))
+    score = log_init + emit[0]                                              # (B, K)
     scores, pointers = [score], []
-    for t in range(1, log_emit.shape[1]):
+    for t in range(1, emit.shape[0]):
         best, pointer = (score.unsqueeze(-1) + log_trans).max(dim=-2)       # over predecessors
-        score = best + log_emit[:, t]
+        score = best + emit[t]
         scores.append(score)
         pointers.append(pointer)
-    best_score, state = (_at_last(torch.stack(scores, 1), mask) + log_final).max(dim=-1)
+    final_scores = _at_last(torch.stack(scores), ended) + _final(log_final, log_emit)
+    best_score, state = final_scores.max(dim=-1)
     path = [state]
-    for t in range(log_emit.shape[1] - 1, 0, -1):
+    for t in range(emit.shape[0] - 1, 0, -1):
         # Past a sequence's end the state stays the one at its last position.
-        state = torch.where(mask[:, t], pointers[t - 1].gather(1, state[:, None])[:, 0], state)
+        state = torch.where(ended[t, :, 0], state, pointers[t - 1].gather(1, state[:, None])[:, 0])
         path.append(state)
-    return torch.stack(path[::-1], dim=1).masked_fill(~mask, 0), best_score
+    return torch.stack(path[::-1], dim=1).masked_fill(ended[..., 0].T, 0), best_score
 
 
 def chain_path_score(
@@ -173,7 +172,8 @@ def chain_path_score(
     path = path.masked_fill(~mask, 0)
     emit = log_emit.gather(-1, path[..., None])[..., 0].masked_fill(~mask, 0).sum(1)
     init = log_init.expand(batch, n_states).gather(1, path[:, :1])[:, 0]
-    final = _final(log_final, log_emit).expand(batch, n_states).gather(1, _at_last(path[..., None], mask))[:, 0]
+    last = path.gather(1, mask.sum(1, keepdim=True) - 1)                    # (B, 1)
+    final = _final(log_final, log_emit).expand(batch, n_states).gather(1, last)[:, 0]
     if log_trans.dim() == 2:
         trans = log_trans[path[:, :-1], path[:, 1:]]                        # (B, T - 1)
     else:
@@ -186,88 +186,121 @@ class _LogPartition(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_init, log_trans, log_emit, log_final, mask):
-        log_emit = _masked(log_emit, mask)
-        log_alpha = _forward(log_init, log_trans, log_emit)
-        log_z = _log_partition(log_alpha, log_final, mask)
-        ctx.save_for_backward(log_init, log_trans, log_emit, log_final, mask, log_alpha, log_z)
+        emit, ended = _time_major(log_emit, mask)
+        forward = _forward(log_init, log_trans, emit)
+        log_z = _log_partition(forward.log_alpha, log_final, ended)
+        ctx.save_for_backward(log_init, log_trans, emit, log_final, ended, *forward, log_z)
         return log_z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_log_z):
-        log_init, log_trans, log_emit, log_final, mask, log_alpha, log_z = ctx.saved_tensors
-        log_beta = _backward(log_trans, log_emit, mask, log_final)
-        posteriors = _posteriors(log_alpha, log_beta, log_z, log_trans, log_emit, mask, weight=grad_log_z)
-        unary = posteriors.unary                                            # already weighted
+        log_init, log_trans, emit, log_final, ended, *forward, log_z = ctx.saved_tensors
+        log_beta = _backward(log_trans, emit, ended, log_final)
+        posteriors = _posteriors(_Forward(*forward), log_beta, log_z, log_trans, emit, ended, weight=grad_log_z)
+        unary = posteriors.unary                                            # (B, T, K), already weighted
         grad_init = _sum_to(unary[:, 0], log_init.shape)
-        grad_final = _sum_to(_at_last(unary, mask), log_final.shape)
+        grad_final = _sum_to(_at_last(unary.transpose(0, 1), ended), log_final.shape)
         return grad_init, posteriors.pairwise, unary, grad_final, None
 
 
-def _forward(log_init: Tensor, log_trans: Tensor, log_emit: Tensor) -> Tensor:
+# Internals work time-major, (T, B, K), so that each step reads and writes contiguous rows.
+# ``ended`` (T, B, 1) is true at padding.
+
+
+class _Forward(NamedTuple):
+    log_alpha: Tensor   # (T, B, K)
+    scaled: Tensor      # (T - 1, B, K) exp(log_alpha_{t-1} - max_k log_alpha_{t-1}): predecessor weights
+    inflow: Tensor      # (T - 1, B, K) sum_i scaled_{t-1}(i) exp(T_ij - c_j), for t = 1 .. T - 1
+
+
+def _forward(log_init: Tensor, log_trans: Tensor, emit: Tensor) -> _Forward:
     exp_trans, column_shift = _column_scaled(log_trans)                    # (..., K, K), (..., 1, K)
-    emit = log_emit + column_shift                                          # (B, T, K)
-    floor = torch.finfo(log_emit.dtype).min                                 # an all -inf row stays -inf, not NaN
-    log_alpha = log_init + log_emit[:, 0]                                   # (B, K)
-    alphas = [log_alpha]
-    for t in range(1, log_emit.shape[1]):
-        peak = log_alpha.amax(-1, keepdim=True).clamp_min_(floor)          # (B, 1)
-        log_alpha = torch.exp(log_alpha - peak).unsqueeze(-2).matmul(exp_trans).squeeze(-2)
-        log_alpha = log_alpha.log_().add_(peak + emit[:, t])
-        alphas.append(log_alpha)
-    return torch.stack(alphas, dim=1)
+    shifted_emit = emit + column_shift.squeeze(-2)                          # (T, B, K)
+    matmul = _row_matmul(exp_trans)
+    floor = torch.finfo(emit.dtype).min                                     # an all -inf row stays -inf, not NaN
+    # Steps write into preallocated buffers: a list of per-step tensors and a stack cost more.
+    log_alpha, scaled, inflow = torch.empty_like(emit), torch.empty_like(emit[1:]), torch.empty_like(emit[1:])
+    torch.add(log_init, emit[0], out=log_alpha[0])
+    for t in range(1, emit.shape[0]):
+        peak = log_alpha[t - 1].amax(-1, keepdim=True).clamp_min_(floor)   # (B, 1)
+        torch.exp(log_alpha[t - 1] - peak, out=scaled[t - 1])
+        matmul(scaled[t - 1], inflow[t - 1])
+        torch.log(inflow[t - 1], out=log_alpha[t]).add_(peak + shifted_emit[t])
+    return _Forward(log_alpha, scaled, inflow)
 
 
-def _backward(log_trans: Tensor, log_emit: Tensor, mask: Tensor, log_final: Tensor) -> Tensor:
+def _backward(log_trans: Tensor, emit: Tensor, ended: Tensor, log_final: Tensor) -> Tensor:
     row_shift = log_trans.amax(-1, keepdim=True)                            # (..., K, 1)
     row_shift = torch.where(torch.isfinite(row_shift), row_shift, torch.zeros_like(row_shift))
-    exp_trans_t = torch.exp(log_trans - row_shift).transpose(-1, -2)       # [j, i] = exp(T_ij - r_i)
+    matmul = _row_matmul(torch.exp(log_trans - row_shift).transpose(-1, -2))  # [j, i] = exp(T_ij - r_i)
     row_shift = row_shift.squeeze(-1)                                       # (K,) or (B, K)
-    floor = torch.finfo(log_emit.dtype).min
-    final = log_final.expand(log_emit.shape[0], log_emit.shape[2])
-    log_beta = final
-    betas = [log_beta]
-    for t in range(log_emit.shape[1] - 2, -1, -1):
-        ahead = log_emit[:, t + 1] + log_beta                               # (B, K)
+    floor = torch.finfo(emit.dtype).min
+    final = log_final.expand(emit.shape[1], emit.shape[2])                  # (B, K)
+    running = int((~ended[:, :, 0]).sum(0).min())                          # no sequence ends before this
+    log_beta = torch.empty_like(emit)
+    log_beta[-1] = final
+    for t in range(emit.shape[0] - 2, -1, -1):
+        ahead = emit[t + 1] + log_beta[t + 1]                               # (B, K)
         peak = ahead.amax(-1, keepdim=True).clamp_min_(floor)
-        inner = torch.exp(ahead - peak).unsqueeze(-2).matmul(exp_trans_t).squeeze(-2)
-        inner = inner.log_().add_(peak + row_shift)
-        log_beta = torch.where(mask[:, t + 1, None], inner, final)
-        betas.append(log_beta)
-    return torch.stack(betas[::-1], dim=1)
+        matmul(torch.exp(ahead - peak), log_beta[t]).log_().add_(peak + row_shift)
+        if t + 1 >= running:
+            torch.where(ended[t + 1], final, log_beta[t], out=log_beta[t])
+    return log_beta
+
+
+def _row_matmul(matrix: Tensor):
+    """``(rows (B, K), out (B, N)) -> out = rows @ matrix``, for a shared (K, N) or per-sequence
+    (B, K, N) matrix."""
+    if matrix.dim() == 2:
+        return lambda rows, out: torch.mm(rows, matrix, out=out)
+    return lambda rows, out: torch.bmm(rows.unsqueeze(1), matrix, out=out.unsqueeze(1)).squeeze(1)
 
 
 def _posteriors(
-    log_alpha: Tensor, log_beta: Tensor, log_z: Tensor, log_trans: Tensor, log_emit: Tensor,
-    mask: Tensor, weight: Tensor | None = None,
+    forward: _Forward, log_beta: Tensor, log_z: Tensor, log_trans: Tensor, emit: Tensor,
+    ended: Tensor, weight: Tensor | None = None,
 ) -> ChainPosteriors:
-    """gamma and summed xi; every term multiplied by ``weight`` (B,) of its sequence when given."""
-    scale = log_z if weight is None else log_z - weight.log()
-    unary = torch.exp(log_alpha + log_beta - scale[:, None, None]).masked_fill_(~mask[..., None], 0)
-    # xi_t(i, j) = exp(u_i) exp(T_ij - c_j) exp(v_j) / Z: a product over time of (K, B T) by (B T, K).
-    exp_trans, column_shift = _column_scaled(log_trans)
-    before = log_alpha[:, :-1]                                              # u: (B, T - 1, K)
-    after = log_emit[:, 1:] + column_shift + log_beta[:, 1:]                # v: (B, T - 1, K)
-    before_peak, after_peak = before.amax(-1, keepdim=True), after.amax(-1, keepdim=True)
-    gap = before_peak + after_peak - scale[:, None, None]                   # >= -log(K^2) - log(weight)
-    # Balanced shifts: exp(u - u_peak + gap/2) exp(v - v_peak + gap/2) = exp(u + v - log Z); each
-    # factor is at most exp(gap / 2). Positions with a larger gap are done exactly below.
-    limit = -math.log(torch.finfo(log_alpha.dtype).tiny) / 2
-    fast = mask[:, 1:, None] & (gap <= limit)
-    left = torch.exp(before - before_peak + gap / 2).masked_fill_(~fast, 0)
-    right = torch.exp(after - after_peak + gap / 2).masked_fill_(~fast, 0)
+    """gamma and summed xi; every term multiplied by ``weight`` (B,) of its sequence when given.
+
+    ``xi_t(i, j) = gamma_t(j) p(y_{t-1} = i | y_t = j, x_{<t})``: the forward step's own weights
+    ``scaled_{t-1}(i) exp(T_ij - c_j) / inflow_t(j)``, so the sum over time is one product of
+    (K, T B) by (T B, K) (per sequence when transitions are), consistent with the forward pass.
+    """
+    unary = torch.add(forward.log_alpha, log_beta).sub_(log_z[:, None]).exp_()
+    unary = unary.masked_fill_(ended, 0)                                    # (T, B, K)
+    if weight is not None:
+        unary = unary.mul_(weight[:, None])
+    # A state the forward pass found unreachable has gamma = 0 and inflow = 0: its xi is 0.
+    ratio = unary[1:] / forward.inflow.clamp_min(torch.finfo(unary.dtype).tiny)
+    exp_trans, _ = _column_scaled(log_trans)
     if log_trans.dim() == 2:
-        pairwise = left.flatten(0, 1).T.matmul(right.flatten(0, 1)) * exp_trans
+        pairwise = forward.scaled.flatten(0, 1).T.matmul(ratio.flatten(0, 1)) * exp_trans
     else:
-        pairwise = left.transpose(1, 2).matmul(right) * exp_trans
-    slow = (mask[:, 1:, None] & ~fast)[..., 0].nonzero()                    # (N, 2): sequence, t - 1
-    if len(slow):
-        seq, pos = slow.unbind(1)
-        trans = log_trans if log_trans.dim() == 2 else log_trans[seq]
-        exact = torch.exp(before[seq, pos, :, None] + trans + (after[seq, pos] - column_shift.reshape(
-            -1, log_trans.shape[-1])[seq if log_trans.dim() == 3 else 0])[:, None, :] - scale[seq, None, None])
-        pairwise = pairwise.index_add(0, seq, exact) if log_trans.dim() == 3 else pairwise + exact.sum(0)
-    return ChainPosteriors(log_z, unary, pairwise)
+        pairwise = torch.einsum("tbi,tbj->bij", forward.scaled, ratio) * exp_trans
+    if not bool(torch.isfinite(pairwise).all()):
+        # Tiny inflows at many positions overflowed the sum: redo it term by term in log space.
+        pairwise = _pairwise_exact(forward.log_alpha, log_beta, log_z, log_trans, emit, ended, weight)
+    return ChainPosteriors(log_z, unary.transpose(0, 1), pairwise)
+
+
+def _pairwise_exact(
+    log_alpha: Tensor, log_beta: Tensor, log_z: Tensor, log_trans: Tensor, emit: Tensor,
+    ended: Tensor, weight: Tensor | None = None, max_elements: int = 1 << 24,
+) -> Tensor:
+    """``sum_t xi_t`` from its definition, exponentiating each (B, K, K) term; in time chunks."""
+    length, batch, n_states = emit.shape
+    weight = emit.new_ones(batch) if weight is None else weight
+    pairwise = emit.new_zeros(batch, n_states, n_states)
+    chunk = max(1, max_elements // (batch * n_states * n_states))
+    for start in range(1, length, chunk):
+        stop = min(length, start + chunk)
+        log_xi = (log_alpha[start - 1:stop - 1, :, :, None] + log_trans
+                  + (emit[start:stop] + log_beta[start:stop])[:, :, None, :]
+                  - log_z[:, None, None])                                   # (chunk, B, K, K)
+        xi = torch.exp(log_xi).masked_fill_(ended[start:stop, :, :, None], 0)
+        pairwise += xi.sum(0) * weight[:, None, None]
+    return pairwise if log_trans.dim() == 3 else pairwise.sum(0)
 
 
 def _column_scaled(log_trans: Tensor) -> tuple[Tensor, Tensor]:
@@ -277,9 +310,12 @@ def _column_scaled(log_trans: Tensor) -> tuple[Tensor, Tensor]:
     return torch.exp(log_trans - shift), shift
 
 
-def _masked(log_emit: Tensor, mask: Tensor) -> Tensor:
-    """Zero emissions at padding, so whatever the padding holds (NaN included) cannot leak in."""
-    return torch.where(mask[..., None], log_emit, torch.zeros((), dtype=log_emit.dtype, device=log_emit.device))
+def _time_major(log_emit: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(T, B, K) emissions, zero at padding (so whatever it holds, NaN included, cannot leak in),
+    and ``ended`` (T, B, 1), true at padding."""
+    ended = ~mask.T[..., None]
+    emit = log_emit.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+    return emit.masked_fill_(ended, 0), ended
 
 
 def _final(log_final: Tensor | None, log_emit: Tensor) -> Tensor:
@@ -288,14 +324,14 @@ def _final(log_final: Tensor | None, log_emit: Tensor) -> Tensor:
     return log_final
 
 
-def _at_last(values: Tensor, mask: Tensor) -> Tensor:
-    """``values[b, L_b - 1]`` for (B, T, ...) values: each sequence's last real position."""
-    last = (mask.sum(1) - 1).reshape(-1, 1, *([1] * (values.dim() - 2)))
-    return values.gather(1, last.expand(-1, 1, *values.shape[2:])).squeeze(1)
+def _at_last(values: Tensor, ended: Tensor) -> Tensor:
+    """``values[L_b - 1, b]`` of time-major (T, B, K) values: each sequence's last real position."""
+    last = (~ended[:, :, 0]).sum(0) - 1                                     # (B,)
+    return values[last, torch.arange(values.shape[1], device=values.device)]
 
 
-def _log_partition(log_alpha: Tensor, log_final: Tensor, mask: Tensor) -> Tensor:
-    return torch.logsumexp(_at_last(log_alpha, mask) + log_final, dim=-1)
+def _log_partition(log_alpha: Tensor, log_final: Tensor, ended: Tensor) -> Tensor:
+    return torch.logsumexp(_at_last(log_alpha, ended) + log_final, dim=-1)
 
 
 def _sum_to(gradient: Tensor, shape: torch.Size) -> Tensor:

@@ -1,0 +1,299 @@
+"""Word-level n-gram models as KenLM sees them: sentences, ``<s>`` ``</s>`` ``<unk>``, ARPA files.
+
+KenLM's conventions, which SRILM shares:
+
+- a sentence is scored as ``<s> w_1 ... w_m </s>``: ``<s>`` is context only (ARPA probability
+  -99), ``</s>`` is predicted like any word, so ``log10 p(sentence) = sum_i log10 p(w_i | ...)
+  + log10 p(</s> | ...)``;
+- a word outside the vocabulary is ``<unk>``; n-grams never cross a sentence boundary;
+- an ARPA file lists, for each order k, ``log10 p*  w_1 ... w_k  [log10 b]`` (tab or space
+  separated), the back-off weight omitted when 0 and at the highest order, between a
+  ``\\data\\`` header of counts and ``\\end\\`` (Stolcke 2002, SRILM; Heafield 2011, KenLM).
+  A file without ``<unk>`` gets it with log10 probability -100, as KenLM substitutes. Every
+  context of a stored n-gram must be stored, as KenLM's default (probing) structure requires.
+
+In seqlab the words of a ``WordVocabulary`` are ids ``0 .. V - 1`` (``<unk>`` is 0, as in every
+seqlab tokenizer) and ``<s>`` is the model's extra id V (``NGramLM.start_id``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from seqlab.classical import counts as ngrams
+from seqlab.classical.ngram import NGramConfig, NGramLM
+from seqlab.errors import ConfigError, DataError
+
+SENTENCE_START, SENTENCE_END, UNKNOWN = "<s>", "</s>", "<unk>"
+ZERO_LOG10 = -99.0                  # what ARPA writers put for probability 0 (and for <s>)
+MISSING_UNKNOWN_LOG10 = -100.0      # KenLM's substitute when a file has no <unk>
+LN10 = math.log(10)
+
+
+@dataclass(frozen=True)
+class WordVocabulary:
+    """Words by id: ``words[0]`` is ``<unk>``; ``<s>`` is not a word but the id ``len(words)``.
+
+    Raises:
+        ConfigError: ``words[0]`` is not ``<unk>``, a word repeats, holds whitespace, or is ``<s>``.
+    """
+
+    words: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.words or self.words[0] != UNKNOWN:
+            raise ConfigError(f"a WordVocabulary starts with {UNKNOWN!r}, got {self.words[:1]}")
+        if len(set(self.words)) != len(self.words) or SENTENCE_START in self.words:
+            raise ConfigError(f"a WordVocabulary's words are distinct and exclude {SENTENCE_START!r}")
+        bad = next((w for w in self.words if not w or any(c.isspace() for c in w)), None)
+        if bad is not None:
+            raise ConfigError(f"ARPA words hold no whitespace and are not empty, got {bad!r}")
+
+    @classmethod
+    def from_sentences(cls, sentences: Iterable[str]) -> WordVocabulary:
+        """``<unk>``, ``</s>``, then every whitespace-separated word, most frequent first."""
+        frequency = Counter(word for sentence in sentences for word in sentence.split())
+        for special in (UNKNOWN, SENTENCE_START, SENTENCE_END):
+            frequency.pop(special, None)
+        return cls((UNKNOWN, SENTENCE_END, *(word for word, _ in frequency.most_common())))
+
+    @property
+    def start_id(self) -> int:
+        return len(self.words)
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        return {word: i for i, word in enumerate(self.words)}
+
+    def encode(self, sentences: Iterable[str]) -> Tensor:
+        """One stream ``<s> w_1 .. w_m </s> <s> ...``: (L,) int64, unknown words as 0."""
+        lookup, start = self.index.get, self.start_id
+        end = self.index.get(SENTENCE_END)
+        if end is None:
+            raise ConfigError(f"the vocabulary has no {SENTENCE_END!r} to end sentences with")
+        ids: list[int] = []
+        for sentence in sentences:
+            ids.append(start)
+            ids.extend(lookup(word, 0) for word in sentence.split())
+            ids.append(end)
+        return torch.tensor(ids, dtype=torch.long)
+
+
+def fit_sentences(
+    sentences: Sequence[str], vocabulary: WordVocabulary | None = None, **config: Any
+) -> tuple[NGramLM, WordVocabulary]:
+    """An ``NGramLM`` fitted to whitespace-tokenised sentences, KenLM style.
+
+    Args:
+        sentences: one sentence per string.
+        vocabulary: the words; None takes every word of ``sentences``.
+        config: ``NGramConfig`` values other than ``vocab_size`` (order, estimator, ...).
+    Returns:
+        the fitted model and its vocabulary.
+    """
+    vocabulary = vocabulary or WordVocabulary.from_sentences(sentences)
+    model = NGramLM(NGramConfig(vocab_size=len(vocabulary.words), **config))
+    return model.fit_stream(vocabulary.encode(sentences)), vocabulary
+
+
+def sentence_log10_probs(model: NGramLM, vocabulary: WordVocabulary, sentences: Sequence[str]) -> Tensor:
+    """``log10 p(<s> w_1 .. w_m </s>)`` of each sentence, as ``kenlm.Model.score`` computes it.
+
+    Returns:
+        (S,) float64.
+    """
+    if model.vocab_size != len(vocabulary.words):
+        raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has {len(vocabulary.words)} words")
+    stream = vocabulary.encode(sentences).to(model.discounts.device)
+    scores = model.score_stream(stream[None])[0].double()                       # (L,)
+    sentence = torch.cumsum(stream == vocabulary.start_id, 0) - 1
+    return torch.zeros(len(sentences), dtype=torch.float64, device=stream.device).index_add_(
+        0, sentence, scores) / LN10
+
+
+def write_arpa(model: NGramLM, vocabulary: WordVocabulary, path: str | Path) -> None:
+    """Write ``model`` as an ARPA file that ``kenlm.Model`` (and SRILM) read.
+
+    Probabilities are written as log10 with 8 significant digits; probability 0 (``<s>``, and
+    unseen words under ``mle``) as -99. Back-off weights are written for every order but the last.
+    """
+    if model.vocab_size != len(vocabulary.words):
+        raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has {len(vocabulary.words)} words")
+    names = list(vocabulary.words) + [SENTENCE_START]
+    ids = ngrams.ngram_ids([table.keys.cpu() for table in model.tables], model.n_ids)
+    lines = ["\\data\\", *(f"ngram {k}={len(rows)}" for k, rows in enumerate(ids, start=1)), ""]
+    for k, (rows, table) in enumerate(zip(ids, model.tables), start=1):
+        log10_prob = _log10_field(table.log_prob)
+        log10_backoff = _log10_field(table.log_backoff) if k < model.order else None
+        lines.append(f"\\{k}-grams:")
+        text = [" ".join(names[i] for i in row) for row in rows.tolist()]
+        if log10_backoff is None:
+            lines.extend(f"{p}\t{words}" for p, words in zip(log10_prob, text))
+        else:
+            lines.extend(f"{p}\t{words}\t{b}" for p, words, b in zip(log10_prob, text, log10_backoff))
+        lines.append("")
+    lines.append("\\end\\")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _log10_field(log_values: Tensor) -> list[str]:
+    log10 = (log_values.double().cpu() / LN10).clamp(min=ZERO_LOG10).tolist()
+    return [format(value, ".8g") for value in log10]
+
+
+def read_arpa(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
+    """Read an ARPA file into an ``NGramLM`` and its vocabulary.
+
+    The model scores exactly as ``kenlm.Model`` scores the same file (its distributions are
+    whatever the file says: not renormalised).
+
+    Raises:
+        DataError: naming the line, for a missing or bad header, a count that does not match its
+            section, a line with the wrong number of fields or a non-numeric value, an n-gram
+            over a word that is not a unigram or whose context is not stored, a repeated
+            n-gram, or a file that ends before ``\\end\\``.
+    """
+    sections = _ArpaParser(Path(path)).parse()
+    unigram_words = sections[0].words
+    vocabulary = WordVocabulary((UNKNOWN, *(w[0] for w in unigram_words if w[0] not in (UNKNOWN, SENTENCE_START))))
+    index = {**vocabulary.index, SENTENCE_START: vocabulary.start_id}
+    model = NGramLM(NGramConfig(vocab_size=len(vocabulary.words), order=len(sections)))
+    n_ids = model.n_ids
+
+    unigram_log_prob = torch.full((n_ids,), -math.inf, dtype=torch.float64)
+    unigram_log_prob[0] = MISSING_UNKNOWN_LOG10 * LN10
+    unigram_backoff = torch.zeros(n_ids, dtype=torch.float64)
+    ids = torch.tensor([index[w[0]] for w in unigram_words], dtype=torch.long)
+    _reject_repeats(ids, sections[0], 1)
+    unigram_log_prob[ids] = sections[0].log10_prob * LN10
+    unigram_backoff[ids] = sections[0].log10_backoff * LN10
+    keys, log_probs, log_backoffs = [torch.arange(n_ids)], [unigram_log_prob], [unigram_backoff]
+
+    for k, section in enumerate(sections[1:], start=2):
+        rows = torch.tensor([[_word_id(index, word, section, i) for word in words]
+                             for i, words in enumerate(section.words)], dtype=torch.long).view(-1, k)
+        prefix = ngrams.prefix_indices(keys, rows, n_ids)
+        missing = (prefix < 0).nonzero()
+        if len(missing):
+            line = int(missing[0])
+            raise DataError(f"line {section.lines[line]}: the context {' '.join(section.words[line][:-1])!r} of this "
+                            f"{k}-gram is not a {k - 1}-gram (every context must be stored, as KenLM requires)")
+        key = prefix * n_ids + rows[:, -1]
+        _reject_repeats(key, section, k)
+        order = torch.argsort(key)
+        keys.append(key[order])
+        log_probs.append(section.log10_prob[order] * LN10)
+        log_backoffs.append(section.log10_backoff[order] * LN10)
+    log_backoffs[-1] = torch.zeros(0, dtype=torch.float64)
+    model.set_tables(keys, log_probs, log_backoffs)
+    return model, vocabulary
+
+
+def _word_id(index: dict[str, int], word: str, section: _Section, row: int) -> int:
+    if word not in index:
+        raise DataError(f"line {section.lines[row]}: the word {word!r} is not among the 1-grams")
+    return index[word]
+
+
+def _reject_repeats(keys: Tensor, section: _Section, order: int) -> None:
+    ordered, position = torch.sort(keys, stable=True)
+    repeated = (ordered[1:] == ordered[:-1]).nonzero()
+    if len(repeated):
+        line = section.lines[int(position[int(repeated[0]) + 1])]
+        raise DataError(f"line {line}: this {order}-gram is listed twice")
+
+
+@dataclass
+class _Section:
+    """The n-grams of one order as read: words, log10 values and the line of each."""
+
+    words: list[list[str]]
+    log10_prob: Tensor           # (N,) float64
+    log10_backoff: Tensor        # (N,) float64, 0 where omitted
+    lines: list[int]             # 1-based line numbers
+
+
+class _ArpaParser:
+    """Reads the sections of an ARPA file, checking the format line by line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"cannot read ARPA file {str(path)!r}: {error}") from None
+        self.position = 0                     # index of the next line to read
+
+    def error(self, message: str, line: int | None = None) -> DataError:
+        line = self.position if line is None else line
+        return DataError(f"line {line} of {self.path.name}: {message}")
+
+    def next_content_line(self, what: str) -> str:
+        """The next non-blank line (stripped), or a DataError saying the file ends early."""
+        while self.position < len(self.lines):
+            self.position += 1
+            text = self.lines[self.position - 1].strip()
+            if text:
+                return text
+        raise self.error(f"the file ends before {what} (truncated?)", len(self.lines) + 1)
+
+    def parse(self) -> list[_Section]:
+        while self.next_content_line("the \\data\\ header") != "\\data\\":
+            pass                              # KenLM skips anything before \data\
+        declared = []
+        text = self.next_content_line("the n-gram counts")
+        while text.startswith("ngram "):
+            order, _, count = text[len("ngram "):].partition("=")
+            if not (order.strip().isdigit() and count.strip().isdigit()) or int(order) != len(declared) + 1:
+                raise self.error(f"expected 'ngram {len(declared) + 1}=<count>', got {text!r}")
+            declared.append(int(count))
+            text = self.next_content_line("the first section")
+        if not declared:
+            raise self.error(f"expected 'ngram 1=<count>' after \\data\\, got {text!r}")
+        sections = []
+        for k, count in enumerate(declared, start=1):
+            if text != f"\\{k}-grams:":
+                raise self.error(f"expected the section header '\\{k}-grams:', got {text!r}")
+            sections.append(self.section(k, count, highest=k == len(declared)))
+            text = self.next_content_line("\\end\\")
+            if not text.startswith("\\"):
+                raise self.error(f"more {k}-grams than the {count} the header declares")
+        if text != "\\end\\":
+            raise self.error(f"expected \\end\\, got {text!r}")
+        return sections
+
+    def section(self, order: int, count: int, highest: bool) -> _Section:
+        words, probs, backoffs, lines = [], [], [], []
+        fields_allowed = (order + 1,) if highest else (order + 1, order + 2)
+        for _ in range(count):
+            text = self.next_content_line(f"the {count} {order}-grams the header declares")
+            fields = text.split()
+            if text.startswith("\\") and len(fields) == 1:
+                raise self.error(f"the header declares {count} {order}-grams but the section has {len(words)}")
+            if len(fields) not in fields_allowed:
+                expected = " or ".join(map(str, fields_allowed))
+                raise self.error(f"a {order}-gram line has {len(fields)} fields, expected {expected}")
+            probs.append(self.number(fields[0], "probability"))
+            backoffs.append(self.number(fields[-1], "back-off weight") if len(fields) == order + 2 else 0.0)
+            words.append(fields[1: order + 1])
+            lines.append(self.position)
+        return _Section(words, torch.tensor(probs, dtype=torch.float64),
+                        torch.tensor(backoffs, dtype=torch.float64), lines)
+
+    def number(self, field: str, what: str) -> float:
+        try:
+            value = float(field)
+        except ValueError:
+            raise self.error(f"the {what} {field!r} is not a number") from None
+        if math.isnan(value) or value == math.inf:
+            raise self.error(f"the {what} {field!r} is not a log10 value")
+        return value

@@ -1,0 +1,404 @@
+"""N-gram language models of any order, stored in back-off (ARPA) form.
+
+Every estimator is fitted into the form KenLM and SRILM store: for each stored n-gram ``h w`` a
+probability ``p*(w | h)``, for each stored context ``h`` a back-off weight ``b(h)``, and
+
+    p(w | h) = p*(w | h)                      if h w is stored,
+             = b(h) p(w | h')                 otherwise (h' drops the first word of h; b = 1
+                                              for an unstored h),
+
+down to a unigram distribution that covers the whole vocabulary. With counts ``c``, ``V`` the
+number of predictable ids (``vocab_size``) and ``N1+(h .)`` the number of distinct words after h:
+
+- ``mle``: ``p* = c(h w) / c(h .)``; nothing is left for unseen words (they get probability 0).
+- ``add_k``: ``p* = (c(h w) + k) / (c(h .) + k V)`` (Laplace for k = 1, Lidstone otherwise); the
+  mass ``k (V - N1+(h .)) / (c(h .) + k V)`` of unseen words goes to the lower order, Katz style.
+- ``good_turing``: ``p* = d_c c / c(h .)`` with the Good-Turing discount ``d_r = r* / r`` of each
+  order, ``r*`` from Gale and Sampson's (1995) Simple Good-Turing over that order's counts of
+  counts; Katz (1987) back-off gives the freed mass to the lower order, renormalised over the
+  words unseen after h: ``b(h) = (1 - sum_seen p*) / (1 - sum_seen p(w | h'))``.
+- ``absolute``: interpolated absolute discounting (Ney, Essen and Kneser 1994):
+  ``p(w | h) = max(c(h w) - D, 0) / c(h .) + gamma(h) p(w | h')``, ``gamma(h) = D N1+(h .) / c(h .)``,
+  ``D = n1 / (n1 + 2 n2)`` per order from its counts of counts ``n_r``.
+- ``kneser_ney``: the same with Kneser and Ney's (1995) continuation counts below the highest
+  order: ``c(h w)`` becomes ``N1+(. h w)``, the number of distinct words seen before ``h w``.
+  As in KenLM, n-grams that start with ``<s>`` keep their counts (nothing can precede ``<s>``).
+- ``modified_kneser_ney``: three discounts per order (Chen and Goodman 1998, eq. 26), for counts
+  1, 2 and 3+: ``Y = n1 / (n1 + 2 n2)``, ``D1 = 1 - 2Y n2/n1``, ``D2 = 2 - 3Y n3/n2``,
+  ``D3+ = 3 - 4Y n4/n3``; ``gamma(h) = (D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)) / c(h .)``.
+
+Interpolated models are exactly back-off models with ``p*(w | h) = p(w | h)`` and ``b(h) = gamma(h)``.
+The unigram level of the three discounting estimators interpolates with the uniform ``1 / V``, so
+``<unk>`` (id 0 of seqlab's tokenizers, never seen in training) gets ``gamma() / V``, as KenLM
+gives it. A discount that the counts of counts cannot give (a division by zero, or outside
+``[0, r]``) falls back to KenLM's ``--discount_fallback`` values 0.5, 1, 1.5.
+
+Pruning (``prune_singletons``) drops n-grams of order 3 and above seen once, keeps every other
+probability, and recomputes the back-off weights so that each distribution still sums to one
+(as SRILM does after pruning). Raw counts never grow with the order, so what remains keeps every
+prefix and suffix of its n-grams.
+
+Streams: ``<s>`` is id ``vocab_size``, a context-only id that is never predicted. ``fit(task)``
+reads the training block as one sentence ``<s> x_1 ... x_N`` without ``</s>``, and every stream
+the model scores starts with the same implicit ``<s>``: the state is the last ``order - 1`` ids of
+``<s> x_1 ... x_t``. ``fit_stream`` takes several sentences, each starting with ``<s>`` (and
+ending with whatever id the caller uses as ``</s>``); see ``seqlab.classical.arpa``.
+
+Shapes: B batch, T time, V ``vocab_size``, n ``order``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from seqlab.classical import counts as ngrams
+from seqlab.classical.counts import (
+    ABSENT, NGramTable, absolute_discount, check_ids, good_turing_discounts, modified_kneser_ney_discounts,
+)
+from seqlab.contracts import CausalLM
+from seqlab.errors import ConfigError, DataError
+from seqlab.registry import register
+
+Estimator = Literal["mle", "add_k", "good_turing", "absolute", "kneser_ney", "modified_kneser_ney"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+INTERPOLATED = ("absolute", "kneser_ney", "modified_kneser_ney")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NGramConfig:
+    """An n-gram language model.
+
+    Attributes:
+        vocab_size: number of predictable token ids V (``<s>`` is the extra id V).
+        order: n, the longest n-gram; the model conditions on the last n - 1 ids.
+        estimator: how probabilities are estimated from counts (see the module docstring).
+        add_k: k of ``add_k``: 1 is Laplace (add-one), other values Lidstone.
+        discount: a fixed D for ``absolute`` and ``kneser_ney``, in (0, 1]; None estimates
+            ``D = n1 / (n1 + 2 n2)`` for each order.
+        prune_singletons: drop n-grams of order >= 3 seen once, then renormalise.
+    """
+
+    vocab_size: int
+    order: int = 8
+    estimator: Estimator = "modified_kneser_ney"
+    add_k: float = 1.0
+    discount: float | None = None
+    prune_singletons: bool = False
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1:
+            raise ConfigError(f"NGramConfig.vocab_size must be >= 1, got {self.vocab_size}")
+        if self.order < 1:
+            raise ConfigError(f"NGramConfig.order must be >= 1, got {self.order}")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"NGramConfig.estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if not self.add_k > 0:
+            raise ConfigError(f"NGramConfig.add_k must be > 0 (use estimator 'mle' for none), got {self.add_k}")
+        if self.discount is not None and not 0 < self.discount <= 1:
+            raise ConfigError(f"NGramConfig.discount must be in (0, 1] or None, got {self.discount}")
+
+
+@register("ngram", task="lm", config=NGramConfig)
+class NGramLM(CausalLM):
+    """N-gram language model (mle, add-k, Good-Turing/Katz, absolute discounting, Kneser-Ney).
+
+    ``tables[k - 1]`` holds the n-grams of order k (``seqlab.classical.counts``): ``keys``,
+    ``log_prob`` = ln p*(w | h) and ``log_backoff`` = ln b(h) of each n-gram as a context (empty
+    at the highest order). Before fitting, the model is the uniform distribution over V ids.
+    """
+
+    def __init__(self, config: NGramConfig):
+        super().__init__()
+        self.config = config
+        self.vocab_size = config.vocab_size
+        self.order = config.order
+        self.start_id = config.vocab_size                    # <s>
+        self.n_ids = config.vocab_size + 1
+        values = {"log_prob": torch.float32, "log_backoff": torch.float32}
+        self.tables = nn.ModuleList(NGramTable(values) for _ in range(config.order))
+        uniform = torch.full((self.n_ids,), -math.log(config.vocab_size))
+        uniform[self.start_id] = -math.inf
+        self.tables[0].fill(torch.arange(self.n_ids), log_prob=uniform, log_backoff=torch.zeros(self.n_ids))
+        # D1, D2, D3+ of each order, as fitted (NaN for estimators without discounts).
+        self.register_buffer("discounts", torch.full((config.order, 3), math.nan, dtype=torch.float64))
+        # Evaluation code finds a model's device from its first parameter; this model has none.
+        self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    # ---- fitting ------------------------------------------------------------------------------
+
+    def fit(self, task: Any, **options: Any) -> NGramLM:
+        """Fit to ``task.splits["train"].ids`` read as ``<s> x_1 ... x_N`` (closed form).
+
+        ``options`` are training options; a closed-form fit takes none but ``progress``.
+        """
+        unknown = sorted(set(options) - {"progress"})
+        if unknown:
+            raise ConfigError(f"ngram is fitted in closed form and takes no option {unknown[0]!r}")
+        if task.vocab_size != self.vocab_size:
+            raise DataError(f"the task has {task.vocab_size} token ids but the model was built for {self.vocab_size}")
+        ids = torch.as_tensor(task.splits["train"].ids, dtype=torch.long)
+        return self.fit_stream(torch.cat([torch.tensor([self.start_id]), ids]))
+
+    def fit_stream(self, stream: Tensor) -> NGramLM:
+        """Fit to one stream of sentences, each starting with ``<s>`` (id ``vocab_size``).
+
+        Args:
+            stream: (L,) ids in ``[0, vocab_size]``; ``stream[0]`` must be ``<s>``.
+        Returns:
+            self, fitted.
+        """
+        stream = torch.as_tensor(stream, dtype=torch.long).reshape(-1).cpu()
+        if stream.numel() < 2:
+            raise DataError("the training data is empty: an n-gram model needs at least one token")
+        check_ids(stream, self.n_ids, "training stream")
+        if int(stream[0]) != self.start_id:
+            raise DataError(f"a training stream must start with <s> (id {self.start_id}), got id {int(stream[0])}")
+        counted = ngrams.count_ngrams(stream, self.order, self.n_ids, start_id=self.start_id)
+        keys = [k for k, _ in counted]
+        fitted = _Fit(keys, [c.double() for _, c in counted], self.n_ids, self.start_id, self.config)
+        probs, backoffs, discounts = fitted.estimate()
+        self.discounts.copy_(discounts)
+        if self.config.prune_singletons:
+            keys, probs, backoffs = fitted.prune(probs, backoffs)
+        self.set_tables(keys, [p.log() for p in probs], [b.log() for b in backoffs])
+        return self
+
+    def set_tables(self, keys: list[Tensor], log_probs: list[Tensor], log_backoffs: list[Tensor]) -> None:
+        """Install fitted (or read) tables: per order, sorted keys (N_k,), ln p* (N_k,) and ln b
+        (N_k,) (empty at the highest order). Order 1 is dense over ``vocab_size + 1`` ids."""
+        for table, key, log_prob, log_backoff in zip(self.tables, keys, log_probs, log_backoffs):
+            table.fill(key, log_prob=log_prob, log_backoff=log_backoff)
+
+    # ---- the causal-LM contract ---------------------------------------------------------------
+
+    def init_state(self, batch_size: int) -> Tensor:
+        """(B, n - 1) ids: ``<s>`` last, padded on the left with ``ABSENT`` (no id)."""
+        state = torch.full((batch_size, self.order - 1), ABSENT, dtype=torch.long, device=self.discounts.device)
+        if self.order > 1:
+            state[:, -1] = self.start_id
+        return state
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """ln p(next | <s>, tokens[:, :t+1]) for every t: (B, T, V), normalised over V."""
+        return self.forward_from(tokens, self.init_state(tokens.shape[0]))[0]
+
+    def step(self, token: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        log_probs, state = self.forward_from(token[:, None], state)
+        return log_probs[:, 0], state
+
+    def forward_from(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """All positions at once, continuing from ``state``: (B, T, V) and the new (B, n - 1) state."""
+        check_ids(tokens, self.vocab_size, "token")
+        batch, length = tokens.shape
+        history = torch.cat([state, tokens.long()], dim=1)                      # (B, n - 1 + T)
+        windows = ngrams.window_indices(self.tables[:-1], history, self.n_ids)
+        contexts = [w[:, self.order - 1:].reshape(-1) for w in windows]           # (B T,) each
+        log_probs = self._next_log_probs(contexts, batch * length)
+        return log_probs.view(batch, length, self.vocab_size), history[:, length:]
+
+    def log_prob(self, tokens: Tensor) -> Tensor:
+        """ln p(tokens[:, 1:] | <s>, tokens[:, 0]) from targeted lookups (no (B, T, V) tensor)."""
+        check_ids(tokens, self.vocab_size, "token")
+        history = torch.cat([self.init_state(tokens.shape[0]), tokens.long()], dim=1)
+        return self.score_stream(history)[:, self.order:].sum(dim=-1)
+
+    def score_stream(self, history: Tensor) -> Tensor:
+        """ln p(history[:, t] | history[:, :t]) for every t, by one back-off lookup per token.
+
+        With L the longest order whose n-gram ending at t is stored,
+        ``ln p = ln p*_L + sum_{j >= L} ln b(context of length j)``, added in the same order as
+        ``forward`` adds them, so the two agree to the last bit. ``<s>`` inside a row starts a
+        new sentence. Positions holding ``<s>`` or padding get 0.
+
+        Args:
+            history: (B, L) ids in ``[0, vocab_size]`` or ``ABSENT``.
+        Returns:
+            (B, L) float32 natural-log probabilities.
+        """
+        windows = ngrams.window_indices(self.tables, history, self.n_ids)        # n x (B, L)
+        found = torch.stack([w >= 0 for w in windows])                            # (n, B, L)
+        orders = torch.arange(1, self.order + 1, device=history.device)[:, None, None]
+        longest = (found * orders).amax(dim=0)                                    # (B, L), 0: none
+        scores = torch.zeros(history.shape, dtype=torch.float32, device=history.device)
+        for k, (table, window) in enumerate(zip(self.tables, windows), start=1):
+            scores = torch.where(longest == k, table.log_prob[window.clamp(min=0)], scores)
+        pad = torch.full_like(history[:, :1], ABSENT)
+        for j, (table, window) in enumerate(zip(self.tables[:-1], windows), start=1):
+            context = torch.cat([pad, window[:, :-1]], dim=1)                     # ends at t - 1
+            backoff = torch.where(context >= 0, table.log_backoff[context.clamp(min=0)], 0.0)
+            scores = torch.where((j >= longest) & (longest > 0), scores + backoff, scores)
+        predicted = (history >= 0) & (history != self.start_id)
+        return torch.where(predicted, scores, 0.0)
+
+    def _next_log_probs(self, contexts: list[Tensor], n_rows: int) -> Tensor:
+        """Full next-token distributions, ``ln p(. | h)``: (R, V).
+
+        ``contexts[j - 1]`` (R,) is the index of each row's last j ids in ``tables[j - 1]``
+        (``ABSENT`` if not stored). Start from the unigrams, and for j = 1 .. n - 1 multiply in
+        b(h_j) and overwrite the words stored after h_j with their p*.
+        """
+        rows = self.tables[0].log_prob[: self.vocab_size].expand(n_rows, -1).clone()   # (R, V)
+        for j, context in enumerate(contexts, start=1):
+            table = self.tables[j - 1]
+            rows += torch.where(context >= 0, table.log_backoff[context.clamp(min=0)], 0.0)[:, None]
+            following = self.tables[j]
+            ngrams.scatter_continuations(rows, context, following, following.log_prob, self.n_ids)
+        return rows
+
+    def bytes_per_ngram(self) -> float:
+        """Memory of the stored tables divided by the number of stored n-grams."""
+        stored = sum(len(t) for t in self.tables)
+        size = sum(b.numel() * b.element_size() for t in self.tables for b in t.buffers())
+        return size / max(stored, 1)
+
+
+class _Fit:
+    """The estimators, over counted tables (float64 throughout; see the module docstring).
+
+    Args:
+        keys: per order, (N_k,) sorted keys from ``count_ngrams``.
+        counts: per order, (N_k,) float64 raw counts.
+    """
+
+    def __init__(self, keys: list[Tensor], counts: list[Tensor], n_ids: int, start_id: int,
+                 config: NGramConfig):
+        self.keys, self.counts, self.n_ids, self.start_id, self.config = keys, counts, n_ids, start_id, config
+        self.vocab_size = n_ids - 1
+        self.prefix = [torch.zeros(n_ids, dtype=torch.long)] + [
+            ngrams.prefixes_and_last(k, n_ids)[0] for k in keys[1:]]
+        self.suffix = ngrams.suffix_indices(keys, n_ids)
+        self.first = ngrams.first_ids(keys, n_ids)
+
+    def estimate(self) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Per order p* (N_k,) and b (N_k, or 0 at the top), and the (n, 3) discounts."""
+        if self.config.estimator in INTERPOLATED:
+            return self._interpolate()
+        probs, backoffs = self._back_off()
+        return probs, backoffs, torch.full((len(self.keys), 3), math.nan, dtype=torch.float64)
+
+    def _interpolate(self) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        order, estimator = len(self.keys), self.config.estimator
+        probs, backoffs, discounts = [], [], []
+        for k in range(1, order + 1):
+            counts = self.counts[k - 1]
+            if estimator != "absolute" and k < order:          # Kneser-Ney continuation counts
+                continuation = torch.bincount(self.suffix[k], minlength=len(counts)).double()
+                counts = torch.where(self.first[k - 1] == self.start_id, counts, continuation)
+            if k == 1:
+                counts = counts.clone()
+                counts[self.start_id] = 0.0                    # <s> is never predicted
+            discount = self._discounts(counts)
+            discounts.append(discount)
+            taken = torch.where(counts >= 3, discount[2], torch.where(counts == 2, discount[1], discount[0]))
+            taken = torch.where(counts > 0, taken, 0.0)
+            context = self.prefix[k - 1]
+            n_contexts = 1 if k == 1 else len(self.keys[k - 2])
+            total = torch.bincount(context, weights=counts, minlength=n_contexts)
+            gamma = torch.where(total > 0, torch.bincount(context, weights=taken, minlength=n_contexts)
+                                / total.clamp(min=1e-300), 1.0)
+            lower = torch.full_like(counts, 1 / self.vocab_size) if k == 1 else probs[-1][self.suffix[k - 1]]
+            prob = (counts - taken) / total.clamp(min=1e-300)[context] + gamma[context] * lower
+            if k == 1:
+                prob[self.start_id] = 0.0
+            else:
+                backoffs.append(gamma)
+            probs.append(prob)
+        backoffs.append(torch.zeros(0, dtype=torch.float64))
+        return probs, backoffs, torch.stack(discounts)
+
+    def _discounts(self, counts: Tensor) -> Tensor:
+        """(D1, D2, D3+) from the counts of counts of ``counts`` (a fixed D repeated)."""
+        if self.config.discount is not None:
+            return torch.full((3,), self.config.discount, dtype=torch.float64)
+        n = torch.bincount(counts.long().clamp(max=5), minlength=6)[1:5].tolist()
+        if self.config.estimator == "modified_kneser_ney":
+            return modified_kneser_ney_discounts(*n)
+        return torch.full((3,), absolute_discount(n[0], n[1]), dtype=torch.float64)
+
+    def _back_off(self) -> tuple[list[Tensor], list[Tensor]]:
+        """mle, add_k and good_turing: discounted p*, then Katz back-off weights."""
+        estimator, order, vocab = self.config.estimator, len(self.keys), self.vocab_size
+        probs, backoffs = [], []
+        for k in range(1, order + 1):
+            counts = self.counts[k - 1].clone()
+            if k == 1:
+                counts[self.start_id] = 0.0
+            context = self.prefix[k - 1]
+            n_contexts = 1 if k == 1 else len(self.keys[k - 2])
+            total = torch.bincount(context, weights=counts, minlength=n_contexts)[context]
+            if estimator == "add_k":
+                prob = (counts + self.config.add_k) / (total + self.config.add_k * vocab)
+            elif estimator == "good_turing":
+                prob = good_turing_discounts(counts) * counts / total
+            else:
+                prob = counts / total
+            if k == 1:                                  # dense: unseen words share what is left
+                prob[self.start_id] = 0.0
+                unseen = (counts == 0)
+                unseen[self.start_id] = False
+                left = max(0.0, 1.0 - float(prob.sum())) if estimator != "mle" else 0.0
+                prob = prob + left * unseen / unseen.sum() if unseen.any() else prob / prob.sum()
+            else:
+                prob, backoff = _renormalised_backoff(prob, probs[-1][self.suffix[k - 1]], context,
+                                                      n_contexts, vocab, exact_mle=estimator == "mle")
+                backoffs.append(backoff)
+            probs.append(prob)
+        backoffs.append(torch.zeros(0, dtype=torch.float64))
+        return probs, backoffs
+
+    def prune(self, probs: list[Tensor], backoffs: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Drop n-grams of order >= 3 seen once; recompute the back-off weight of every context
+        that lost a continuation, ``b(h) = (1 - sum_kept p*) / (1 - sum_kept p(w | h'))``, so each
+        distribution still sums to one; re-key the orders above (their prefix indices moved)."""
+        order = len(self.keys)
+        keeps = [self.counts[k - 1] >= 2 if k >= 3 else torch.ones(len(self.keys[k - 1]), dtype=torch.bool)
+                 for k in range(1, order + 1)]
+        backoffs = list(backoffs)
+        for k in range(3, order + 1):
+            keep, context, n_contexts = keeps[k - 1], self.prefix[k - 1], len(self.keys[k - 2])
+            kept_mass = torch.bincount(context[keep], weights=probs[k - 1][keep], minlength=n_contexts)
+            lower = probs[k - 2][self.suffix[k - 1][keep]]
+            lower_mass = torch.bincount(context[keep], weights=lower, minlength=n_contexts)
+            renormalised = (1 - kept_mass).clamp(min=0) / (1 - lower_mass).clamp(min=1e-300)
+            lost = torch.bincount(context[~keep], minlength=n_contexts) > 0
+            backoffs[k - 2] = torch.where(lost, renormalised, backoffs[k - 2])
+        keys, kept_probs, kept_backoffs = [], [], []
+        for k in range(1, order + 1):
+            keep, key = keeps[k - 1], self.keys[k - 1]
+            if k >= 2:                                 # prefixes of kept n-grams are kept
+                new_index = torch.cumsum(keeps[k - 2], 0) - 1
+                prefix, last = ngrams.prefixes_and_last(key, self.n_ids)
+                key = new_index[prefix] * self.n_ids + last
+            keys.append(key[keep])
+            kept_probs.append(probs[k - 1][keep])
+            kept_backoffs.append(backoffs[k - 1][keep] if k < order else backoffs[k - 1])
+        return keys, kept_probs, kept_backoffs
+
+
+def _renormalised_backoff(prob: Tensor, lower: Tensor, context: Tensor, n_contexts: int, vocab: int,
+                          exact_mle: bool) -> tuple[Tensor, Tensor]:
+    """Katz's back-off weight ``b(h) = (1 - sum_seen p*) / (1 - sum_seen p(w | h'))``.
+
+    A context followed by every word has no unseen word to back off to: its p* are renormalised
+    and b = 1. Under mle nothing is left (b = 0, unseen words get probability 0).
+
+    Args:
+        prob: (N,) p* of the n-grams of one order; ``lower`` (N,) p(w | h') of their suffixes.
+        context: (N,) the prefix index of each n-gram.
+    Returns:
+        p* (N,) and b (n_contexts,).
+    """
+    seen_mass = torch.bincount(context, weights=prob, minlength=n_contexts)
+    lower_mass = torch.bincount(context, weights=lower, minlength=n_contexts)
+    n_seen = torch.bincount(context, minlength=n_contexts)
+    left = torch.zeros_like(seen_mass) if exact_mle else (1 - seen_mass).clamp(min=0)
+    complete = (n_seen >= vocab) | (lower_mass >= 1)
+    backoff = torch.where(complete, 1.0, left / (1 - lower_mass).clamp(min=1e-300))
+    backoff = torch.where(n_seen == 0, 1.0, backoff)
+    prob = torch.where(complete[context], prob / seen_mass.clamp(min=1e-300)[context], prob)
+    return prob, backoff
