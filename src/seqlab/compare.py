@@ -22,6 +22,7 @@ import torch
 
 from seqlab import registry
 from seqlab.data.corpora import load_corpus
+from seqlab.contracts import device_of
 from seqlab.errors import ConfigError, DataError
 from seqlab.tasks.lm import LanguageModeling
 from seqlab.training import TrainConfig, Trainer, fit
@@ -175,7 +176,7 @@ def _sample(model: torch.nn.Module, task: LanguageModeling) -> tuple[str, float]
         prompt_ids = tokenizer.encode(SAMPLE_PROMPT, unknown="error")
     except DataError:
         prompt_ids = task.splits["test"].ids[: min(16, task.context // 2)].tolist()
-    prompt = torch.tensor([prompt_ids], device=next(model.parameters()).device)
+    prompt = torch.tensor([prompt_ids], device=device_of(model))
     started = time.perf_counter()
     generated = model.generate(prompt, SAMPLE_CHARACTERS, temperature=0.8, seed=0)
     seconds = time.perf_counter() - started

@@ -16,12 +16,20 @@ families that implement them arrive with their issues.
 from __future__ import annotations
 
 import abc
+import itertools
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 State = Any  # a tensor, or a tuple/list/dict of tensors: whatever the model carries over time
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where a module's tensors live: its first parameter's device, else its first buffer's (a
+    count-based model has only buffers), else the CPU."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 class CausalLM(nn.Module, abc.ABC):

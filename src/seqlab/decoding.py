@@ -9,12 +9,11 @@ Shapes: B batch, T prompt length, V ``vocab_size``.
 
 from __future__ import annotations
 
-import itertools
 
 import torch
 from torch import Tensor
 
-from seqlab.contracts import CausalLM
+from seqlab.contracts import CausalLM, device_of
 from seqlab.errors import ConfigError, DataError
 
 
@@ -97,11 +96,6 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _model_device(model: CausalLM, fallback: torch.device) -> torch.device:
-    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return fallback if tensor is None else tensor.device
-
-
 @torch.no_grad()
 def generate(
     model: CausalLM,
@@ -159,7 +153,7 @@ def generate(
         bad = low if low < 0 else high
         raise DataError(f"prompt holds token id {bad}, outside the vocabulary [0, {vocab_size})")
 
-    device = _model_device(model, prompt.device)
+    device = device_of(model)
     tokens = prompt.to(device=device, dtype=torch.long)                         # (B, T)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     context = model.max_context

@@ -143,8 +143,12 @@ def build_for_task(name: str, task_defaults: dict[str, Any], overrides: dict[str
 
 
 def parameter_count(model: nn.Module) -> int:
-    """Number of distinct trainable parameters (tied weights counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of distinct trainable parameters (tied weights counted once); for a model fitted
+    in closed form (it has ``fit``), the number of values it stores, its tables included."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if callable(getattr(model, "fit", None)):
+        return trained + sum(b.numel() for b in model.buffers())
+    return trained
 
 
 _TRUE = {"true", "yes", "1", "on"}

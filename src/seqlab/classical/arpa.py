@@ -6,9 +6,10 @@ KenLM's conventions, which SRILM shares:
   -99), ``</s>`` is predicted like any word, so ``log10 p(sentence) = sum_i log10 p(w_i | ...)
   + log10 p(</s> | ...)``;
 - a word outside the vocabulary is ``<unk>``; n-grams never cross a sentence boundary;
-- an ARPA file lists, for each order k, ``log10 p*  w_1 ... w_k  [log10 b]`` (tab or space
-  separated), the back-off weight omitted when 0 and at the highest order, between a
-  ``\\data\\`` header of counts and ``\\end\\`` (Stolcke 2002, SRILM; Heafield 2011, KenLM).
+- an ARPA file lists, for each order k, ``log10 p* <tab> w_1 ... w_k [<tab> log10 b]``, the
+  back-off weight omitted when 0 and at the highest order, between a ``\\data\\`` header of
+  counts and ``\\end\\`` (Stolcke 2002, SRILM; Heafield 2011, KenLM). seqlab writes tabs, as
+  KenLM requires, and reads fields separated by any whitespace.
   A file without ``<unk>`` gets it with log10 probability -100, as KenLM substitutes. Every
   context of a stored n-gram must be stored, as KenLM's default (probing) structure requires.
 
@@ -19,13 +20,14 @@ seqlab tokenizer) and ``<s>`` is the model's extra id V (``NGramLM.start_id``).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,12 +61,30 @@ class WordVocabulary:
             raise ConfigError(f"ARPA words hold no whitespace and are not empty, got {bad!r}")
 
     @classmethod
-    def from_sentences(cls, sentences: Iterable[str]) -> WordVocabulary:
-        """``<unk>``, ``</s>``, then every whitespace-separated word, most frequent first."""
-        frequency = Counter(word for sentence in sentences for word in sentence.split())
-        for special in (UNKNOWN, SENTENCE_START, SENTENCE_END):
-            frequency.pop(special, None)
-        return cls((UNKNOWN, SENTENCE_END, *(word for word, _ in frequency.most_common())))
+    def from_sentences(cls, sentences: Sequence[str], min_count: int = 1) -> WordVocabulary:
+        """``<unk>``, ``</s>``, then every whitespace-separated word seen at least ``min_count``
+        times, most frequent first (ties in order of first appearance)."""
+        return cls._with_stream(sentences, min_count)[0]
+
+    @classmethod
+    def _with_stream(cls, sentences: Sequence[str], min_count: int = 1) -> tuple[WordVocabulary, Tensor]:
+        """The vocabulary of ``sentences`` and their stream, in one pass over the words."""
+        if min_count < 1:
+            raise ConfigError(f"min_count must be >= 1, got {min_count}")
+        first_seen = _FirstSeenIndex()
+        seen_ids, lengths = _word_ids(sentences, first_seen)
+        seen = list(first_seen)
+        frequency = torch.bincount(seen_ids, minlength=len(seen))
+        special = torch.tensor([word in (UNKNOWN, SENTENCE_START, SENTENCE_END) for word in seen],
+                               dtype=torch.bool)
+        special |= frequency < min_count                           # these words become <unk>
+        ranked = torch.sort(torch.where(special, 1, -frequency), stable=True).indices[: int((~special).sum())]
+        new_id = torch.zeros(len(seen), dtype=torch.long)          # a literal <unk> or <s>: <unk>
+        new_id[ranked] = torch.arange(2, 2 + len(ranked))
+        if SENTENCE_END in first_seen:
+            new_id[first_seen[SENTENCE_END]] = 1
+        vocabulary = cls((UNKNOWN, SENTENCE_END, *(seen[i] for i in ranked.tolist())))
+        return vocabulary, vocabulary._stream(new_id[seen_ids], lengths)
 
     @property
     def start_id(self) -> int:
@@ -72,37 +92,75 @@ class WordVocabulary:
 
     @functools.cached_property
     def index(self) -> dict[str, int]:
-        return {word: i for i, word in enumerate(self.words)}
+        """Word -> id; a word not in the vocabulary looks up as 0 (``<unk>``)."""
+        return _UnknownIsZero((word, i) for i, word in enumerate(self.words))
 
-    def encode(self, sentences: Iterable[str]) -> Tensor:
+    def encode(self, sentences: Sequence[str]) -> Tensor:
         """One stream ``<s> w_1 .. w_m </s> <s> ...``: (L,) int64, unknown words as 0."""
-        lookup, start = self.index.get, self.start_id
-        end = self.index.get(SENTENCE_END)
-        if end is None:
+        return self._stream(*_word_ids(sentences, self.index))
+
+    def _stream(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Put ``<s>`` before and ``</s>`` after each sentence: ``ids`` (N,) all the words in
+        order, ``lengths`` (S,) the words of each sentence."""
+        if SENTENCE_END not in self.index:
             raise ConfigError(f"the vocabulary has no {SENTENCE_END!r} to end sentences with")
-        ids: list[int] = []
-        for sentence in sentences:
-            ids.append(start)
-            ids.extend(lookup(word, 0) for word in sentence.split())
-            ids.append(end)
-        return torch.tensor(ids, dtype=torch.long)
+        ends = torch.cumsum(lengths + 2, 0) - 1                                  # where each </s> goes
+        stream = torch.empty(int(ends[-1]) + 1 if len(ends) else 0, dtype=torch.long)
+        is_word = torch.ones_like(stream, dtype=torch.bool)
+        is_word[ends - lengths - 1] = False
+        is_word[ends] = False
+        stream[ends - lengths - 1] = self.start_id
+        stream[ends] = self.index[SENTENCE_END]
+        stream[is_word] = ids
+        return stream
+
+
+class _UnknownIsZero(dict):
+    """A word index whose missing words are ``<unk>`` (0), for ``map(index.__getitem__, ...)``."""
+
+    def __missing__(self, word: str) -> int:
+        return 0
+
+
+class _FirstSeenIndex(dict):
+    """A word index that gives each new word the next id, in order of first appearance."""
+
+    def __missing__(self, word: str) -> int:
+        self[word] = len(self)
+        return self[word]
+
+
+def _word_ids(sentences: Sequence[str], index: dict[str, int]) -> tuple[Tensor, Tensor]:
+    """The id of every word of every sentence, in order (N,), and each sentence's length (S,)."""
+    split = [sentence.split() for sentence in sentences]
+    ids = _ids(map(index.__getitem__, itertools.chain.from_iterable(split)))
+    return ids, torch.tensor([len(words) for words in split], dtype=torch.long)
+
+
+def _ids(ids: Iterable[int]) -> Tensor:
+    return torch.from_numpy(np.array(list(ids), dtype=np.int64))
 
 
 def fit_sentences(
-    sentences: Sequence[str], vocabulary: WordVocabulary | None = None, **config: Any
+    sentences: Sequence[str], vocabulary: WordVocabulary | None = None, min_count: int = 1, **config: Any
 ) -> tuple[NGramLM, WordVocabulary]:
     """An ``NGramLM`` fitted to whitespace-tokenised sentences, KenLM style.
 
     Args:
         sentences: one sentence per string.
-        vocabulary: the words; None takes every word of ``sentences``.
+        vocabulary: the words; None takes the words of ``sentences`` seen ``min_count`` times.
+        min_count: words seen fewer times are ``<unk>`` in training (a closed vocabulary in
+            which ``<unk>`` is a word like the others); 1 keeps every word (KenLM's default).
         config: ``NGramConfig`` values other than ``vocab_size`` (order, estimator, ...).
     Returns:
         the fitted model and its vocabulary.
     """
-    vocabulary = vocabulary or WordVocabulary.from_sentences(sentences)
+    if vocabulary is None:
+        vocabulary, stream = WordVocabulary._with_stream(sentences, min_count)
+    else:
+        stream = vocabulary.encode(sentences)
     model = NGramLM(NGramConfig(vocab_size=len(vocabulary.words), **config))
-    return model.fit_stream(vocabulary.encode(sentences)), vocabulary
+    return model.fit_stream(stream), vocabulary
 
 
 def sentence_log10_probs(model: NGramLM, vocabulary: WordVocabulary, sentences: Sequence[str]) -> Tensor:
@@ -111,13 +169,18 @@ def sentence_log10_probs(model: NGramLM, vocabulary: WordVocabulary, sentences: 
     Returns:
         (S,) float64.
     """
-    if model.vocab_size != len(vocabulary.words):
-        raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has {len(vocabulary.words)} words")
+    _check_vocabulary(model, vocabulary)
     stream = vocabulary.encode(sentences).to(model.discounts.device)
     scores = model.score_stream(stream[None])[0].double()                       # (L,)
     sentence = torch.cumsum(stream == vocabulary.start_id, 0) - 1
     return torch.zeros(len(sentences), dtype=torch.float64, device=stream.device).index_add_(
         0, sentence, scores) / LN10
+
+
+def _check_vocabulary(model: NGramLM, vocabulary: WordVocabulary) -> None:
+    if model.vocab_size != len(vocabulary.words):
+        raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "
+                          f"{len(vocabulary.words)} words")
 
 
 def write_arpa(model: NGramLM, vocabulary: WordVocabulary, path: str | Path) -> None:
@@ -126,20 +189,19 @@ def write_arpa(model: NGramLM, vocabulary: WordVocabulary, path: str | Path) -> 
     Probabilities are written as log10 with 8 significant digits; probability 0 (``<s>``, and
     unseen words under ``mle``) as -99. Back-off weights are written for every order but the last.
     """
-    if model.vocab_size != len(vocabulary.words):
-        raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has {len(vocabulary.words)} words")
+    _check_vocabulary(model, vocabulary)
     names = list(vocabulary.words) + [SENTENCE_START]
-    ids = ngrams.ngram_ids([table.keys.cpu() for table in model.tables], model.n_ids)
-    lines = ["\\data\\", *(f"ngram {k}={len(rows)}" for k, rows in enumerate(ids, start=1)), ""]
-    for k, (rows, table) in enumerate(zip(ids, model.tables), start=1):
-        log10_prob = _log10_field(table.log_prob)
-        log10_backoff = _log10_field(table.log_backoff) if k < model.order else None
+    lines = ["\\data\\", *(f"ngram {k}={len(table)}" for k, table in enumerate(model.tables, start=1)), ""]
+    text = names                                  # the words of each n-gram of the order below
+    for k, table in enumerate(model.tables, start=1):
+        if k > 1:                                 # an n-gram's text is its prefix's, then its last word
+            prefix, last = ngrams.prefixes_and_last(table.keys.cpu(), model.n_ids)
+            text = [f"{text[p]} {names[w]}" for p, w in zip(prefix.tolist(), last.tolist())]
         lines.append(f"\\{k}-grams:")
-        text = [" ".join(names[i] for i in row) for row in rows.tolist()]
-        if log10_backoff is None:
-            lines.extend(f"{p}\t{words}" for p, words in zip(log10_prob, text))
-        else:
-            lines.extend(f"{p}\t{words}\t{b}" for p, words, b in zip(log10_prob, text, log10_backoff))
+        columns = [_log10_field(table.log_prob), text]
+        if k < model.order:
+            columns.append(_log10_field(table.log_backoff))
+        lines.extend(map("\t".join, zip(*columns)))
         lines.append("")
     lines.append("\\end\\")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -147,7 +209,7 @@ def write_arpa(model: NGramLM, vocabulary: WordVocabulary, path: str | Path) -> 
 
 def _log10_field(log_values: Tensor) -> list[str]:
     log10 = (log_values.double().cpu() / LN10).clamp(min=ZERO_LOG10).tolist()
-    return [format(value, ".8g") for value in log10]
+    return list(map("%.8g".__mod__, log10))
 
 
 def read_arpa(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
@@ -163,8 +225,12 @@ def read_arpa(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
             n-gram, or a file that ends before ``\\end\\``.
     """
     sections = _ArpaParser(Path(path)).parse()
-    unigram_words = sections[0].words
-    vocabulary = WordVocabulary((UNKNOWN, *(w[0] for w in unigram_words if w[0] not in (UNKNOWN, SENTENCE_START))))
+    unigram_words = [words[0] for words in sections[0].words]
+    first_seen: dict[str, int] = {}
+    _reject_repeats(torch.tensor([first_seen.setdefault(word, len(first_seen)) for word in unigram_words]),
+                    sections[0], 1)
+    others = (word for word in unigram_words if word not in (UNKNOWN, SENTENCE_START))
+    vocabulary = WordVocabulary((UNKNOWN, *others))
     index = {**vocabulary.index, SENTENCE_START: vocabulary.start_id}
     model = NGramLM(NGramConfig(vocab_size=len(vocabulary.words), order=len(sections)))
     n_ids = model.n_ids
@@ -172,8 +238,7 @@ def read_arpa(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
     unigram_log_prob = torch.full((n_ids,), -math.inf, dtype=torch.float64)
     unigram_log_prob[0] = MISSING_UNKNOWN_LOG10 * LN10
     unigram_backoff = torch.zeros(n_ids, dtype=torch.float64)
-    ids = torch.tensor([index[w[0]] for w in unigram_words], dtype=torch.long)
-    _reject_repeats(ids, sections[0], 1)
+    ids = torch.tensor([index[word] for word in unigram_words], dtype=torch.long)
     unigram_log_prob[ids] = sections[0].log10_prob * LN10
     unigram_backoff[ids] = sections[0].log10_backoff * LN10
     keys, log_probs, log_backoffs = [torch.arange(n_ids)], [unigram_log_prob], [unigram_backoff]
@@ -184,9 +249,10 @@ def read_arpa(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
         prefix = ngrams.prefix_indices(keys, rows, n_ids)
         missing = (prefix < 0).nonzero()
         if len(missing):
-            line = int(missing[0])
-            raise DataError(f"line {section.lines[line]}: the context {' '.join(section.words[line][:-1])!r} of this "
-                            f"{k}-gram is not a {k - 1}-gram (every context must be stored, as KenLM requires)")
+            row = int(missing[0])
+            context = " ".join(section.words[row][:-1])
+            raise DataError(f"{section.where(row)}: the context {context!r} of this {k}-gram is not a "
+                            f"{k - 1}-gram (every context must be stored, as KenLM requires)")
         key = prefix * n_ids + rows[:, -1]
         _reject_repeats(key, section, k)
         order = torch.argsort(key)
@@ -200,16 +266,17 @@ def read_arpa(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
 
 def _word_id(index: dict[str, int], word: str, section: _Section, row: int) -> int:
     if word not in index:
-        raise DataError(f"line {section.lines[row]}: the word {word!r} is not among the 1-grams")
+        raise DataError(f"{section.where(row)}: the word {word!r} is not among the 1-grams")
     return index[word]
 
 
 def _reject_repeats(keys: Tensor, section: _Section, order: int) -> None:
-    ordered, position = torch.sort(keys, stable=True)
+    """DataError naming the second line of the first n-gram listed twice (equal ``keys``)."""
+    ordered, row = torch.sort(keys, stable=True)
     repeated = (ordered[1:] == ordered[:-1]).nonzero()
     if len(repeated):
-        line = section.lines[int(position[int(repeated[0]) + 1])]
-        raise DataError(f"line {line}: this {order}-gram is listed twice")
+        second = int(row[int(repeated[0]) + 1])
+        raise DataError(f"{section.where(second)}: this {order}-gram is listed twice")
 
 
 @dataclass
@@ -220,6 +287,10 @@ class _Section:
     log10_prob: Tensor           # (N,) float64
     log10_backoff: Tensor        # (N,) float64, 0 where omitted
     lines: list[int]             # 1-based line numbers
+    file_name: str
+
+    def where(self, row: int) -> str:
+        return f"line {self.lines[row]} of {self.file_name}"
 
 
 class _ArpaParser:
@@ -247,8 +318,9 @@ class _ArpaParser:
         raise self.error(f"the file ends before {what} (truncated?)", len(self.lines) + 1)
 
     def parse(self) -> list[_Section]:
-        while self.next_content_line("the \\data\\ header") != "\\data\\":
-            pass                              # KenLM skips anything before \data\
+        text = self.next_content_line("the \\data\\ header")
+        if text != "\\data\\":
+            raise self.error(f"expected \\data\\ as the first line that is not blank, got {text!r}")
         declared = []
         text = self.next_content_line("the n-gram counts")
         while text.startswith("ngram "):
@@ -287,7 +359,7 @@ class _ArpaParser:
             words.append(fields[1: order + 1])
             lines.append(self.position)
         return _Section(words, torch.tensor(probs, dtype=torch.float64),
-                        torch.tensor(backoffs, dtype=torch.float64), lines)
+                        torch.tensor(backoffs, dtype=torch.float64), lines, self.path.name)
 
     def number(self, field: str, what: str) -> float:
         try:

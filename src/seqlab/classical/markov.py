@@ -44,14 +44,15 @@ class MarkovConfig:
 
     Attributes:
         vocab_size: number of token ids V.
-        order: k, the number of previous tokens each prediction depends on.
+        order: k, the number of previous tokens each prediction depends on (3, with add_k 0.03,
+            suits the built-in corpus at character level).
         add_k: pseudo-count added to every transition; 0 is maximum likelihood (unseen
             transitions get probability 0), 1 is Laplace.
     """
 
     vocab_size: int
     order: int = 3
-    add_k: float = 0.01
+    add_k: float = 0.03
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
@@ -81,20 +82,13 @@ class MarkovChain(CausalLM):
         empty = [torch.zeros(0, dtype=torch.long)] * config.order
         self._set_tables([torch.arange(config.vocab_size)] + empty,
                          [torch.zeros(config.vocab_size, dtype=torch.long)] + empty)
-        # Evaluation code finds a model's device from its first parameter; this model has none.
-        self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def fit(self, task: Any, **options: Any) -> MarkovChain:
         """Count the transitions of ``task.splits["train"].ids`` (closed form).
 
         ``options`` are training options; a closed-form fit takes none but ``progress``.
         """
-        unknown = sorted(set(options) - {"progress"})
-        if unknown:
-            raise ConfigError(f"markov is fitted in closed form and takes no option {unknown[0]!r}")
-        if task.vocab_size != self.vocab_size:
-            raise DataError(f"the task has {task.vocab_size} token ids but the model was built for {self.vocab_size}")
-        return self.fit_stream(task.splits["train"].ids)
+        return self.fit_stream(ngrams.training_ids(task, self.vocab_size, options, "markov"))
 
     def fit_stream(self, stream: Tensor) -> MarkovChain:
         """Count every transition of orders 1 .. k in one token stream (L,); returns self."""
@@ -103,7 +97,7 @@ class MarkovChain(CausalLM):
             raise DataError("the training data is empty: a Markov chain needs at least one token")
         check_ids(stream, self.vocab_size, "training stream")
         counted = ngrams.count_ngrams(stream, self.order + 1, self.vocab_size)
-        self._set_tables([key for key, _ in counted], [count for _, count in counted])
+        self._set_tables([order.keys for order in counted], [order.counts for order in counted])
         return self
 
     def _set_tables(self, keys: list[Tensor], counts: list[Tensor]) -> None:
@@ -116,10 +110,10 @@ class MarkovChain(CausalLM):
         for j, table in enumerate(self.tables):
             context = ngrams.prefixes_and_last(keys[j], vocab)[0]
             total = followed[0] if j == 0 else followed[j][context]
-            log_unseen = (_log_transition(torch.zeros_like(followed[j + 1]), followed[j + 1], add_k, vocab)
+            log_unseen = (_transition(torch.zeros_like(followed[j + 1]), followed[j + 1], add_k, vocab).log()
                           if j < self.order else torch.zeros(0))
-            table.fill(keys[j], count=counts[j], log_prob=_log_transition(counts[j].double(), total, add_k, vocab),
-                       log_unseen=log_unseen)
+            log_prob = _transition(counts[j].double(), total, add_k, vocab).log()
+            table.fill(keys[j], count=counts[j], log_prob=log_prob, log_unseen=log_unseen)
 
     # ---- the causal-LM contract ---------------------------------------------------------------
 
@@ -158,11 +152,12 @@ class MarkovChain(CausalLM):
         rows = self.tables[0].log_prob.expand(len(n_read), -1).clone()           # (R, V) order 0
         longest_seen = torch.zeros_like(n_read)
         for j, context in enumerate(contexts, start=1):
-            start, stop = self.tables[j].continuations(torch.where(n_read >= j, context, ABSENT), self.vocab_size)
+            readable = torch.where(n_read >= j, context, ABSENT)
+            start, stop = self.tables[j].continuations(readable, self.vocab_size)
             longest_seen = torch.where(stop > start, j, longest_seen)
         for j, context in enumerate(contexts, start=1):
             context = torch.where(longest_seen == j, context, ABSENT)
-            unseen = self.tables[j - 1].log_unseen[context.clamp(min=0)]
+            unseen = ngrams.take(self.tables[j - 1].log_unseen, context, 0.0)
             rows = torch.where((context >= 0)[:, None], unseen[:, None], rows)
             following = self.tables[j]
             ngrams.scatter_continuations(rows, context, following, following.log_prob, self.vocab_size)
@@ -181,17 +176,19 @@ class MarkovChain(CausalLM):
         counts[pairs.keys] = pairs.count.double()           # key = i * V + j for order 1
         counts = counts.view(vocab, vocab)
         total = counts.sum(dim=1, keepdim=True)
-        smoothed = (counts + add_k) / (total + add_k * vocab)
-        first = self.tables[0].count.double()                  # unseen states: order 0
-        order_zero = (first + add_k) / (first.sum() + add_k * vocab) if first.sum() > 0 else torch.full_like(first, 1 / vocab)
-        return torch.where(total > 0, smoothed, order_zero)
+        first = self.tables[0].count.double()
+        order_zero = _transition(first, first.sum(), add_k, vocab)       # for states never followed
+        return torch.where(total > 0, _transition(counts, total, add_k, vocab), order_zero)
 
     def stationary_distribution(self) -> Tensor:
         """(V,) float64 pi with ``pi P = pi`` and ``sum pi = 1``, by solving the linear system
         ``(P^T - I) pi = 0`` with its last equation replaced by ``sum pi = 1``.
 
+        A fitted chain has one closed class (every state it saw leads to its last one, and
+        states never followed move by the order-0 distribution), so pi is unique.
+
         Raises:
-            DataError: the chain has no unique stationary distribution (it is reducible).
+            DataError: the system is singular (a chain with several closed classes).
         """
         transition = self.transition_matrix()
         vocab = self.vocab_size
@@ -201,8 +198,7 @@ class MarkovChain(CausalLM):
         target[-1] = 1.0
         solution, info = torch.linalg.solve_ex(system, target)
         if int(info) != 0 or not torch.isfinite(solution).all():
-            raise DataError("the chain is reducible: it has no unique stationary distribution "
-                            "(fit with add_k > 0 to connect every state)")
+            raise DataError("the chain has several closed classes: its stationary distribution is not unique")
         return solution
 
     def entropy_rate(self) -> float:
@@ -222,7 +218,6 @@ class MarkovChain(CausalLM):
         return self.generate(first[None], length - 1, seed=seed)[0]
 
 
-def _log_transition(count: Tensor, total: Tensor, add_k: float, vocab: int) -> Tensor:
-    """ln (count + a) / (total + a V), uniform ln(1 / V) where total is 0 (float64 in)."""
-    smoothed = (count + add_k) / (total + add_k * vocab)
-    return torch.where(total > 0, smoothed, 1.0 / vocab).log()
+def _transition(count: Tensor, total: Tensor, add_k: float, vocab: int) -> Tensor:
+    """(count + a) / (total + a V), and the uniform 1 / V where total is 0 (float64 in and out)."""
+    return torch.where(total > 0, (count + add_k) / (total + add_k * vocab), 1.0 / vocab)

@@ -15,8 +15,10 @@ number of predictable ids (``vocab_size``) and ``N1+(h .)`` the number of distin
   mass ``k (V - N1+(h .)) / (c(h .) + k V)`` of unseen words goes to the lower order, Katz style.
 - ``good_turing``: ``p* = d_c c / c(h .)`` with the Good-Turing discount ``d_r = r* / r`` of each
   order, ``r*`` from Gale and Sampson's (1995) Simple Good-Turing over that order's counts of
-  counts; Katz (1987) back-off gives the freed mass to the lower order, renormalised over the
-  words unseen after h: ``b(h) = (1 - sum_seen p*) / (1 - sum_seen p(w | h'))``.
+  counts (smooth in r, so every count is discounted: Katz's cut-off, which kept raw Turing
+  estimates away from large r, is not needed); Katz (1987) back-off gives the freed mass to the
+  lower order, renormalised over the words unseen after h:
+  ``b(h) = (1 - sum_seen p*) / (1 - sum_seen p(w | h'))``.
 - ``absolute``: interpolated absolute discounting (Ney, Essen and Kneser 1994):
   ``p(w | h) = max(c(h w) - D, 0) / c(h .) + gamma(h) p(w | h')``, ``gamma(h) = D N1+(h .) / c(h .)``,
   ``D = n1 / (n1 + 2 n2)`` per order from its counts of counts ``n_r``.
@@ -67,6 +69,7 @@ from seqlab.registry import register
 Estimator = Literal["mle", "add_k", "good_turing", "absolute", "kneser_ney", "modified_kneser_ney"]
 ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 INTERPOLATED = ("absolute", "kneser_ney", "modified_kneser_ney")
+NO_LOWER_MASS = 1e-10        # below this, 1 - sum_seen p(w | h') is rounding error: nothing unseen
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +78,8 @@ class NGramConfig:
 
     Attributes:
         vocab_size: number of predictable token ids V (``<s>`` is the extra id V).
-        order: n, the longest n-gram; the model conditions on the last n - 1 ids.
+        order: n, the longest n-gram; the model conditions on the last n - 1 ids. 8 suits the
+            built-in corpus at character level; 5 is the usual choice for words.
         estimator: how probabilities are estimated from counts (see the module docstring).
         add_k: k of ``add_k``: 1 is Laplace (add-one), other values Lidstone.
         discount: a fixed D for ``absolute`` and ``kneser_ney``, in (0, 1]; None estimates
@@ -96,7 +100,8 @@ class NGramConfig:
         if self.order < 1:
             raise ConfigError(f"NGramConfig.order must be >= 1, got {self.order}")
         if self.estimator not in ESTIMATORS:
-            raise ConfigError(f"NGramConfig.estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+            raise ConfigError(f"NGramConfig.estimator must be one of {', '.join(ESTIMATORS)}, "
+                              f"got {self.estimator!r}")
         if not self.add_k > 0:
             raise ConfigError(f"NGramConfig.add_k must be > 0 (use estimator 'mle' for none), got {self.add_k}")
         if self.discount is not None and not 0 < self.discount <= 1:
@@ -126,8 +131,6 @@ class NGramLM(CausalLM):
         self.tables[0].fill(torch.arange(self.n_ids), log_prob=uniform, log_backoff=torch.zeros(self.n_ids))
         # D1, D2, D3+ of each order, as fitted (NaN for estimators without discounts).
         self.register_buffer("discounts", torch.full((config.order, 3), math.nan, dtype=torch.float64))
-        # Evaluation code finds a model's device from its first parameter; this model has none.
-        self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     # ---- fitting ------------------------------------------------------------------------------
 
@@ -136,12 +139,7 @@ class NGramLM(CausalLM):
 
         ``options`` are training options; a closed-form fit takes none but ``progress``.
         """
-        unknown = sorted(set(options) - {"progress"})
-        if unknown:
-            raise ConfigError(f"ngram is fitted in closed form and takes no option {unknown[0]!r}")
-        if task.vocab_size != self.vocab_size:
-            raise DataError(f"the task has {task.vocab_size} token ids but the model was built for {self.vocab_size}")
-        ids = torch.as_tensor(task.splits["train"].ids, dtype=torch.long)
+        ids = ngrams.training_ids(task, self.vocab_size, options, "ngram")
         return self.fit_stream(torch.cat([torch.tensor([self.start_id]), ids]))
 
     def fit_stream(self, stream: Tensor) -> NGramLM:
@@ -157,10 +155,11 @@ class NGramLM(CausalLM):
             raise DataError("the training data is empty: an n-gram model needs at least one token")
         check_ids(stream, self.n_ids, "training stream")
         if int(stream[0]) != self.start_id:
-            raise DataError(f"a training stream must start with <s> (id {self.start_id}), got id {int(stream[0])}")
+            raise DataError(f"a training stream must start with <s> (id {self.start_id}), "
+                            f"got id {int(stream[0])}")
         counted = ngrams.count_ngrams(stream, self.order, self.n_ids, start_id=self.start_id)
-        keys = [k for k, _ in counted]
-        fitted = _Fit(keys, [c.double() for _, c in counted], self.n_ids, self.start_id, self.config)
+        fitted = _Fit(counted, self.n_ids, self.start_id, self.config)
+        keys = fitted.keys
         probs, backoffs, discounts = fitted.estimate()
         self.discounts.copy_(discounts)
         if self.config.prune_singletons:
@@ -221,19 +220,19 @@ class NGramLM(CausalLM):
             (B, L) float32 natural-log probabilities.
         """
         windows = ngrams.window_indices(self.tables, history, self.n_ids)        # n x (B, L)
-        found = torch.stack([w >= 0 for w in windows])                            # (n, B, L)
-        orders = torch.arange(1, self.order + 1, device=history.device)[:, None, None]
-        longest = (found * orders).amax(dim=0)                                    # (B, L), 0: none
+        longest = torch.zeros_like(history)                                       # 0: no id here
+        for k, window in enumerate(windows, start=1):
+            longest = torch.where(window >= 0, k, longest)
         scores = torch.zeros(history.shape, dtype=torch.float32, device=history.device)
         for k, (table, window) in enumerate(zip(self.tables, windows), start=1):
-            scores = torch.where(longest == k, table.log_prob[window.clamp(min=0)], scores)
-        pad = torch.full_like(history[:, :1], ABSENT)
+            here = (longest == k).nonzero(as_tuple=True)
+            scores[here] = table.log_prob[window[here]]
         for j, (table, window) in enumerate(zip(self.tables[:-1], windows), start=1):
-            context = torch.cat([pad, window[:, :-1]], dim=1)                     # ends at t - 1
-            backoff = torch.where(context >= 0, table.log_backoff[context.clamp(min=0)], 0.0)
-            scores = torch.where((j >= longest) & (longest > 0), scores + backoff, scores)
-        predicted = (history >= 0) & (history != self.start_id)
-        return torch.where(predicted, scores, 0.0)
+            context = torch.full_like(window, ABSENT)
+            context[:, 1:] = window[:, :-1]                                       # ends at t - 1
+            backs_off = ((context >= 0) & (longest <= j) & (longest > 0)).nonzero(as_tuple=True)
+            scores[backs_off] += table.log_backoff[context[backs_off]]
+        return torch.where((history >= 0) & (history != self.start_id), scores, 0.0)
 
     def _next_log_probs(self, contexts: list[Tensor], n_rows: int) -> Tensor:
         """Full next-token distributions, ``ln p(. | h)``: (R, V).
@@ -245,7 +244,7 @@ class NGramLM(CausalLM):
         rows = self.tables[0].log_prob[: self.vocab_size].expand(n_rows, -1).clone()   # (R, V)
         for j, context in enumerate(contexts, start=1):
             table = self.tables[j - 1]
-            rows += torch.where(context >= 0, table.log_backoff[context.clamp(min=0)], 0.0)[:, None]
+            rows += ngrams.take(table.log_backoff, context, 0.0)[:, None]
             following = self.tables[j]
             ngrams.scatter_continuations(rows, context, following, following.log_prob, self.n_ids)
         return rows
@@ -261,18 +260,19 @@ class _Fit:
     """The estimators, over counted tables (float64 throughout; see the module docstring).
 
     Args:
-        keys: per order, (N_k,) sorted keys from ``count_ngrams``.
-        counts: per order, (N_k,) float64 raw counts.
+        counted: per order, from ``count_ngrams``.
     """
 
-    def __init__(self, keys: list[Tensor], counts: list[Tensor], n_ids: int, start_id: int,
-                 config: NGramConfig):
-        self.keys, self.counts, self.n_ids, self.start_id, self.config = keys, counts, n_ids, start_id, config
-        self.vocab_size = n_ids - 1
+    def __init__(self, counted: list[ngrams.CountedOrder], n_ids: int, start_id: int, config: NGramConfig):
+        self.n_ids, self.start_id, self.config, self.vocab_size = n_ids, start_id, config, n_ids - 1
+        self.keys = [order.keys for order in counted]
+        self.counts = [order.counts.double() for order in counted]             # raw counts
+        self.suffix = [order.suffix for order in counted]
         self.prefix = [torch.zeros(n_ids, dtype=torch.long)] + [
-            ngrams.prefixes_and_last(k, n_ids)[0] for k in keys[1:]]
-        self.suffix = ngrams.suffix_indices(keys, n_ids)
-        self.first = ngrams.first_ids(keys, n_ids)
+            ngrams.prefixes_and_last(k, n_ids)[0] for k in self.keys[1:]]
+        self.first = [torch.arange(n_ids)]                                      # w_1 of each n-gram
+        for prefix in self.prefix[1:]:
+            self.first.append(self.first[-1][prefix])
 
     def estimate(self) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """Per order p* (N_k,) and b (N_k, or 0 at the top), and the (n, 3) discounts."""
@@ -342,7 +342,7 @@ class _Fit:
                 unseen = (counts == 0)
                 unseen[self.start_id] = False
                 left = max(0.0, 1.0 - float(prob.sum())) if estimator != "mle" else 0.0
-                prob = prob + left * unseen / unseen.sum() if unseen.any() else prob / prob.sum()
+                prob = (prob + left * unseen / unseen.sum()) if unseen.any() else prob / prob.sum()
             else:
                 prob, backoff = _renormalised_backoff(prob, probs[-1][self.suffix[k - 1]], context,
                                                       n_contexts, vocab, exact_mle=estimator == "mle")
@@ -351,7 +351,8 @@ class _Fit:
         backoffs.append(torch.zeros(0, dtype=torch.float64))
         return probs, backoffs
 
-    def prune(self, probs: list[Tensor], backoffs: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    def prune(self, probs: list[Tensor], backoffs: list[Tensor]
+              ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Drop n-grams of order >= 3 seen once; recompute the back-off weight of every context
         that lost a continuation, ``b(h) = (1 - sum_kept p*) / (1 - sum_kept p(w | h'))``, so each
         distribution still sums to one; re-key the orders above (their prefix indices moved)."""
@@ -384,8 +385,9 @@ def _renormalised_backoff(prob: Tensor, lower: Tensor, context: Tensor, n_contex
                           exact_mle: bool) -> tuple[Tensor, Tensor]:
     """Katz's back-off weight ``b(h) = (1 - sum_seen p*) / (1 - sum_seen p(w | h'))``.
 
-    A context followed by every word has no unseen word to back off to: its p* are renormalised
-    and b = 1. Under mle nothing is left (b = 0, unseen words get probability 0).
+    A context whose unseen words have no lower-order probability (every word seen, or the rest at
+    probability 0) has nowhere to send what is left: its p* are renormalised and b = 1, as SRILM
+    does when the denominator vanishes. Under mle nothing is left (b = 0: unseen words get 0).
 
     Args:
         prob: (N,) p* of the n-grams of one order; ``lower`` (N,) p(w | h') of their suffixes.
@@ -397,7 +399,7 @@ def _renormalised_backoff(prob: Tensor, lower: Tensor, context: Tensor, n_contex
     lower_mass = torch.bincount(context, weights=lower, minlength=n_contexts)
     n_seen = torch.bincount(context, minlength=n_contexts)
     left = torch.zeros_like(seen_mass) if exact_mle else (1 - seen_mass).clamp(min=0)
-    complete = (n_seen >= vocab) | (lower_mass >= 1)
+    complete = (n_seen >= vocab) | (1 - lower_mass <= NO_LOWER_MASS)
     backoff = torch.where(complete, 1.0, left / (1 - lower_mass).clamp(min=1e-300))
     backoff = torch.where(n_seen == 0, 1.0, backoff)
     prob = torch.where(complete[context], prob / seen_mass.clamp(min=1e-300)[context], prob)

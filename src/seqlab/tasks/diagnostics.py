@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from seqlab.contracts import device_of
 from seqlab.errors import ConfigError
 
 
@@ -63,7 +64,7 @@ class AddingProblem:
                  max_batches: int | None = None) -> dict[str, float]:
         """Mean squared error on the fixed ``split`` set (``loss`` and ``mse`` alike)."""
         inputs, targets = self.eval_sets["valid" if split == "valid" else "test"]
-        device = next(model.parameters()).device
+        device = device_of(model)
         was_training = model.training
         model.eval()
         predictions = torch.cat([model(part.to(device)).squeeze(-1).float().cpu()
@@ -112,7 +113,7 @@ class CopyMemory:
                  max_batches: int | None = None) -> dict[str, float]:
         """Cross-entropy per position, and the accuracy on the ten copied symbols."""
         inputs, targets = self.eval_sets["valid" if split == "valid" else "test"]
-        device = next(model.parameters()).device
+        device = device_of(model)
         was_training = model.training
         model.eval()
         logits = torch.cat([model(part.to(device)).float().cpu() for part in inputs.split(batch_size)])

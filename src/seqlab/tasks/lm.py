@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from seqlab.contracts import device_of
 from seqlab.data.batching import random_windows, sequential_windows
 from seqlab.data.corpora import Corpus, load_corpus
 from seqlab.data.tokenizers import Tokenizer, train_tokenizer
@@ -182,7 +183,7 @@ def evaluate_block(
 
     The model is put in eval mode and restored to its previous mode.
     """
-    device = next(model.parameters()).device
+    device = device_of(model)
     was_training = model.training
     model.eval()
     total_nll, n_tokens, n_chars = 0.0, 0, 0
