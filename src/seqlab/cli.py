@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train several models on one task and report")
     compare.add_argument("--models", help="comma-separated names (default: every LM that fits)")
     _task_arguments(compare, context=64)     # short windows: more steps in a CPU budget
-    compare.add_argument("--budget", type=float, default=120.0, help="total training seconds, split equally")
+    compare.add_argument("--budget", type=float, default=90.0,
+                         help="total training seconds, split equally among the models that train")
     compare.add_argument("--steps", type=int, help="cap on steps per model (the budget still applies)")
     compare.add_argument("--out", default="runs/compare", help="report directory")
     compare.add_argument("--no-progress", action="store_true")

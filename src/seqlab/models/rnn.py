@@ -129,15 +129,16 @@ class RecurrentLanguageModel(CausalLM):
         return self.head(self.dropout(hidden)), state
 
 
-@register("elman", task="lm", config=ElmanConfig)
+# A bare `seqlab compare` runs one model per family in its two minutes (the LSTM for the
+# recurrent one); Elman, Jordan and GRU run when named: `seqlab compare --models elman,lstm,gru`.
+@register("elman", task="lm", config=ElmanConfig, in_default_compare=False)
 class ElmanLanguageModel(RecurrentLanguageModel):
     """Elman RNN language model (Elman 1990) on torch's fused nn.RNN."""
 
     cell = "elman"
 
 
-# Unrolled in Python (torch has no fused Jordan kernel): too slow for the default two-minute
-# comparison, so `seqlab compare` runs it only when named.
+# Unrolled in Python: torch has no fused Jordan kernel.
 @register("jordan", task="lm", config=JordanConfig, in_default_compare=False)
 class JordanLanguageModel(RecurrentLanguageModel):
     """Jordan network language model (Jordan 1986): the previous output is fed back."""
@@ -152,7 +153,7 @@ class LSTMLanguageModel(RecurrentLanguageModel):
     cell = "lstm"
 
 
-@register("gru", task="lm", config=GRUConfig)
+@register("gru", task="lm", config=GRUConfig, in_default_compare=False)
 class GRULanguageModel(RecurrentLanguageModel):
     """GRU language model (Cho et al. 2014) on torch's fused nn.GRU."""
 
