@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from seqlab.errors import ConfigError, DataError
+from seqlab.errors import ConfigError, DataError, TrainingError
 
 CovarianceType = Literal["diag", "full"]
 
@@ -69,7 +69,8 @@ class CategoricalEmission(nn.Module):
         return observations
 
     def log_prob(self, observations: Tensor) -> Tensor:
-        return self.log_probs().T[observations]                              # (B, T, K)
+        # Gathered time-major, the chain engine's layout, so the engine need not copy it.
+        return self.log_probs().T[observations.T].transpose(0, 1)            # (B, T, K)
 
     def statistics(self, observations: Tensor, weights: Tensor) -> dict[str, Tensor]:
         symbols, weights = _flatten_positions(observations, weights)        # (N,), (N, K)
@@ -173,10 +174,14 @@ class Gaussians(nn.Module):
             identity = torch.eye(self.n_features, dtype=means.dtype, device=means.device)
             covariances = statistics["sum_xx"] / safe[..., None] - outer + self.reg_covar * identity
             kept = seen[..., None, None]
-        self.set_parameters(torch.where(seen[..., None], means, self.means),
-                            torch.where(kept, covariances, self.covariances()))
+        try:
+            self.set_parameters(torch.where(seen[..., None], means, self.means),
+                                torch.where(kept, covariances, self.covariances()))
+        except torch.linalg.LinAlgError:
+            raise TrainingError("a covariance became singular: a Gaussian collapsed onto too few "
+                                "observations; raise reg_covar") from None
 
-    def sample(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def draw(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(N, D) draws from the Gaussians at flat indices ``index`` (N,) into S."""
         noise = torch.randn(len(index), self.n_features, generator=generator, dtype=self.means.dtype,
                             device=self.means.device)
@@ -201,6 +206,9 @@ class GaussianEmission(Gaussians):
     def log_prob(self, observations: Tensor) -> Tensor:
         return self.log_density(observations)
 
+    def sample(self, states: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.draw(states.flatten(), generator).view(*states.shape, self.n_features)
+
 
 class GaussianMixtureEmission(nn.Module):
     """``p(x_t | s_t = k) = sum_m w_km N(x_t; mu_km, Sigma_km)`` (Juang 1985; Rabiner 1989, eq. 49).
@@ -222,6 +230,12 @@ class GaussianMixtureEmission(nn.Module):
     def log_weights(self) -> Tensor:
         """(K, M) log mixture weights."""
         return torch.log_softmax(self.weight_logits, dim=-1)
+
+    @torch.no_grad()
+    def set_parameters(self, weights: Tensor, means: Tensor, covariances: Tensor) -> None:
+        """Set weights (K, M), means (K, M, D) and covariances (K, M, D) or (K, M, D, D)."""
+        self.weight_logits.copy_(torch.as_tensor(weights, dtype=self.weight_logits.dtype).log())
+        self.components.set_parameters(means, covariances)
 
     def prepare(self, observations: Tensor, mask: Tensor) -> Tensor:
         return _prepare_vectors(observations, mask, self.n_features)
@@ -245,7 +259,7 @@ class GaussianMixtureEmission(nn.Module):
 
     def sample(self, states: Tensor, generator: torch.Generator | None = None) -> Tensor:
         component = torch.multinomial(self.log_weights().exp()[states.flatten()], 1, generator=generator)[:, 0]
-        flat = self.components.sample(states.flatten() * self.n_components + component, generator)
+        flat = self.components.draw(states.flatten() * self.n_components + component, generator)
         return flat.view(*states.shape, self.n_features)
 
 
