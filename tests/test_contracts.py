@@ -173,3 +173,10 @@ def test_generation_runs_past_a_finite_context(name):
     generated = model.generate(random_tokens(1, 3, seed=7), 2 * limit, seed=0)
     assert generated.shape == (1, 3 + 2 * limit)
     assert int(generated.min()) >= 0 and int(generated.max()) < VOCAB
+
+
+def test_a_model_must_define_step_or_forward_from():
+    with pytest.raises(TypeError, match="must define step or forward_from"):
+        class Neither(CausalLM):
+            def init_state(self, batch_size):
+                return None

@@ -35,7 +35,8 @@ def device_of(module: nn.Module) -> torch.device:
 class CausalLM(nn.Module, abc.ABC):
     """Base of every causal language model: a parallel view and a recurrent view.
 
-    Subclasses set ``vocab_size`` and implement ``forward``, ``init_state`` and ``step``.
+    Subclasses set ``vocab_size`` and implement ``init_state`` and at least one of ``step`` and
+    ``forward_from``; ``forward``, ``prefill``, ``log_prob`` and ``generate`` follow.
     ``max_context`` is the longest prefix the model can condition on (``None``: unbounded);
     generation slides a window when a model with a finite context runs past it.
     ``train_defaults`` holds ``TrainConfig`` values that suit the model (e.g. a learning rate),
@@ -47,7 +48,11 @@ class CausalLM(nn.Module, abc.ABC):
     max_context: int | None = None
     train_defaults: ClassVar[dict[str, Any]] = {}
 
-    @abc.abstractmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.step is CausalLM.step and cls.forward_from is CausalLM.forward_from:
+            raise TypeError(f"{cls.__name__} must define step or forward_from (each default uses the other)")
+
     def forward(self, tokens: Tensor) -> Tensor:
         """Next-token logits for every position.
 
@@ -56,12 +61,12 @@ class CausalLM(nn.Module, abc.ABC):
         Returns:
             (B, T, V) logits; ``[:, t]`` scores the token after ``tokens[:, :t+1]``.
         """
+        return self.forward_from(tokens, self.init_state(tokens.shape[0]))[0]
 
     @abc.abstractmethod
     def init_state(self, batch_size: int) -> State:
         """The state before any token has been read, for ``batch_size`` sequences."""
 
-    @abc.abstractmethod
     def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
         """Read one token per sequence.
 
@@ -71,13 +76,17 @@ class CausalLM(nn.Module, abc.ABC):
         Returns:
             (B, V) logits for the next token, and the new state.
         """
+        logits, state = self.forward_from(token[:, None], state)
+        return logits[:, 0], state
 
     def forward_from(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         """The parallel view continued from ``state``: logits for every position, and the state
         after the last token. Truncated BPTT carries this state from one window to the next.
 
         The default steps through ``tokens``; models with a parallel way (a fused RNN over a
-        whole window, a Transformer's cached attention) override it.
+        whole window, a Transformer's cached attention, an n-gram table lookup) override it.
+        Every model overrides ``step`` or ``forward_from`` (or both): each default is written
+        with the other.
 
         Args:
             tokens: (B, T) token ids, T >= 1.

@@ -315,9 +315,6 @@ class HMMLanguageModel(CausalLM):
         logits, predicted = self._predict(log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True))
         return logits, predicted[:, -1]
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.forward_from(tokens, self.init_state(tokens.shape[0]))[0]
-
     def _predict(self, filtered: Tensor) -> tuple[Tensor, Tensor]:
         """Next-token log-probabilities (..., V) and next-state log-probabilities (..., K)."""
         predicted = log_matmul_exp(filtered, self.hmm.log_transitions())

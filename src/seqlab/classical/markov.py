@@ -121,14 +121,6 @@ class MarkovChain(CausalLM):
         """(B, k) ids of the last k tokens, ``ABSENT`` where fewer have been read."""
         return torch.full((batch_size, self.order), ABSENT, dtype=torch.long, device=self.tables[0].keys.device)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """ln p(next | tokens[:, :t+1]) for every t: (B, T, V)."""
-        return self.forward_from(tokens, self.init_state(tokens.shape[0]))[0]
-
-    def step(self, token: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        log_probs, state = self.forward_from(token[:, None], state)
-        return log_probs[:, 0], state
-
     def forward_from(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """All positions at once, continuing from ``state``: (B, T, V) and the new (B, k) state."""
         check_ids(tokens, self.vocab_size, "token")

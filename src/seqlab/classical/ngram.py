@@ -182,14 +182,6 @@ class NGramLM(CausalLM):
             state[:, -1] = self.start_id
         return state
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """ln p(next | <s>, tokens[:, :t+1]) for every t: (B, T, V), normalised over V."""
-        return self.forward_from(tokens, self.init_state(tokens.shape[0]))[0]
-
-    def step(self, token: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        log_probs, state = self.forward_from(token[:, None], state)
-        return log_probs[:, 0], state
-
     def forward_from(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """All positions at once, continuing from ``state``: (B, T, V) and the new (B, n - 1) state."""
         check_ids(tokens, self.vocab_size, "token")

@@ -105,16 +105,8 @@ class RecurrentLanguageModel(CausalLM):
         if config.tie_weights:
             self.head.weight = self.embedding.weight
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        logits, _ = self.forward_from(tokens, self.init_state(tokens.shape[0]))
-        return logits
-
     def init_state(self, batch_size: int) -> State:
         return self.recurrent.init_state(batch_size)                 # (L, B, D), or (h, c)
-
-    def step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
-        logits, state = self.forward_from(token[:, None], state)     # (B, 1, V)
-        return logits[:, 0], state
 
     def forward_from(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         embedded = self.dropout(self.embedding(tokens))               # (B, T, D)

@@ -110,10 +110,6 @@ class TransformerLanguageModel(CausalLM):
             for projection in (block.attention.out, block.mlp[2]):
                 nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        logits, _ = self._run(tokens, cache=None)
-        return logits
-
     def init_state(self, batch_size: int) -> tuple[KVCache, ...]:
         config = self.config
         empty = self.token_embedding.weight.new_zeros(
@@ -121,14 +117,7 @@ class TransformerLanguageModel(CausalLM):
         )                                                                     # (B, H, 0, E)
         return tuple((empty, empty) for _ in self.blocks)
 
-    def step(self, token: Tensor, state: tuple[KVCache, ...]) -> tuple[Tensor, tuple[KVCache, ...]]:
-        logits, state = self._run(token[:, None], state)
-        return logits[:, 0], state
-
-    def forward_from(self, tokens: Tensor, state: tuple[KVCache, ...]) -> tuple[Tensor, tuple[KVCache, ...]]:
-        return self._run(tokens, state)
-
-    def _run(
+    def forward_from(
         self, tokens: Tensor, cache: tuple[KVCache, ...] | None
     ) -> tuple[Tensor, tuple[KVCache, ...]]:
         """Tokens (B, T) after the cached positions -> logits (B, T, V) and the extended cache.
