@@ -27,6 +27,18 @@ from seqlab.contracts import device_of
 from seqlab.errors import ConfigError
 
 
+@torch.no_grad()
+def predict_in_batches(model: nn.Module, inputs: Tensor, batch_size: int) -> Tensor:
+    """``model(inputs)`` in eval mode, ``batch_size`` rows at a time, as fp32 on the CPU; the
+    model's mode is restored afterwards."""
+    device = device_of(model)
+    was_training = model.training
+    model.eval()
+    outputs = torch.cat([model(part.to(device)).float().cpu() for part in inputs.split(batch_size)])
+    model.train(was_training)
+    return outputs
+
+
 class AddingProblem:
     """Regress the sum of two marked values in a sequence of ``length``."""
 
@@ -64,12 +76,7 @@ class AddingProblem:
                  max_batches: int | None = None) -> dict[str, float]:
         """Mean squared error on the fixed ``split`` set (``loss`` and ``mse`` alike)."""
         inputs, targets = self.eval_sets["valid" if split == "valid" else "test"]
-        device = device_of(model)
-        was_training = model.training
-        model.eval()
-        predictions = torch.cat([model(part.to(device)).squeeze(-1).float().cpu()
-                                 for part in inputs.split(batch_size)])
-        model.train(was_training)
+        predictions = predict_in_batches(model, inputs, batch_size).squeeze(-1)
         mse = F.mse_loss(predictions, targets).item()
         return {"loss": mse, "mse": mse}
 
@@ -113,11 +120,7 @@ class CopyMemory:
                  max_batches: int | None = None) -> dict[str, float]:
         """Cross-entropy per position, and the accuracy on the ten copied symbols."""
         inputs, targets = self.eval_sets["valid" if split == "valid" else "test"]
-        device = device_of(model)
-        was_training = model.training
-        model.eval()
-        logits = torch.cat([model(part.to(device)).float().cpu() for part in inputs.split(batch_size)])
-        model.train(was_training)
+        logits = predict_in_batches(model, inputs, batch_size)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
         copied = logits[:, -self.n_copied:].argmax(-1) == targets[:, -self.n_copied:]
         return {"loss": loss, "copy_accuracy": copied.float().mean().item()}
