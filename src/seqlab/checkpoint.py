@@ -102,7 +102,7 @@ def load_checkpoint(
             )
     info = read_info(directory)
     try:
-        entry = registry.get(info["model"])
+        entry = registry.get(info["model"], task_name(info))
         model = entry.model_class(registry.make_config(entry.config_class, info["config"]))
     except ConfigError as error:
         raise CheckpointError(f"{CONFIG_FILE} in {str(directory)!r} is not usable: {error}") from None
@@ -121,7 +121,12 @@ def load_checkpoint(
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
     try:
-        tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
+        if task_name(info) == "tag":
+            from seqlab.tasks.tagging import TaggingVocabulary
+
+            tokenizer = TaggingVocabulary.load(directory / TOKENIZER_FILE)
+        else:
+            tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
     except SeqlabError as error:
         raise CheckpointError(f"{TOKENIZER_FILE} in {str(directory)!r}: {error}") from None
     trainer_state = None
@@ -148,6 +153,12 @@ def read_info(directory: str | Path) -> dict[str, Any]:
             "it was not written by seqlab"
         )
     return info
+
+
+def task_name(info: dict[str, Any]) -> str:
+    """The task a checkpoint's model solves ("lm" for runs saved before tasks were recorded)."""
+    task = info.get("task")
+    return task.get("task", "lm") if isinstance(task, dict) else "lm"
 
 
 def is_run_directory(directory: str | Path) -> bool:

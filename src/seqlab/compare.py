@@ -110,15 +110,14 @@ def compare(
     if not models:
         raise ConfigError("no models to compare; name at least one with --models")
     for name in models:
-        if registry.get(name).task != "lm":
-            raise ConfigError(f"model {name!r} is not a language model; compare --task lm runs only those")
+        registry.get(name, "lm")     # ConfigError naming the language models when unknown
     if not budget_seconds > 0:
         raise ConfigError(f"budget must be > 0 seconds, got {budget_seconds}")
     task = task or TaskOptions()
     lm_task = task.build()   # fail here, once, on bad data, before starting any process
     model_options = model_options or {}
     # Models fitted in closed form (n-gram, Markov, HMM) take no share of the training budget.
-    trained = [name for name in models if not callable(getattr(registry.get(name).model_class, "fit", None))]
+    trained = [name for name in models if not callable(getattr(registry.get(name, "lm").model_class, "fit", None))]
     per_model = budget_seconds / max(1, len(trained))
     results = []
     context = multiprocessing.get_context("spawn")
@@ -145,7 +144,7 @@ def run_one(
     """Train, evaluate and sample one model; runs in its own process (see ``compare``)."""
     task = task_options.build()
     baseline_mb = _resident_mb()
-    model = registry.build_for_task(name, task.model_defaults(), overrides)
+    model = registry.build_for_task(name, task.model_defaults(), overrides, task="lm")
     on_cuda = torch.cuda.is_available() and train_options.get("device", "auto") != "cpu"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -131,10 +131,14 @@ class CausalLM(nn.Module, abc.ABC):
 
 @runtime_checkable
 class Tagger(Protocol):
-    """Many-to-many, synchronised: one tag per token."""
+    """Many-to-many, synchronised: one tag per word (``seqlab.tasks.tagging``).
 
-    def loss(self, tokens: Tensor, tags: Tensor, mask: Tensor) -> Tensor: ...
-    def decode(self, tokens: Tensor, mask: Tensor) -> Tensor: ...
+    ``tag(batch) -> (B, T)`` tag ids for a ``TaggingBatch``. A neural tagger also defines
+    ``loss(batch)``, its mean loss per word, and trains with the Trainer; a tagger with a
+    closed-form or optimiser-driven fit of its own (HMM, feature CRF) defines ``fit(task)``.
+    """
+
+    def tag(self, batch: Any) -> Tensor: ...
 
 
 @runtime_checkable

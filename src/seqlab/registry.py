@@ -41,7 +41,7 @@ class ModelEntry:
     in_default_compare: bool = True    # whether a bare `seqlab compare` includes it
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+_REGISTRY: dict[tuple[str, str], ModelEntry] = {}    # (task, name): names are unique per task
 
 
 def register(
@@ -52,11 +52,11 @@ def register(
         raise TypeError(f"config of model {name!r} must be a dataclass, got {config!r}")
 
     def add(model_class: type) -> type:
-        if name in _REGISTRY:
-            raise ValueError(f"model name {name!r} is registered twice")
+        if (task, name) in _REGISTRY:
+            raise ValueError(f"model name {name!r} is registered twice for task {task!r}")
         doc = (model_class.__doc__ or "").strip().splitlines()
         summary = doc[0] if doc else ""
-        _REGISTRY[name] = ModelEntry(name, task, config, model_class, summary, in_default_compare)
+        _REGISTRY[task, name] = ModelEntry(name, task, config, model_class, summary, in_default_compare)
         model_class.registry_name = name
         return model_class
 
@@ -74,15 +74,26 @@ def entries(task: str | None = None) -> list[ModelEntry]:
     return [e for e in _REGISTRY.values() if task is None or e.task == task]
 
 
-def get(name: str) -> ModelEntry:
-    """The entry registered as ``name``; ``ConfigError`` with close matches when unknown."""
+def get(name: str, task: str | None = None) -> ModelEntry:
+    """The entry registered as ``name`` (for ``task``; None: the only task that has ``name``).
+
+    Raises:
+        ConfigError: an unknown name (with close matches), or a name several tasks use when no
+            task is given.
+    """
     _ensure_loaded()
-    if name not in _REGISTRY:
-        known = sorted(_REGISTRY)
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; known models: {', '.join(known)}")
-    return _REGISTRY[name]
+    matches = [entry for (entry_task, entry_name), entry in _REGISTRY.items()
+               if entry_name == name and task in (None, entry_task)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        tasks = ", ".join(entry.task for entry in matches)
+        raise ConfigError(f"model name {name!r} exists for several tasks ({tasks}); choose one with --task")
+    known = sorted({entry_name for (entry_task, entry_name) in _REGISTRY if task in (None, entry_task)})
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    where = f" for task {task!r}" if task else ""
+    raise ConfigError(f"unknown model {name!r}{where}{hint}; known models: {', '.join(known)}")
 
 
 def make_config(config_class: type, values: dict[str, Any]) -> Any:
@@ -124,19 +135,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def build(name: str, **overrides: Any) -> nn.Module:
+def build(name: str, task: str | None = None, **overrides: Any) -> nn.Module:
     """Build the model registered as ``name`` with its default config updated by ``overrides``.
 
-    Example: ``seqlab.build("lstm", vocab_size=96, n_layers=3)``.
+    Example: ``seqlab.build("lstm", vocab_size=96, n_layers=3)``; ``task`` picks between models
+    of one name (``seqlab.build("hmm", task="tag", ...)``).
     """
-    entry = get(name)
+    entry = get(name, task)
     return entry.model_class(make_config(entry.config_class, overrides))
 
 
-def build_for_task(name: str, task_defaults: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
+def build_for_task(name: str, task_defaults: dict[str, Any], overrides: dict[str, Any],
+                   task: str | None = None) -> nn.Module:
     """Build ``name`` for a task: the task's values (vocabulary, context) for the config fields
     the model has, then the caller's ``overrides`` on top."""
-    entry = get(name)
+    entry = get(name, task)
     fields = {f.name for f in dataclasses.fields(entry.config_class)}
     values = {key: value for key, value in task_defaults.items() if key in fields}
     return entry.model_class(make_config(entry.config_class, {**values, **overrides}))

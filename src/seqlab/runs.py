@@ -52,7 +52,7 @@ def train_run(
             raise ConfigError("name the model to train, e.g. `seqlab train lstm --out DIR`")
         lm_task = (task or TaskOptions()).build()
         torch.manual_seed(given.get("seed", 0))    # the same initial weights on every rank and rerun
-        model = registry.build_for_task(model_name, lm_task.model_defaults(), model_overrides or {})
+        model = registry.build_for_task(model_name, lm_task.model_defaults(), model_overrides or {}, task="lm")
         options = {**model.train_defaults, **given}
     if callable(getattr(model, "fit", None)):
         ignored = sorted(set(given) - {"progress"})

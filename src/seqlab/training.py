@@ -286,7 +286,8 @@ class Trainer:
                 loss = loss / self.config.grad_accum
             loss.backward()
             total += loss.detach()
-        return total, global_batch[-1].numel()
+        count = getattr(self.task, "batch_tokens", None)     # tasks with padding count real tokens
+        return total, count(global_batch) if count else global_batch[-1].numel()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.group.device.type, dtype=torch.bfloat16,
