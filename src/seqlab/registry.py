@@ -93,7 +93,7 @@ def get(name: str, task: str | None = None) -> ModelEntry:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     where = f" for task {task!r}" if task else ""
-    raise ConfigError(f"unknown model {name!r}{where}{hint}; known models: {', '.join(known)}")
+    raise ConfigError(f"unknown model {name!r}{hint}; known models{where}: {', '.join(known)}")
 
 
 def make_config(config_class: type, values: dict[str, Any]) -> Any:

@@ -206,24 +206,43 @@ class NGramLM(CausalLM):
         ``forward`` adds them, so the two agree to the last bit. ``<s>`` inside a row starts a
         new sentence. Positions holding ``<s>`` or padding get 0.
 
+        The n-grams are followed up the orders in compact form: the k-grams looked up are the
+        stored (k - 1)-grams extended by the next id of the same row, so each order searches
+        only the windows that can still be stored (no (B, L) tensor per order).
+
         Args:
             history: (B, L) ids in ``[0, vocab_size]`` or ``ABSENT``.
         Returns:
             (B, L) float32 natural-log probabilities.
         """
-        windows = ngrams.window_indices(self.tables, history, self.n_ids)        # n x (B, L)
-        longest = torch.zeros_like(history)                                       # 0: no id here
-        for k, window in enumerate(windows, start=1):
-            longest = torch.where(window >= 0, k, longest)
-        scores = torch.zeros(history.shape, dtype=torch.float32, device=history.device)
-        for k, (table, window) in enumerate(zip(self.tables, windows), start=1):
-            here = (longest == k).nonzero(as_tuple=True)
-            scores[here] = table.log_prob[window[here]]
-        for j, (table, window) in enumerate(zip(self.tables[:-1], windows), start=1):
-            context = torch.full_like(window, ABSENT)
-            context[:, 1:] = window[:, :-1]                                       # ends at t - 1
-            backs_off = ((context >= 0) & (longest <= j) & (longest > 0)).nonzero(as_tuple=True)
-            scores[backs_off] += table.log_backoff[context[backs_off]]
+        length = history.shape[1]
+        ids = history.reshape(-1)                                                 # (B L,)
+        present = (ids >= 0) & (ids < self.n_ids)
+        # A stored n-gram of order j ending at t is a context of the next position: its id must
+        # be present, in the same row.
+        continues = torch.zeros_like(present)
+        continues[:-1] = present[1:]
+        continues[length - 1::length] = False
+        end = present.nonzero().squeeze(1)             # (M_k,) where a stored k-gram ends
+        found = ids[end]                               # (M_k,) its index in tables[k - 1]
+        scores = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        longest = torch.zeros_like(ids)                                            # 0: no id here
+        stored = []                                    # (end, found) of every order
+        for k, table in enumerate(self.tables, start=1):
+            if k > 1:
+                extends = continues[end]
+                end, prefix = end[extends] + 1, found[extends]
+                found = table.find(prefix * self.n_ids + ids[end])
+                end, found = end[found >= 0], found[found >= 0]
+            scores[end] = table.log_prob[found]        # the higher orders overwrite
+            longest[end] = k
+            stored.append((end, found))
+        for j, (table, (end, found)) in enumerate(zip(self.tables[:-1], stored), start=1):
+            extends = continues[end]
+            end, found = end[extends] + 1, found[extends]
+            backs_off = longest[end] <= j
+            scores[end[backs_off]] += table.log_backoff[found[backs_off]]
+        scores = scores.view(history.shape)
         return torch.where((history >= 0) & (history != self.start_id), scores, 0.0)
 
     def _next_log_probs(self, contexts: list[Tensor], n_rows: int) -> Tensor:
