@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a run on its test split or on a text file")
     evaluate.add_argument("run", help="run directory")
-    evaluate.add_argument("--data", help="evaluate on this whole text file instead")
+    evaluate.add_argument("--data", help="evaluate on this whole text file (lm) or treebank directory (tag) instead")
     evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
     evaluate.set_defaults(command=_eval)
 
@@ -76,11 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int)
     generate.set_defaults(command=_generate)
 
+    tag = commands.add_parser("tag", help="tag sentences (one per line, words separated by spaces) with a trained tagger")
+    tag.add_argument("run", help="run directory of a tagger")
+    tag.add_argument("--input", help="file of sentences (default: standard input)")
+    tag.set_defaults(command=_tag)
+
     compare = commands.add_parser("compare", help="train several models on one task and report")
     compare.add_argument("--models", help="comma-separated names (default: every LM that fits)")
     _task_arguments(compare, context=64)     # short windows: more steps in a CPU budget
-    compare.add_argument("--budget", type=float, default=90.0,
-                         help="total training seconds, split equally among the models that train")
+    compare.add_argument("--budget", type=float,
+                         help="total training seconds, split equally among the models that train "
+                              "(default 90 for lm, 1080 for tag)")
     compare.add_argument("--steps", type=int, help="cap on steps per model (the budget still applies)")
     compare.add_argument("--out", default="runs/compare", help="report directory")
     compare.add_argument("--no-progress", action="store_true")
@@ -97,8 +103,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _task_arguments(parser: argparse.ArgumentParser, context: int = 128) -> None:
-    parser.add_argument("--task", default="lm", choices=("lm",), help="task (more arrive with their families)")
-    parser.add_argument("--data", help="UTF-8 text file (default: the built-in pydoc-topics corpus)")
+    parser.add_argument("--task", default="lm", choices=("lm", "tag"),
+                        help="lm: language modelling; tag: sequence tagging on a CoNLL-U treebank")
+    parser.add_argument("--data", help="lm: UTF-8 text file (default: the built-in pydoc-topics corpus); "
+                                       "tag: a treebank directory with *-train/-dev/-test.conllu")
+    parser.add_argument("--column", default="upos", choices=("upos", "xpos"), help="tag column (tag task)")
     parser.add_argument("--tokenizer", default="char", help="char, word, bpe or unigram")
     parser.add_argument("--context", type=int, default=context, help="context window in tokens")
     parser.add_argument("--vocab-size", type=int, help="vocabulary size for word/bpe/unigram")
@@ -106,7 +115,12 @@ def _task_arguments(parser: argparse.ArgumentParser, context: int = 128) -> None
 
 def _task_options(args: argparse.Namespace):
     from seqlab.compare import TaskOptions
+    from seqlab.compare_tagging import TaggingOptions
 
+    if args.task == "tag":
+        if not args.data:
+            raise ConfigError("--task tag needs --data: a treebank directory with *-train/-dev/-test.conllu files")
+        return TaggingOptions(data=args.data, column=args.column)
     return TaskOptions(data=args.data, tokenizer=args.tokenizer, context=args.context, vocab_size=args.vocab_size)
 
 
@@ -123,11 +137,13 @@ def _key_values(pairs: list[str]) -> dict[str, Any]:
 def _models(args: argparse.Namespace) -> int:
     from seqlab import registry
 
+    example_task = {"lm": {"vocab_size": 256, "max_len": 256},
+                    "tag": {"n_words": 20_000, "n_characters": 100, "n_tags": 17}}
     print(f"{'name':<14}{'task':<8}{'parameters':>12}  summary")
     for entry in registry.entries():
-        model = registry.build_for_task(entry.name, {"vocab_size": 256, "max_len": 256}, {})
+        model = registry.build_for_task(entry.name, example_task[entry.task], {}, task=entry.task)
         print(f"{entry.name:<14}{entry.task:<8}{registry.parameter_count(model):>12,}  {entry.summary}")
-    print("(parameters at default config, 256-token vocabulary)")
+    print("(parameters at default config; lm: 256-token vocabulary; tag: 20,000 words, 17 tags)")
     return 0
 
 
@@ -149,6 +165,12 @@ def _train(args: argparse.Namespace) -> int:
     )
     if os.environ.get("RANK", "0") != "0":
         return 0                       # under torchrun, only the first process reports
+    if "valid_accuracy" in metrics:
+        print(f"trained in {result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} words/s, "
+              f"{result.steps} steps), stopped by {result.stopped_by}; valid accuracy "
+              f"{100 * metrics['valid_accuracy']:.2f}% (unseen words {100 * metrics['valid_unseen_accuracy']:.2f}%); "
+              f"saved to {args.out}")
+        return 0
     print(f"trained {result.steps} steps in {result.train_seconds:.1f} s "
           f"({result.tokens_per_second:,.0f} tokens/s, gradient clipped at {result.clipped_steps} steps), "
           f"stopped by {result.stopped_by}; "
@@ -173,13 +195,36 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tag(args: argparse.Namespace) -> int:
+    from seqlab.runs import tag_with_run
+
+    if args.input:
+        from seqlab.data.corpora import read_text
+
+        text = read_text(args.input)
+    else:
+        text = sys.stdin.read()
+    sentences = [line.split() for line in text.splitlines() if line.strip()]
+    if not sentences:
+        raise ConfigError("no sentences to tag: give one sentence per line, words separated by spaces")
+    for words, tags in zip(sentences, tag_with_run(args.run, sentences)):
+        print(" ".join(f"{word}/{tag}" for word, tag in zip(words, tags)))
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from seqlab.compare import compare
+    from seqlab.compare_tagging import DEFAULT_BUDGET_SECONDS, compare_taggers
 
     models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
     train_options = {"steps": args.steps} if args.steps else {}
-    report = compare(models, _task_options(args), budget_seconds=args.budget, train_options=train_options,
-                     out_dir=args.out, progress=not args.no_progress)
+    if args.task == "tag":
+        budget = DEFAULT_BUDGET_SECONDS if args.budget is None else args.budget
+        report = compare_taggers(models, _task_options(args), budget_seconds=budget, train_options=train_options,
+                                 out_dir=args.out, progress=not args.no_progress)
+    else:
+        report = compare(models, _task_options(args), budget_seconds=90.0 if args.budget is None else args.budget,
+                         train_options=train_options, out_dir=args.out, progress=not args.no_progress)
     print(report.table())
     print(f"report written to {args.out}/report.md, report.html and curves.png")
     return 0

@@ -16,7 +16,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,7 +25,7 @@ from seqlab.data.corpora import load_corpus
 from seqlab.contracts import device_of
 from seqlab.errors import ConfigError, DataError
 from seqlab.tasks.lm import LanguageModeling
-from seqlab.training import TrainConfig, Trainer, fit
+from seqlab.training import TrainConfig, Trainer, TrainResult, fit
 
 SAMPLE_CHARACTERS = 200
 SAMPLE_PROMPT = "The "
@@ -63,11 +63,35 @@ class ModelResult:
 
 @dataclass
 class Report:
-    """The comparison: the task it ran and one result per model."""
+    """The comparison: the task it ran and one result per model (rendered by ``seqlab.report``)."""
 
     task: dict[str, Any]
     budget_seconds: float
     results: list[ModelResult]
+
+    title = "seqlab compare"
+    columns = ("model", "params", "test bpc", "test ppl", "train tok/s", "gen tok/s", "peak MB", "steps")
+    curve_label = "validation loss (nats/token)"
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """One tuple of formatted cells per model, best test bits per character first."""
+        ordered = sorted(self.results, key=lambda result: result.test["bpc"])
+        return [
+            (r.name, f"{r.parameters:,}", f"{r.test['bpc']:.3f}", f"{r.test['perplexity']:.2f}",
+             f"{r.train_tokens_per_second:,.0f}", f"{r.generate_tokens_per_second:,.0f}",
+             f"{r.peak_memory_mb:,.0f}", f"{r.steps:,}")
+            for r in ordered
+        ]
+
+    def task_line(self) -> str:
+        task = self.task
+        tokens = ", ".join(f"{split} {count:,}" for split, count in task["tokens"].items())
+        return (f"corpus `{task['corpus']}`, tokenizer `{task['tokenizer']}` (vocabulary "
+                f"{task['vocab_size']}), context {task['context']}, tokens: {tokens}; "
+                f"{self.budget_seconds:.0f} s of training per model")
+
+    def sections(self) -> dict[str, list[tuple[str, str]]]:
+        return {"Samples": [(result.name, result.sample) for result in self.results]}
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write report.md, report.html and curves.png into ``out_dir``; return their paths."""
@@ -119,12 +143,9 @@ def compare(
     # Models fitted in closed form (n-gram, Markov, HMM) take no share of the training budget.
     trained = [name for name in models if not callable(getattr(registry.get(name, "lm").model_class, "fit", None))]
     per_model = budget_seconds / max(1, len(trained))
-    results = []
-    context = multiprocessing.get_context("spawn")
-    for name in models:
-        job = (name, task, per_model, train_options or {}, model_options.get(name, {}), progress)
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            results.append(pool.submit(run_one, *job).result())
+    results = [run_in_fresh_process(run_one, name, task, per_model, train_options or {},
+                                    model_options.get(name, {}), progress)
+               for name in models]
     report = Report(
         task={"corpus": lm_task.corpus.name, "tokenizer": task.tokenizer, "context": task.context,
               "vocab_size": lm_task.vocab_size,
@@ -143,31 +164,53 @@ def run_one(
 ) -> ModelResult:
     """Train, evaluate and sample one model; runs in its own process (see ``compare``)."""
     task = task_options.build()
-    baseline_mb = _resident_mb()
+    memory = PeakMemory(train_options)      # from before the model is built: its weights count
     model = registry.build_for_task(name, task.model_defaults(), overrides, task="lm")
-    on_cuda = torch.cuda.is_available() and train_options.get("device", "auto") != "cpu"
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    if callable(getattr(model, "fit", None)):        # closed-form or EM fit: no budget to share
-        result = fit(model, task)
-    else:
-        # Evaluate about 15 times whatever the step rate, so every curve has the same detail.
-        options = {"steps": 1_000_000, "warmup_steps": 20, "eval_every": 1_000_000,
-                   "eval_every_seconds": budget_seconds / 15, "eval_batches": 10, "progress": progress,
-                   **model.train_defaults, **train_options, "budget_seconds": budget_seconds}
-        result = Trainer(model, task, registry.make_config(TrainConfig, options)).fit()
+    result = train_within_budget(model, task, budget_seconds, train_options, progress)
     test = task.evaluate(model, "test", batch_size=32)
     sample, generate_rate = _sample(model, task)
-    if on_cuda:
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mb = _peak_resident_mb() - baseline_mb
     return ModelResult(
         name=name, parameters=registry.parameter_count(model), test=test,
         train_tokens_per_second=result.tokens_per_second, generate_tokens_per_second=generate_rate,
-        peak_memory_mb=peak_mb, steps=result.steps, train_seconds=result.train_seconds,
+        peak_memory_mb=memory.peak_mb(), steps=result.steps, train_seconds=result.train_seconds,
         sample=sample, history=result.history,
     )
+
+
+def run_in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a new (spawned) process, so its peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+def train_within_budget(model: torch.nn.Module, task: Any, budget_seconds: float,
+                        train_options: dict[str, Any], progress: bool) -> TrainResult:
+    """Fit ``model`` in closed form if it has its own ``fit``, else train it with the Trainer
+    for ``budget_seconds``, evaluating about 15 times whatever the step rate (so every
+    learning curve has the same detail)."""
+    if callable(getattr(model, "fit", None)):
+        return fit(model, task)
+    options = {"steps": 1_000_000, "warmup_steps": 20, "eval_every": 1_000_000,
+               "eval_every_seconds": budget_seconds / 15, "eval_batches": 10, "progress": progress,
+               **model.train_defaults, **train_options, "budget_seconds": budget_seconds}
+    return Trainer(model, task, registry.make_config(TrainConfig, options)).fit()
+
+
+class PeakMemory:
+    """Peak memory of this process from now on: on CUDA the peak of allocated device memory,
+    on CPU the growth of the peak resident set over the resident size now."""
+
+    def __init__(self, train_options: dict[str, Any]):
+        self.on_cuda = torch.cuda.is_available() and train_options.get("device", "auto") != "cpu"
+        if self.on_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.baseline_mb = _resident_mb()
+
+    def peak_mb(self) -> float:
+        if self.on_cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        return _peak_resident_mb() - self.baseline_mb
 
 
 def _sample(model: torch.nn.Module, task: LanguageModeling) -> tuple[str, float]:

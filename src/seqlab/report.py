@@ -1,73 +1,59 @@
-"""Rendering a comparison: a markdown table, an HTML page and a plot of the learning curves."""
+"""Rendering a comparison: a markdown table, an HTML page and a plot of the learning curves.
+
+Any report renders here if it gives ``title``, ``columns``, ``rows()`` (formatted cells, best
+model first), ``task_line()``, ``sections()`` (heading and preformatted text per model: LM
+samples, tagging confusions), ``curve_label`` and ``results`` whose ``history`` rows hold
+``train_seconds`` and ``valid_loss``.
+"""
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from seqlab.compare import Report
-
-COLUMNS = ("model", "params", "test bpc", "test ppl", "train tok/s", "gen tok/s", "peak MB", "steps")
+from typing import Any
 
 
-def rows(report: Report) -> list[tuple[str, ...]]:
-    """One tuple of formatted cells per model, best test bits per character first."""
-    ordered = sorted(report.results, key=lambda result: result.test["bpc"])
-    return [
-        (r.name, f"{r.parameters:,}", f"{r.test['bpc']:.3f}", f"{r.test['perplexity']:.2f}",
-         f"{r.train_tokens_per_second:,.0f}", f"{r.generate_tokens_per_second:,.0f}",
-         f"{r.peak_memory_mb:,.0f}", f"{r.steps:,}")
-        for r in ordered
-    ]
-
-
-def markdown_table(report: Report) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows(report)]
+def markdown_table(report: Any) -> str:
+    lines = ["| " + " | ".join(report.columns) + " |", "|" + "---|" * len(report.columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in report.rows()]
     return "\n".join(lines)
 
 
-def _task_line(report: Report) -> str:
-    task = report.task
-    tokens = ", ".join(f"{split} {count:,}" for split, count in task["tokens"].items())
-    return (f"corpus `{task['corpus']}`, tokenizer `{task['tokenizer']}` (vocabulary "
-            f"{task['vocab_size']}), context {task['context']}, tokens: {tokens}; "
-            f"{report.budget_seconds:.0f} s of training per model")
-
-
-def to_markdown(report: Report) -> str:
-    parts = ["# seqlab compare", "", _task_line(report), "", markdown_table(report), "",
-             "![validation loss against training time](curves.png)", "", "## Samples", ""]
-    for result in report.results:
-        parts += [f"### {result.name}", "", "```text", result.sample, "```", ""]
+def to_markdown(report: Any) -> str:
+    parts = [f"# {report.title}", "", report.task_line(), "", markdown_table(report), "",
+             f"![{report.curve_label} against training time](curves.png)", ""]
+    for heading, sections in report.sections().items():
+        parts += [f"## {heading}", ""]
+        for name, text in sections:
+            parts += [f"### {name}", "", "```text", text, "```", ""]
     return "\n".join(parts)
 
 
-def to_html(report: Report) -> str:
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+def to_html(report: Any) -> str:
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in report.columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
-        for cells in rows(report)
+        for cells in report.rows()
     )
-    samples = "".join(
-        f"<h3>{html.escape(r.name)}</h3><pre>{html.escape(r.sample)}</pre>" for r in report.results
+    sections = "".join(
+        f"<h2>{html.escape(heading)}</h2>"
+        + "".join(f"<h3>{html.escape(name)}</h3><pre>{html.escape(text)}</pre>" for name, text in parts)
+        for heading, parts in report.sections().items()
     )
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>seqlab compare</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:right}"
         "pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap}</style></head><body>"
-        f"<h1>seqlab compare</h1><p>{html.escape(_task_line(report))}</p>"
+        f"<h1>{html.escape(report.title)}</h1><p>{html.escape(report.task_line())}</p>"
         f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
-        "<p><img src='curves.png' alt='validation loss against training time'></p>"
-        f"<h2>Samples</h2>{samples}</body></html>\n"
+        f"<p><img src='curves.png' alt='{html.escape(report.curve_label)} against training time'></p>"
+        f"{sections}</body></html>\n"
     )
 
 
-def plot_curves(report: Report, path: Path) -> None:
-    """Validation loss (nats per token) against training seconds, one line per model."""
+def plot_curves(report: Any, path: Path) -> None:
+    """The validation loss against training seconds, one line per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,8 +65,8 @@ def plot_curves(report: Report, path: Path) -> None:
         losses = [row["valid_loss"] for row in result.history]
         axis.plot(seconds, losses, marker=".", label=result.name)
     axis.set_xlabel("training time (s)")
-    axis.set_ylabel("validation loss (nats/token)")
-    axis.set_title("Validation loss against training time")
+    axis.set_ylabel(report.curve_label)
+    axis.set_title(f"{report.curve_label[0].upper()}{report.curve_label[1:]} against training time")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -88,7 +74,7 @@ def plot_curves(report: Report, path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(report: Report, out_dir: Path) -> list[Path]:
+def write_report(report: Any, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "report.md", out_dir / "report.html", out_dir / "curves.png"]
     paths[0].write_text(to_markdown(report))

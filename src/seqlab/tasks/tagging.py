@@ -257,6 +257,11 @@ class Tagging:
         matrix = confusion_matrix(gold, flat_predicted, len(self.tag_names))
         return confusion_summary(matrix, self.tag_names, top)
 
+    def unseen_words(self, split: str) -> int:
+        """Word tokens of ``split`` whose form the training split never had."""
+        encoded = self._split(split)
+        return int((encoded.type_word_ids[encoded.type_ids] == UNK).sum())
+
     def _split(self, split: str) -> EncodedSentences:
         if split not in self._encoded:
             raise ConfigError(f"unknown or empty split {split!r}; choose one of {', '.join(self._encoded)}")
