@@ -7,7 +7,7 @@ import pytest
 from seqlab.cli import main
 from seqlab.data.corpora import builtin_corpus
 
-TINY = ["--context", "16", "--set", "d_model=16", "--set", "n_layers=1", "--no-progress"]
+from helpers import TINY, fails_cleanly
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +23,6 @@ def trained_run(text_file, tmp_path_factory):
     assert main(["train", "lstm", "--data", str(text_file), *TINY, "--steps", "5", "--eval-every", "5",
                  "--out", str(out)]) == 0
     return out
-
-
-def fails_cleanly(capsys, argv, message):
-    """The command exits 2 with exactly one line on stderr containing ``message``."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("seqlab: error: "), err
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in err
 
 
 def test_models_lists_the_registry(capsys):
