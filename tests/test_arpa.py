@@ -4,6 +4,7 @@ written by hand score in seqlab as in kenlm, and malformed files raise DataError
 import kenlm
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from seqlab.classical.arpa import (
     WordVocabulary, fit_sentences, read_arpa, sentence_log10_probs, write_arpa,
@@ -171,6 +172,32 @@ def test_vocabulary_orders_words_and_encodes_kenlm_style():
     assert WordVocabulary.from_sentences(sentences, min_count=2).words == ("<unk>", "</s>", "b", "a")
     with pytest.raises(ConfigError, match="min_count"):
         WordVocabulary.from_sentences(sentences, min_count=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sentences=st.lists(st.lists(st.sampled_from(["b", "a", "c", "zzz", "<unk>", "</s>", "<s>"]),
+                                   max_size=6).map(" ".join), max_size=8),
+       spacing=st.sampled_from([" ", "  ", "\t", " \n "]))
+def test_encoding_the_joined_text_equals_encoding_sentence_by_sentence(sentences, spacing):
+    vocabulary = WordVocabulary(("<unk>", "</s>", "b", "a", "c"))
+    sentences = [sentence.replace(" ", spacing) for sentence in sentences]
+    index = {word: i for i, word in enumerate(vocabulary.words)}
+    expected = [i for sentence in sentences for i in
+                [vocabulary.start_id, *(index.get(word, 0) for word in sentence.split()), 1]]
+    assert vocabulary.encode(sentences).tolist() == expected                   # a literal <s> is <unk>
+
+
+def test_scoring_all_sentences_at_once_equals_scoring_one_at_a_time(sentences, tmp_path):
+    train, held_out = sentences
+    model, vocabulary = fit_sentences(train, order=4)
+    test = held_out[:150] + ["", "zzz unseen qqq words", "the </s> <unk> end", "   "]
+    for batch in (test, test + ["a literal <s> inside"]):       # the joined text, and sentence by sentence
+        one_at_a_time = torch.cat([sentence_log10_probs(model, vocabulary, [sentence]) for sentence in batch])
+        torch.testing.assert_close(sentence_log10_probs(model, vocabulary, batch), one_at_a_time,
+                                   rtol=0, atol=0)
+    write_arpa(model, vocabulary, tmp_path / "model.arpa")
+    torch.testing.assert_close(sentence_log10_probs(model, vocabulary, test),
+                               kenlm_scores(tmp_path / "model.arpa", test), rtol=0, atol=1e-4)
 
 
 def test_vocabularies_refuse_words_an_arpa_file_cannot_hold():

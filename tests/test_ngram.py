@@ -16,7 +16,7 @@ from nltk.probability import FreqDist, SimpleGoodTuringProbDist
 from seqlab import registry
 from seqlab.checkpoint import load_checkpoint, save_checkpoint
 from seqlab.classical.counts import (
-    count_ngrams, good_turing_discounts, modified_kneser_ney_discounts, ngram_ids, simple_good_turing,
+    ABSENT, count_ngrams, good_turing_discounts, modified_kneser_ney_discounts, ngram_ids, simple_good_turing,
 )
 from seqlab.classical.ngram import ESTIMATORS, NGramConfig, NGramLM
 from seqlab.data.tokenizers import train_tokenizer
@@ -173,6 +173,50 @@ def test_score_stream_agrees_with_forward_to_the_last_bit():
         with torch.no_grad():
             by_forward = model(tokens)[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1).sum(-1)
             assert torch.equal(model.log_prob(tokens), by_forward), estimator
+
+
+def back_off_reference(model: NGramLM, row: list[int]) -> list[float]:
+    """ln p of every position of ``row`` by the back-off recursion over the stored tables as a
+    dictionary, in float64: ``ln p(w | h) = ln p*(h w)`` if ``h w`` is stored, else
+    ``ln b(h) + ln p(w | h[1:])`` (``b = 1`` for an unstored h). The context h is the last
+    ``order - 1`` ids, starting no earlier than the last ``<s>`` and after any padding; ``<s>`` and
+    padding get 0."""
+    stored = {}
+    grams_by_order = ngram_ids([table.keys for table in model.tables], model.n_ids)
+    for k, (table, grams) in enumerate(zip(model.tables, grams_by_order), start=1):
+        backoffs = table.log_backoff.tolist() if k < model.order else [0.0] * len(table)
+        stored.update(zip(map(tuple, grams.tolist()), zip(table.log_prob.tolist(), backoffs)))
+
+    def log_p(word: int, context: tuple) -> float:
+        if (*context, word) in stored:
+            return stored[(*context, word)][0]
+        return stored.get(context, (0.0, 0.0))[1] + log_p(word, context[1:])
+
+    scores = []
+    for t, word in enumerate(row):
+        context = []
+        for previous in reversed(row[max(0, t - model.order + 1): t]):
+            if previous == ABSENT:
+                break
+            context.insert(0, previous)
+            if previous == model.start_id:
+                break
+        scores.append(0.0 if word in (ABSENT, model.start_id) else log_p(word, tuple(context)))
+    return scores
+
+
+@pytest.mark.parametrize("estimator", ["modified_kneser_ney", "good_turing", "add_k"])
+def test_score_stream_follows_the_back_off_recursion_across_sentences_and_padding(estimator):
+    generator = torch.Generator().manual_seed(1)
+    stream = torch.randint(0, 6, (400,), generator=generator)
+    stream[torch.randint(0, 400, (50,), generator=generator)] = 6                # sentence starts
+    model = fitted(stream.tolist(), 6, order=4, estimator=estimator, prune_singletons=True)
+    history = torch.randint(0, 7, (3, 40), generator=generator)                 # <s> inside rows
+    history[0, 17] = ABSENT
+    history[1, 30:] = ABSENT
+    history[2, :4] = ABSENT
+    expected = torch.tensor([back_off_reference(model, row) for row in history.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(model.score_stream(history).double(), expected, rtol=1e-6, atol=1e-5)
 
 
 # ---- hand-worked examples and closed forms ---------------------------------------------------

@@ -95,9 +95,30 @@ class WordVocabulary:
         """Word -> id; a word not in the vocabulary looks up as 0 (``<unk>``)."""
         return _UnknownIsZero((word, i) for i, word in enumerate(self.words))
 
+    @functools.cached_property
+    def _marker_index(self) -> dict[str, int]:
+        """``index`` with ``<s>`` as ``start_id``, for reading sentence markers in a joined text."""
+        return {**self.index, SENTENCE_START: self.start_id}
+
     def encode(self, sentences: Sequence[str]) -> Tensor:
-        """One stream ``<s> w_1 .. w_m </s> <s> ...``: (L,) int64, unknown words as 0."""
-        return self._stream(*_word_ids(sentences, self.index))
+        """One stream ``<s> w_1 .. w_m </s> <s> ...``: (L,) int64, unknown words as 0.
+
+        The sentences are joined into one text with the markers written between them,
+        ``<s> s_1 </s> <s> s_2 ... </s>``, which one dictionary pass maps to the stream (a literal
+        ``</s>`` in a sentence is the word ``</s>``, id 1, either way). A literal ``<s>`` would
+        read as a sentence start, so text holding one is encoded sentence by sentence, as
+        ``fit_sentences`` encodes, where it is ``<unk>``.
+        """
+        if SENTENCE_END not in self.index:
+            raise ConfigError(f"the vocabulary has no {SENTENCE_END!r} to end sentences with")
+        if not sentences:
+            return torch.zeros(0, dtype=torch.long)
+        between = f" {SENTENCE_END} {SENTENCE_START} "
+        words = f"{SENTENCE_START} {between.join(sentences)} {SENTENCE_END}".split()
+        stream = np.fromiter(map(self._marker_index.get, words, itertools.repeat(0)), np.int64, len(words))
+        if np.count_nonzero(stream == self.start_id) != len(sentences):
+            return self._stream(*_word_ids(sentences, self.index))
+        return torch.from_numpy(stream)
 
     def _stream(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """Put ``<s>`` before and ``</s>`` after each sentence: ``ids`` (N,) all the words in
@@ -165,6 +186,10 @@ def fit_sentences(
 
 def sentence_log10_probs(model: NGramLM, vocabulary: WordVocabulary, sentences: Sequence[str]) -> Tensor:
     """``log10 p(<s> w_1 .. w_m </s>)`` of each sentence, as ``kenlm.Model.score`` computes it.
+
+    All the sentences are scored at once: one ``encode`` pass over their words, one
+    ``NGramLM.score_stream`` over the stream (a search per order over every sentence's windows),
+    and a sum per sentence.
 
     Returns:
         (S,) float64.

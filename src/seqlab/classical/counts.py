@@ -46,7 +46,7 @@ from seqlab.errors import ConfigError, DataError
 
 ABSENT = -1                               # the index of an absent n-gram (and of padding)
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)      # KenLM's lmplz --discount_fallback defaults
-SORT_QUERIES_ABOVE = 4096                 # CPU batches this large are searched in sorted order
+SORT_QUERIES_ABOVE = 2048                 # CPU batches this large are searched in sorted order
 
 
 class NGramTable(nn.Module):

@@ -206,44 +206,41 @@ class NGramLM(CausalLM):
         ``forward`` adds them, so the two agree to the last bit. ``<s>`` inside a row starts a
         new sentence. Positions holding ``<s>`` or padding get 0.
 
-        The n-grams are followed up the orders in compact form: the k-grams looked up are the
-        stored (k - 1)-grams extended by the next id of the same row, so each order searches
-        only the windows that can still be stored (no (B, L) tensor per order).
+        The windows are followed up the orders in compact form, over the flattened rows: the
+        k-grams searched are the stored (k - 1)-grams extended by the next id of their row, so
+        each order searches only the windows that can still be stored.
 
         Args:
             history: (B, L) ids in ``[0, vocab_size]`` or ``ABSENT``.
         Returns:
             (B, L) float32 natural-log probabilities.
         """
-        length = history.shape[1]
-        ids = history.reshape(-1)                                                 # (B L,)
-        present = (ids >= 0) & (ids < self.n_ids)
-        # A stored n-gram of order j ending at t is a context of the next position: its id must
-        # be present, in the same row.
-        continues = torch.zeros_like(present)
-        continues[:-1] = present[1:]
-        continues[length - 1::length] = False
-        end = present.nonzero().squeeze(1)             # (M_k,) where a stored k-gram ends
-        found = ids[end]                               # (M_k,) its index in tables[k - 1]
+        present = (history >= 0) & (history < self.n_ids)                        # (B, L)
+        continues = torch.zeros_like(present)           # t + 1 is an id of the same row
+        continues[:, :-1] = present[:, 1:]
+        ids, continues = history.reshape(-1), continues.reshape(-1)               # (B L,)
+        last = max(ids.numel() - 1, 0)
+        end = present.reshape(-1).nonzero().squeeze(1)  # (M_k,) where a stored k-gram ends
+        found = ids.index_select(0, end)                # (M_k,) its index in tables[k - 1]
         scores = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
         longest = torch.zeros_like(ids)                                            # 0: no id here
-        stored = []                                    # (end, found) of every order
+        contexts = []            # per order k < n: the stored k-grams as contexts of the next position
         for k, table in enumerate(self.tables, start=1):
             if k > 1:
-                extends = continues[end]
-                end, prefix = end[extends] + 1, found[extends]
-                found = table.find(prefix * self.n_ids + ids[end])
-                end, found = end[found >= 0], found[found >= 0]
-            scores[end] = table.log_prob[found]        # the higher orders overwrite
-            longest[end] = k
-            stored.append((end, found))
-        for j, (table, (end, found)) in enumerate(zip(self.tables[:-1], stored), start=1):
-            extends = continues[end]
-            end, found = end[extends] + 1, found[extends]
-            backs_off = longest[end] <= j
-            scores[end[backs_off]] += table.log_backoff[found[backs_off]]
-        scores = scores.view(history.shape)
-        return torch.where((history >= 0) & (history != self.start_id), scores, 0.0)
+                following, extends, _ = contexts[-1]
+                query = found * self.n_ids + ids.index_select(0, following)
+                found = table.find(torch.where(extends, query, ABSENT))
+                kept = (found >= 0).nonzero().squeeze(1)
+                end, found = following.index_select(0, kept), found.index_select(0, kept)
+            scores.index_copy_(0, end, table.log_prob.index_select(0, found))     # higher orders overwrite
+            longest.index_fill_(0, end, k)
+            if k < self.order:   # the next position, whether it is an id of the same row, the context
+                contexts.append(((end + 1).clamp(max=last), continues.index_select(0, end), found))
+        for j, (table, (following, extends, found)) in enumerate(zip(self.tables, contexts), start=1):
+            backs_off = extends & (longest.index_select(0, following) <= j)
+            log_backoff = table.log_backoff.index_select(0, found)
+            scores.index_add_(0, following, torch.where(backs_off, log_backoff, 0.0))
+        return torch.where((history >= 0) & (history != self.start_id), scores.view(history.shape), 0.0)
 
     def _next_log_probs(self, contexts: list[Tensor], n_rows: int) -> Tensor:
         """Full next-token distributions, ``ln p(. | h)``: (R, V).
