@@ -193,7 +193,7 @@ def train_within_budget(model: torch.nn.Module, task: Any, budget_seconds: float
         return fit(model, task)
     options = {"steps": 1_000_000, "warmup_steps": 20, "eval_every": 1_000_000,
                "eval_every_seconds": budget_seconds / 15, "eval_batches": 10, "progress": progress,
-               **model.train_defaults, **train_options, "budget_seconds": budget_seconds}
+               **getattr(model, "train_defaults", {}), **train_options, "budget_seconds": budget_seconds}
     return Trainer(model, task, registry.make_config(TrainConfig, options)).fit()
 
 

@@ -56,7 +56,7 @@ def train_run(
         torch.manual_seed(given.get("seed", 0))    # the same initial weights on every rank and rerun
         model = registry.build_for_task(model_name, run_task.model_defaults(), model_overrides or {},
                                         task=run_task.name)
-        options = {**model.train_defaults, **given}
+        options = {**getattr(model, "train_defaults", {}), **given}
     if callable(getattr(model, "fit", None)):
         ignored = sorted(set(given) - {"progress"})
         if ignored:
