@@ -1,0 +1,272 @@
+"""The feature CRF tagger (seqlab.classical.feature_crf), its features and its optimiser.
+
+Oracles: the feature strings themselves (the hashed fast path against hashing them one by
+one), a dictionary model with one weight vector per feature string, central finite differences
+of the objective in float64, the soft-thresholding closed form of an L1 problem, and
+python-crfsuite trained on the same feature strings.
+"""
+
+import math
+import os
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import seqlab.classical.feature_crf  # noqa: F401  (registers "crf" for task "tag")
+from seqlab import registry
+from seqlab.checkpoint import load_checkpoint, save_checkpoint
+from seqlab.classical.feature_crf import FeatureCRFConfig, FeatureCRFTagger, PenalisedLikelihood
+from seqlab.classical.tagging_features import (FeatureHasher, feature_bucket, sentence_features, short_shape,
+                                               word_shape)
+from seqlab.data.treebank import TaggedSentence, read_conllu
+from seqlab.errors import ConfigError, DataError
+from seqlab.optim import minimize, pseudo_gradient
+from seqlab.tasks.tagging import Tagging
+
+SENTENCES = [("The", "well-known", "cat", "sat", "on", "3", "mats", "."), ("Go",), ("E-mail", "me", "at", "9:30", "!")]
+
+
+def tagged(text: str) -> TaggedSentence:
+    """'the/D cat/N' -> words and tags."""
+    words, tags = zip(*(pair.split("/") for pair in text.split()))
+    return TaggedSentence(words, tags)
+
+
+@pytest.fixture
+def tiny_task() -> Tagging:
+    train = [tagged("the/D cat/N sat/V"), tagged("a/D dog/N ran/V far/A"), tagged("the/D dog/N"),
+             tagged("Dogs/N ran/V"), tagged("a/D cat/N sat/V quietly/A")]
+    test = [tagged("the/D bird/N flew/V"), tagged("a/D cat/N ran/V away/A")]
+    return Tagging({"train": train, "valid": test, "test": test})
+
+
+# ---- features -------------------------------------------------------------------------------
+
+
+def test_feature_strings_of_a_word():
+    features = sentence_features(["Go", "3-4"])
+    assert features[0][:3] == ["bias", "word=Go", "lower=go"]
+    assert {"prefix1=g", "prefix4=go", "suffix3=go", "shape=Xx", "short_shape=Xx", "title", "BOS",
+            "+1:lower=3-4", "+2:lower=<EOS>", "-1:lower=<BOS>", "+1:suffix3=3-4", "-1|0:bigram=<bos>|go"} \
+        <= set(features[0])
+    assert "EOS" not in features[0] and "upper" not in features[0]
+    assert {"shape=d-d", "hyphen", "has_digit", "EOS", "-1:suffix3=go", "-1:short_shape=Xx"} <= set(features[1])
+    assert "digit" not in features[1] and "digit" in sentence_features(["12"])[0]
+    assert word_shape("Ab-12") == "Xx-dd"
+    assert short_shape("Aaaa--12") == "Xx-d"
+
+
+def test_buckets_are_crc32_and_the_same_in_every_process():
+    assert feature_bucket("suffix3=ing", 2**20) == 769053              # zlib.crc32(b"suffix3=ing") % 2**20
+    assert feature_bucket("word=Straße", 1000) == zlib.crc32("word=Straße".encode("utf-8")) % 1000
+    script = ("from seqlab.classical.tagging_features import FeatureHasher;"
+              "print(FeatureHasher(4096)([['Cats', 'purr', '.']]).buckets.tolist())")
+    # Another process, with another salt for Python's own hash, finds the same buckets.
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
+    assert other == str(FeatureHasher(4096)([["Cats", "purr", "."]]).buckets.tolist()) + "\n"
+
+
+def bucket_lists(features, n_positions):
+    ends = torch.cat([features.offsets[1:], torch.tensor([len(features.buckets)])])
+    return [sorted(features.buckets[features.offsets[i]:ends[i]].tolist()) for i in range(n_positions)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.text(st.sampled_from("aB3-é.x"), min_size=1, max_size=6), min_size=1, max_size=5),
+                min_size=1, max_size=4))
+def test_hasher_equals_hashing_every_feature_string(sentences):
+    hasher = FeatureHasher(97)
+    for _ in range(2):                        # the second call answers from the hasher's cache
+        features = hasher(sentences)
+        expected = [sorted(feature_bucket(f, 97) for f in position)
+                    for sentence in sentences for position in sentence_features(sentence)]
+        assert bucket_lists(features, len(expected)) == expected
+        assert features.lengths.tolist() == [len(s) for s in sentences]
+
+
+def test_hasher_rejects_empty_input():
+    with pytest.raises(DataError, match="sentence 2 is empty"):
+        FeatureHasher(8)([["a"], []])
+
+
+def test_emissions_equal_a_dictionary_model():
+    """One weight vector per feature string, summed over each position's features: no hashing."""
+    n_tags, n_buckets = 3, 2**20
+    strings = sorted({f for sentence in SENTENCES for position in sentence_features(sentence) for f in position})
+    assert len({feature_bucket(f, n_buckets) for f in strings}) == len(strings)     # no collisions here
+    generator = torch.Generator().manual_seed(0)
+    table = {f: torch.randn(n_tags, generator=generator, dtype=torch.float64) for f in strings}
+    model = FeatureCRFTagger(FeatureCRFConfig(n_tags=n_tags, n_buckets=n_buckets)).double()
+    with torch.no_grad():
+        for feature, weights in table.items():
+            model.feature_weights[feature_bucket(feature, n_buckets)] = weights
+    emissions = model.emissions(model.hasher(SENTENCES))
+    expected = torch.stack([sum(table[f] for f in position)
+                            for sentence in SENTENCES for position in sentence_features(sentence)])
+    torch.testing.assert_close(emissions, expected, rtol=1e-12, atol=1e-12)
+
+
+# ---- the objective and its fit --------------------------------------------------------------
+
+
+def test_gradient_equals_finite_differences():
+    sentences = [("the", "cat", "sat"), ("a", "dog"), ("Dogs",), ("the", "dog", "ran", "far")]
+    tags = [[0, 1, 2], [0, 1], [1], [0, 1, 2, 0]]
+    model = FeatureCRFTagger(FeatureCRFConfig(n_tags=3, n_buckets=16, c2=0.3, words_per_chunk=6)).double()
+    objective = PenalisedLikelihood(model, sentences, tags)
+    assert len(objective.chunks) > 1                              # the chunking is exercised too
+    theta = torch.randn(objective.initial().shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    value, gradient = objective(theta)
+    step = 1e-6
+    numeric = torch.empty_like(theta)
+    for i in range(len(theta)):
+        shift = torch.zeros_like(theta)
+        shift[i] = step
+        numeric[i] = (objective(theta + shift)[0] - objective(theta - shift)[0]) / (2 * step)
+    torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-6)
+    # F itself: the summed negative log-likelihood (by the CRF layer, no chunks) plus c2 ||theta||^2.
+    objective.store(theta)
+    emissions = model.emissions(model.hasher(sentences))
+    nll = -sum(model.crf.log_likelihood(emissions[start:start + len(s)][None], torch.tensor([t]))[0]
+               for start, s, t in zip([0, 3, 5, 6], sentences, tags))
+    assert math.isclose(value, nll.item() + 0.3 * float(theta @ theta), rel_tol=1e-12)
+
+
+def test_fit_learns_the_tiny_task_and_survives_a_checkpoint(tiny_task, tmp_path):
+    model = registry.build_for_task("crf", tiny_task.model_defaults(), {"n_buckets": 4096, "c2": 0.01}, task="tag")
+    model.fit(tiny_task)
+    assert tiny_task.evaluate(model, "test")["accuracy"] == 1.0
+    save_checkpoint(tmp_path / "crf", model, tiny_task.tokenizer, info={"task": tiny_task.spec()})
+    loaded = load_checkpoint(tmp_path / "crf").model
+    batch = tiny_task.batch(tiny_task.splits["test"] + [tagged("Cats/N ran/V")])
+    assert torch.equal(loaded.tag(batch), model.tag(batch))
+    assert torch.equal(loaded.feature_weights, model.feature_weights)
+
+
+def test_padding_does_not_change_the_tags(tiny_task):
+    model = FeatureCRFTagger(FeatureCRFConfig(n_tags=4, n_buckets=4096)).fit(tiny_task)
+    sentences = [["a", "dog", "sat", "quietly", "far"], ["Cats"], ["the", "bird", "ran"]]
+    together = model.tag(tiny_task.batch(sentences))
+    for row, sentence in enumerate(sentences):
+        alone = model.tag(tiny_task.batch([sentence]))
+        assert together[row, :len(sentence)].tolist() == alone[0].tolist()
+
+
+def test_l1_fit_gives_exact_zeros(tiny_task):
+    fitted = {c1: FeatureCRFTagger(FeatureCRFConfig(n_tags=4, n_buckets=4096, c1=c1, c2=0.0)).fit(tiny_task)
+              for c1 in (0.0, 0.5)}
+    active = fitted[0.0].feature_weights != 0
+    sparse = fitted[0.5].feature_weights
+    assert (sparse[active] == 0).sum() > active.sum() // 2          # most weights are exactly zero
+    assert tiny_task.evaluate(fitted[0.5], "test")["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("values, message", [({"n_buckets": 0}, "n_buckets must be >= 1"),
+                                             ({"c2": -1.0}, "c2 must be a finite number >= 0"),
+                                             ({"c1": float("nan")}, "c1 must be"),
+                                             ({"max_iterations": -1}, "max_iterations must be >= 0")])
+def test_bad_config_raises(values, message):
+    with pytest.raises(ConfigError, match=message):
+        registry.build("crf", task="tag", n_tags=17, **values)
+
+
+def test_fit_checks_the_tag_set_and_its_options(tiny_task):
+    with pytest.raises(DataError, match="the task has 4 tags but the model was built for 5"):
+        FeatureCRFTagger(FeatureCRFConfig(n_tags=5, n_buckets=64)).fit(tiny_task)
+    with pytest.raises(ConfigError, match="takes no option 'steps'"):
+        FeatureCRFTagger(FeatureCRFConfig(n_tags=4, n_buckets=64)).fit(tiny_task, steps=10)
+
+
+# ---- OWL-QN ---------------------------------------------------------------------------------
+
+
+def quadratic(matrix, target):
+    """f(x) = 0.5 (x - target)' A (x - target) and its gradient."""
+    def objective(x):
+        residual = x - target
+        return 0.5 * float(residual @ matrix @ residual), matrix @ residual
+    return objective
+
+
+def test_pseudo_gradient_by_cases():
+    x = torch.tensor([1.0, -1.0, 0.0, 0.0, 0.0])
+    gradient = torch.tensor([0.5, 0.5, -2.0, 2.0, 0.3])
+    assert pseudo_gradient(x, gradient, 1.0).tolist() == [1.5, -0.5, -1.0, 1.0, 0.0]
+
+
+def test_owlqn_finds_the_soft_threshold_with_exact_zeros():
+    target = torch.tensor([3.0, -0.5, 0.2, -2.0, 0.0, 1.0], dtype=torch.float64)
+    result = minimize(quadratic(torch.eye(6, dtype=torch.float64), target), torch.zeros(6, dtype=torch.float64),
+                      c1=1.0, epsilon=1e-10)
+    expected = target.sign() * (target.abs() - 1.0).clamp_min(0)
+    torch.testing.assert_close(result.x, expected, rtol=0, atol=1e-8)
+    assert (result.x[expected == 0] == 0).all()
+
+
+def test_lbfgs_solves_a_quadratic():
+    generator = torch.Generator().manual_seed(0)
+    root = torch.randn(8, 8, generator=generator, dtype=torch.float64)
+    matrix = root @ root.T + 0.1 * torch.eye(8, dtype=torch.float64)
+    target = torch.randn(8, generator=generator, dtype=torch.float64)
+    result = minimize(quadratic(matrix, target), torch.zeros(8, dtype=torch.float64), epsilon=1e-12,
+                      max_iterations=500, past=0)
+    assert result.stopped_by == "converged"
+    torch.testing.assert_close(result.x, target, rtol=0, atol=1e-6)
+
+
+def test_owlqn_beats_projected_gradient_steps_on_a_lasso():
+    """Same number of gradient evaluations; OWL-QN reaches a lower F with exact zeros."""
+    generator = torch.Generator().manual_seed(3)
+    design = torch.randn(40, 20, generator=generator, dtype=torch.float64)
+    truth = torch.zeros(20, dtype=torch.float64)
+    truth[:4] = torch.tensor([2.0, -3.0, 1.5, 1.0])
+    observed = design @ truth + 0.1 * torch.randn(40, generator=generator, dtype=torch.float64)
+    c1 = 2.0
+
+    def least_squares(x):
+        residual = design @ x - observed
+        return 0.5 * float(residual @ residual), design.T @ residual
+
+    result = minimize(least_squares, torch.zeros(20, dtype=torch.float64), c1=c1, max_iterations=30, past=0,
+                      epsilon=1e-12)
+    x = torch.zeros(20, dtype=torch.float64)                          # proximal (projected) gradient steps
+    step = 1.0 / float(torch.linalg.matrix_norm(design, 2)) ** 2
+    for _ in range(result.evaluations):
+        shifted = x - step * least_squares(x)[1]
+        x = shifted.sign() * (shifted.abs() - step * c1).clamp_min(0)
+    projected_value = least_squares(x)[0] + c1 * float(x.abs().sum())
+    assert (result.x == 0).sum() >= 10
+    assert result.value < projected_value
+
+
+# ---- against crfsuite -----------------------------------------------------------------------
+
+
+def test_accuracy_matches_crfsuite_on_the_same_features(shared_data, tmp_path):
+    """1500 dev sentences for training, 1000 test sentences; crfsuite gets the feature strings."""
+    pycrfsuite = pytest.importorskip("pycrfsuite")
+    treebank = shared_data / "ud_english_ewt"
+    train = read_conllu(treebank / "en_ewt-ud-dev.conllu")[:1500]
+    test = read_conllu(treebank / "en_ewt-ud-test.conllu")[:1000]
+    task = Tagging({"train": train, "test": test})
+    model = FeatureCRFTagger(FeatureCRFConfig(n_tags=len(task.tag_names), max_iterations=60))
+    config = model.config
+    accuracy = task.evaluate(model.fit(task), "test")["accuracy"]
+    trainer = pycrfsuite.Trainer(verbose=False)
+    for sentence in train:
+        trainer.append(sentence_features(sentence.words), list(sentence.tags))
+    trainer.set_params({"c1": config.c1, "c2": config.c2, "max_iterations": config.max_iterations,
+                        "feature.possible_transitions": True})
+    trainer.train(str(tmp_path / "crfsuite.model"))
+    tagger = pycrfsuite.Tagger()
+    tagger.open(str(tmp_path / "crfsuite.model"))
+    gold = [tag for sentence in test for tag in sentence.tags]
+    predicted = [tag for sentence in test for tag in tagger.tag(sentence_features(sentence.words))]
+    their_accuracy = sum(g == p for g, p in zip(gold, predicted)) / len(gold)
+    assert abs(accuracy - their_accuracy) <= 0.005, (accuracy, their_accuracy)
+    assert accuracy > 0.88
