@@ -76,8 +76,8 @@ class TaggingReport:
         task = self.task
         words = ", ".join(f"{split} {count:,}" for split, count in task["words"].items())
         return (f"treebank `{task['data']}`, {task['column'].upper()} ({task['n_tags']} tags), words: {words} "
-                f"({task['unseen_test_words']:,} test words unseen in training); neural taggers train "
-                f"{self.budget_seconds:.0f} s each")
+                f"({task['unseen_test_words']:,} test words unseen in training)"
+                + (f"; neural taggers train {self.budget_seconds:.0f} s each" if task["trained_taggers"] else ""))
 
     def sections(self) -> dict[str, list[tuple[str, str]]]:
         confusions = [
@@ -128,7 +128,7 @@ def compare_taggers(
     report = TaggingReport(
         task={"data": task.data, "column": task.column, "n_tags": len(tagging.tag_names),
               "words": {split: sum(map(len, sentences)) for split, sentences in tagging.splits.items()},
-              "unseen_test_words": tagging.unseen_words("test")},
+              "unseen_test_words": tagging.unseen_words("test"), "trained_taggers": len(trained)},
         budget_seconds=per_model,
         results=results,
     )
