@@ -13,10 +13,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from seqlab.errors import DataError
-from seqlab.ops import chain
-from seqlab.ops.chain import (chain_backward, chain_forward, chain_log_partition, chain_log_partition_ref,
-                              chain_path_score, chain_posteriors, chain_posteriors_ref, chain_viterbi,
-                              chain_viterbi_ref, log_matmul_exp)
+from seqlab.ops import chain_exact, chain_scaled
+from seqlab.ops.chain import (ChainPosteriors, EmissionTable, chain_backward, chain_forward, chain_log_partition,
+                              chain_path_score, chain_posteriors, chain_viterbi, log_matmul_exp)
+from seqlab.ops.chain_reference import chain_log_partition_ref, chain_posteriors_ref, chain_viterbi_ref
 
 
 class Chain(NamedTuple):
@@ -208,36 +208,114 @@ def test_wide_score_ranges_stay_finite_in_float32():
 def test_exact_paths_equal_the_fast_paths(per_sequence):
     # The textbook recursions and eq. 37, which take over for rows whose fast sums underflow.
     chain_ = random_chain(3, 12, 4, lengths=[12, 5, 9], seed=9, per_sequence=per_sequence, forbidden=0.3)
-    emit, ended = chain._time_major(chain_.log_emit, chain_.mask)
-    forward = chain._forward(chain_.log_init, chain_.log_trans, emit, ended)
-    backward = chain._backward(chain_.log_trans, emit, ended, chain_.log_final)
-    assert forward.repaired is None and backward.repaired is None
-    exact_forward = chain._forward_exact(chain_.log_init, chain_.log_trans, emit)
-    exact_backward = chain._backward_exact(chain_.log_trans, emit, ended, chain_.log_final.expand(3, 4))
-    for fast, (relative, offset) in ((forward, exact_forward), (backward, exact_backward)):
-        torch.testing.assert_close((relative.double() + offset), fast.absolute(), rtol=1e-12, atol=1e-12)
-    log_z = chain._log_partition(forward, chain_.log_final, ended)
-    fast = chain._posteriors(forward, backward, log_z, chain_.log_trans, emit, ended).pairwise
-    exact = chain._pairwise_exact(forward.relative, backward.relative, chain_.log_trans, emit, ended, max_elements=100)
-    torch.testing.assert_close(fast, exact, rtol=1e-10, atol=1e-12)
+    scores = chain_scaled.Chain.of(*chain_.scores())
+    scaled = chain_scaled.scale_chain(scores)
+    assert chain_scaled.forward_pass(scores, scaled).underflowed is None
+    assert chain_scaled.backward_pass(scores, scaled).underflowed is None
+    final = chain_.log_final.expand(3, 4)
+    alpha, alpha_offset = chain_exact.exact_forward(chain_.log_init, chain_.log_trans, scores.emit)
+    beta, beta_offset = chain_exact.exact_backward(chain_.log_trans, scores.emit, scores.ended, final)
+    torch.testing.assert_close((alpha.double() + alpha_offset).transpose(0, 1),
+                               chain_forward(*chain_.scores()[:4]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close((beta.double() + beta_offset).transpose(0, 1),
+                               chain_backward(*chain_.scores()[1:]), rtol=1e-12, atol=1e-12)
+    log_z, unary, pairwise = chain_exact.exact_posteriors(chain_.log_init, chain_.log_trans, scores.emit,
+                                                          scores.ended, final)
+    fast = chain_posteriors(*chain_.scores())
+    torch.testing.assert_close(log_z, fast.log_partition, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(unary.transpose(0, 1), fast.unary, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(pairwise, fast.pairwise, rtol=1e-10, atol=1e-12)
+    chunked = chain_exact.exact_pairwise(alpha, beta, chain_.log_trans, scores.emit, scores.ended, max_elements=100)
+    torch.testing.assert_close(chunked, pairwise, rtol=1e-12, atol=1e-12)
 
 
-def test_underflowing_rows_are_recomputed_exactly():
-    # Only state 1 may follow state 1 or 2, and the emissions favour state 0 by 200 nats until
-    # state 1's turn comes: its inflow underflows in float32, so the row is repaired.
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("margin", [100.0, 200.0])
+def test_underflowing_rows_are_recomputed_exactly(reverse, margin):
+    # Only state 1 may follow state 1 or 2, and the emissions favour state 0 by ``margin`` nats
+    # until state 1's turn comes: its inflow underflows in float32 (to denormals at 100 nats, to
+    # zero at 200), so the row is repaired. Reversed in time (and transitions transposed), the
+    # backward sums underflow instead.
     log_trans = torch.tensor([[0.0, -math.inf, 0.0], [-math.inf, 0.0, 0.0], [0.0, 0.0, 0.0]])
     log_emit = torch.zeros(2, 6, 3)
-    log_emit[:, :3, 0] = 200.0
-    log_emit[:, 3:, 1] = 200.0
+    log_emit[:, :3, 0] = margin
+    log_emit[:, 3:, 1] = margin
+    if reverse:
+        log_trans, log_emit = log_trans.T.contiguous(), log_emit.flip(1)
     log_init = torch.zeros(3)
-    emit, ended = chain._time_major(log_emit, torch.ones(2, 6, dtype=torch.bool))
-    assert chain._forward(log_init, log_trans, emit, ended).repaired.all()
+    scores = chain_scaled.Chain.of(log_init, log_trans, log_emit, torch.ones(2, 6, dtype=torch.bool), None)
+    scaled = chain_scaled.scale_chain(scores)
+    one_pass = chain_scaled.backward_pass if reverse else chain_scaled.forward_pass
+    assert one_pass(scores, scaled).underflowed.all()
     expected = chain_log_partition_ref(log_init.double(), log_trans.double(), log_emit.double())
     torch.testing.assert_close(chain_log_partition(log_init, log_trans, log_emit).double(), expected, rtol=1e-6, atol=0)
     posteriors = chain_posteriors(log_init, log_trans, log_emit)
     reference = chain_posteriors_ref(log_init.double(), log_trans.double(), log_emit.double())
+    torch.testing.assert_close(posteriors.log_partition.double(), expected, rtol=1e-6, atol=0)
     torch.testing.assert_close(posteriors.unary.double(), reference.unary, rtol=0, atol=1e-6)
     torch.testing.assert_close(posteriors.pairwise.double(), reference.pairwise, rtol=0, atol=1e-5)
+    log_alpha = chain_forward(log_init, log_trans, log_emit)
+    log_beta = chain_backward(log_trans, log_emit)
+    torch.testing.assert_close(torch.logsumexp(log_alpha + log_beta, dim=-1).double(),
+                               expected[:, None].expand(2, 6), rtol=1e-6, atol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tiny_chains(), st.sampled_from([1.0, 30.0, 300.0]))
+def test_float32_agrees_with_float64_enumeration(chain_, emit_scale):
+    # Confident emissions against forbidden transitions: float32 sums underflow in the fast path
+    # and must be caught and recomputed.
+    log_emit = chain_.log_emit * emit_scale
+    narrow = [x.float() for x in (chain_.log_init, chain_.log_trans, log_emit)]
+    final = None if chain_.log_final is None else chain_.log_final.float()
+    reference = chain_posteriors_ref(chain_.log_init, chain_.log_trans, log_emit, chain_.mask, chain_.log_final)
+    posteriors = chain_posteriors(*narrow, chain_.mask, final)
+    torch.testing.assert_close(posteriors.log_partition.double(), reference.log_partition, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(posteriors.unary.double(), reference.unary, rtol=0, atol=1e-4)
+    torch.testing.assert_close(chain_log_partition(*narrow, chain_.mask, final).double(), reference.log_partition,
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_a_sequence_without_an_allowed_path_has_log_partition_minus_infinity():
+    chain_ = random_chain(3, 5, 3, lengths=[5, 4, 5], seed=11)
+    log_emit = chain_.log_emit.clone()
+    log_emit[1, 2] = -math.inf                                          # no state may be at position 2
+    log_z = chain_log_partition(chain_.log_init, chain_.log_trans, log_emit, chain_.mask, chain_.log_final)
+    assert log_z[1] == -math.inf
+    others = [0, 2]
+    expected = chain_log_partition_ref(chain_.log_init, chain_.log_trans, log_emit[others], chain_.mask[others],
+                                       chain_.log_final)
+    torch.testing.assert_close(log_z[others], expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("per_sequence", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_an_emission_table_gives_what_its_gathered_scores_give(per_sequence, dtype):
+    chain_ = random_chain(4, 9, 5, lengths=[9, 4, 1, 7], seed=12, per_sequence=per_sequence, forbidden=0.3)
+    generator = torch.Generator().manual_seed(13)
+    table = torch.randn(6, 5, generator=generator, dtype=torch.float64).mul_(3)
+    table[2, 1] = -math.inf
+    symbols = torch.randint(0, 6, (4, 9), generator=generator)
+    log_init, log_trans, log_final = (x.to(dtype) for x in (chain_.log_init, chain_.log_trans, chain_.log_final))
+    table = table.to(dtype)
+    scores, mask = table[symbols], chain_.mask
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    by_table = chain_posteriors(log_init, log_trans, EmissionTable(table, symbols), mask, log_final)
+    by_scores = chain_posteriors(log_init, log_trans, scores, mask, log_final)
+    for name, ours, theirs in zip(ChainPosteriors._fields, by_table, by_scores):
+        torch.testing.assert_close(ours, theirs, **tolerance, msg=name)
+    leaves = [x.clone().requires_grad_() for x in (log_init, log_trans, table, log_final)]
+    weights = torch.randn(4, dtype=dtype)
+    by_table = chain_log_partition(leaves[0], leaves[1], EmissionTable(leaves[2], symbols), mask, leaves[3])
+    by_scores = chain_log_partition(leaves[0], leaves[1], leaves[2][symbols], mask, leaves[3])
+    torch.testing.assert_close(by_table, by_scores, **tolerance)
+    for ours, theirs in zip(torch.autograd.grad((by_table * weights).sum(), leaves),
+                            torch.autograd.grad((by_scores * weights).sum(), leaves)):
+        torch.testing.assert_close(ours, theirs, **tolerance)
+    for function in (chain_viterbi, chain_forward):
+        for ours, theirs in zip(function(log_init, log_trans, EmissionTable(table, symbols), mask),
+                                function(log_init, log_trans, scores, mask)):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 def test_log_matmul_exp():

@@ -318,7 +318,7 @@ def letters_task() -> LanguageModeling:
 def test_language_model_predicts_the_hmm_conditionals():
     # forward(tokens)[:, t] must be log p(x_{t+1} | x_{<=t}) = log p(x_{<=t+1}) - log p(x_{<=t}).
     task = letters_task()
-    model = registry.build_for_task("hmm", task.model_defaults(), {"n_states": 4, "n_iter": 5}).double()
+    model = registry.build_for_task("hmm", task.model_defaults(), {"n_states": 4, "n_iter": 5}, task="lm").double()
     model.fit(task)
     assert all(later >= earlier for earlier, later in itertools.pairwise(model.hmm.history))
     tokens = task.splits["valid"].ids[:6][None]

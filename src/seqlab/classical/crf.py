@@ -113,7 +113,11 @@ class LinearChainCRF(nn.Module):
 
     def log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
         """(B,) ``score(tags) - log Z`` for tags (B, T)."""
-        return self.path_score(emissions, tags, mask) - self.log_partition(emissions, mask)
+        emissions = self._check(emissions)
+        mask = check_chain_mask(emissions, mask)
+        start, transitions, end = self.chain_scores()                      # once, for both terms
+        return (chain_path_score(start, transitions, emissions, self._check_tags(tags, mask), mask, end)
+                - chain_log_partition(start, transitions, emissions, mask, end))
 
     def log_partition(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
         """(B,) ``log Z``: log-sum-exp of the scores of every allowed tag path."""

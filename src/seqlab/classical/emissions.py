@@ -4,6 +4,9 @@ Each is an ``nn.Module`` over K states with the interface ``HiddenMarkovModel`` 
 
     prepare(observations, mask) -> observations   checked (``DataError``), padding made harmless
     log_prob(observations) -> (B, T, K)            log p(x_t | s_t = k)
+    log_prob_table(observations) -> EmissionTable  the same as a (V, K) table and the symbols
+                                                   (finite alphabets only; the chain engine then
+                                                   exponentiates V rows, not B T positions)
     statistics(observations, weights) -> dict      expected sufficient statistics of the E-step,
                                                    additive over batches of sequences
     update(statistics)                             the M-step (Rabiner 1989, eqs. 40c, 52-54)
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError, DataError, TrainingError
+from seqlab.ops.chain import EmissionTable
 
 CovarianceType = Literal["diag", "full"]
 
@@ -69,8 +73,10 @@ class CategoricalEmission(nn.Module):
         return observations
 
     def log_prob(self, observations: Tensor) -> Tensor:
-        # Gathered time-major, the chain engine's layout, so the engine need not copy it.
-        return self.log_probs().T[observations.T].transpose(0, 1)            # (B, T, K)
+        return self.log_prob_table(observations).scores()       # stored time-major, the engine's layout
+
+    def log_prob_table(self, observations: Tensor) -> EmissionTable:
+        return EmissionTable(self.log_probs().T, observations)              # (V, K), (B, T)
 
     def statistics(self, observations: Tensor, weights: Tensor) -> dict[str, Tensor]:
         symbols, weights = _flatten_positions(observations, weights)        # (N,), (N, K)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from seqlab.classical.emissions import CategoricalEmission
 from seqlab.contracts import CausalLM
 from seqlab.errors import ConfigError, DataError
-from seqlab.ops.chain import (ChainPosteriors, chain_forward, chain_log_partition, chain_posteriors,
+from seqlab.ops.chain import (ChainPosteriors, EmissionTable, chain_forward, chain_log_partition, chain_posteriors,
                               chain_viterbi, log_matmul_exp)
 from seqlab.registry import register
 
@@ -87,13 +87,22 @@ class HiddenMarkovModel(nn.Module):
             DataError: naming the sequence and position of a symbol out of range or a NaN, or
                 saying how the mask and observations disagree.
         """
+        log_emit, mask, observations = self._chain_emissions(observations, mask)
+        return (log_emit.scores() if isinstance(log_emit, EmissionTable) else log_emit), mask, observations
+
+    def _chain_emissions(self, observations: Tensor,
+                         mask: Tensor | None) -> tuple[Tensor | EmissionTable, Tensor, Tensor]:
+        """As ``log_emissions``, except that an emission over a finite alphabet gives its scores as
+        a table (``EmissionTable``): the chain engine then exponentiates V rows, not B T positions."""
         mask = _mask_for(observations, mask)
         observations = self.emission.prepare(observations, mask)
+        if hasattr(self.emission, "log_prob_table"):
+            return self.emission.log_prob_table(observations), mask, observations
         return self.emission.log_prob(observations), mask, observations
 
     def log_likelihood(self, observations: Tensor, mask: Tensor | None = None) -> Tensor:
         """(B,) ``log p(x)`` of each sequence, by the forward algorithm; differentiable."""
-        log_emit, mask, _ = self.log_emissions(observations, mask)
+        log_emit, mask, _ = self._chain_emissions(observations, mask)
         return chain_log_partition(self.log_init(), self.log_transitions(), log_emit, mask)
 
     def forward(self, observations: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -103,7 +112,7 @@ class HiddenMarkovModel(nn.Module):
     @torch.no_grad()
     def forward_backward(self, observations: Tensor, mask: Tensor | None = None) -> ChainPosteriors:
         """``log p(x)`` (B,), posteriors ``gamma`` (B, T, K) and expected transitions (K, K)."""
-        log_emit, mask, _ = self.log_emissions(observations, mask)
+        log_emit, mask, _ = self._chain_emissions(observations, mask)
         return chain_posteriors(self.log_init(), self.log_transitions(), log_emit, mask)
 
     def posteriors(self, observations: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -113,7 +122,7 @@ class HiddenMarkovModel(nn.Module):
     @torch.no_grad()
     def viterbi(self, observations: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The most probable state paths (B, T) (0 at padding) and their ``log p(x, s)`` (B,)."""
-        log_emit, mask, _ = self.log_emissions(observations, mask)
+        log_emit, mask, _ = self._chain_emissions(observations, mask)
         return chain_viterbi(self.log_init(), self.log_transitions(), log_emit, mask)
 
     @torch.no_grad()
@@ -134,7 +143,7 @@ class HiddenMarkovModel(nn.Module):
     @torch.no_grad()
     def expected_statistics(self, observations: Tensor, mask: Tensor | None = None) -> tuple[Statistics, Tensor]:
         """The E-step: expected counts (additive over batches) and ``log p(x)`` (B,)."""
-        log_emit, mask, observations = self.log_emissions(observations, mask)
+        log_emit, mask, observations = self._chain_emissions(observations, mask)
         posteriors = chain_posteriors(self.log_init(), self.log_transitions(), log_emit, mask)
         statistics = {
             "start": posteriors.unary[:, 0].sum(0),                                     # (K,)
@@ -190,7 +199,7 @@ class HiddenMarkovModel(nn.Module):
         Relative frequencies of starts, transitions and emissions (plus ``pseudo_count``): the
         M-step with posteriors that are one-hot at the given states.
         """
-        _, mask, observations = self.log_emissions(observations, mask)
+        _, mask, observations = self._chain_emissions(observations, mask)
         if tuple(states.shape) != tuple(mask.shape) or states.dtype.is_floating_point:
             raise DataError(f"states must be integers of shape {tuple(mask.shape)}, got {states.dtype} "
                             f"of shape {tuple(states.shape)}")
