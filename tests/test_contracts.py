@@ -38,7 +38,7 @@ def make(name: str, vocab_size: int = VOCAB) -> CausalLM:
     """The model for a small task; models with a closed-form fit are fitted to it first."""
     torch.manual_seed(0)
     task = task_with_vocabulary(vocab_size)
-    model = registry.build_for_task(name, {**task.model_defaults(), "max_len": 64}, {})
+    model = registry.build_for_task(name, {**task.model_defaults(), "max_len": 64}, {}, task="lm")
     if callable(getattr(model, "fit", None)):
         model.fit(task)
     return model.eval()

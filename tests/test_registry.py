@@ -62,3 +62,13 @@ def test_parameter_count_counts_tied_weights_once():
     model = registry.build("lstm", vocab_size=10, d_model=4, n_layers=1, tie_weights=True)
     untied = registry.build("lstm", vocab_size=10, d_model=4, n_layers=1, tie_weights=False)
     assert registry.parameter_count(untied) - registry.parameter_count(model) == 10 * 4
+
+
+def test_names_are_unique_per_task():
+    assert registry.get("hmm", "lm").task == "lm" and registry.get("hmm", "tag").task == "tag"
+    assert registry.get("hmm", "lm").model_class is not registry.get("hmm", "tag").model_class
+    with pytest.raises(ConfigError, match=r"model name 'hmm' exists for several tasks \(.*lm.*tag.*\); choose one"):
+        registry.get("hmm")
+    with pytest.raises(ConfigError, match="unknown model 'lstm'; known models for task 'tag': .*crf.*hmm"):
+        registry.get("lstm", "tag")
+    assert registry.get("ngram").task == "lm"        # a name only one task uses needs no task
