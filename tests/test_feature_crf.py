@@ -22,7 +22,7 @@ from seqlab.checkpoint import load_checkpoint, save_checkpoint
 from seqlab.classical.feature_crf import FeatureCRFConfig, FeatureCRFTagger, PenalisedLikelihood
 from seqlab.classical.tagging_features import (FeatureHasher, feature_bucket, sentence_features, short_shape,
                                                word_shape)
-from seqlab.data.treebank import TaggedSentence, read_conllu
+from seqlab.data.conll import TaggedSentence, read_conllu
 from seqlab.errors import ConfigError, DataError
 from seqlab.optim import minimize, pseudo_gradient
 from seqlab.tasks.tagging import Tagging

@@ -14,7 +14,7 @@ from seqlab.checkpoint import load_checkpoint, save_checkpoint
 from seqlab.classical import hmm_tagger  # noqa: F401  (registers "hmm" for task "tag")
 from seqlab.classical.hmm_tagger import (HMMTagger, deleted_interpolation_weights, hmm_viterbi_ref,
                                          interpolated_transitions, trigram_viterbi)
-from seqlab.data.treebank import TaggedSentence
+from seqlab.data.conll import TaggedSentence
 from seqlab.errors import ConfigError
 from seqlab.tasks.tagging import Tagging
 

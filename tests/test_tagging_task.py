@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqlab.data.treebank import TaggedSentence, find_conllu_files, read_conllu
+from seqlab.data.conll import TaggedSentence, find_conllu_files, read_conllu
 from seqlab.errors import DataError
 from seqlab.metrics.tagging import confusion_matrix, confusion_summary
 from seqlab.tasks.tagging import MAX_WORD_CHARACTERS, PAD, UNK, Tagging, TaggingVocabulary

@@ -16,7 +16,7 @@ from typing import Any
 
 from seqlab import registry
 from seqlab.compare import PeakMemory, run_in_fresh_process, train_within_budget
-from seqlab.data.treebank import Column
+from seqlab.data.conll import Column
 from seqlab.errors import ConfigError
 from seqlab.tasks.tagging import Tagging
 

@@ -1,7 +1,7 @@
 """Sequence tagging: one tag per word, e.g. universal part of speech on a UD treebank.
 
 The data is a treebank directory (``*-train.conllu``, ``*-dev.conllu``, ``*-test.conllu``)
-read by ``seqlab.data.treebank``. The vocabulary of word forms and characters comes from the
+read by ``seqlab.data.conll``. The vocabulary of word forms and characters comes from the
 training split alone; a held-out word outside it is *unseen* and maps to ``<unk>`` (id 1),
 and its accuracy is reported apart (``seqlab.metrics.tagging``).
 
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.contracts import device_of
-from seqlab.data.treebank import Column, TaggedSentence, find_conllu_files, read_conllu
+from seqlab.data.conll import Column, TaggedSentence, find_conllu_files, read_conllu
 from seqlab.errors import ConfigError, DataError
 from seqlab.metrics.tagging import confusion_matrix, confusion_summary, tagging_metrics
 
@@ -148,7 +148,7 @@ class Tagging:
 
     @classmethod
     def from_data(cls, data: str | Path, column: Column = "upos") -> Tagging:
-        """The task over a treebank directory (see ``seqlab.data.treebank.find_conllu_files``)."""
+        """The task over a treebank directory (see ``seqlab.data.conll.find_conllu_files``)."""
         files = find_conllu_files(data)
         return cls({split: read_conllu(path, column) for split, path in files.items()}, column, str(data))
 
