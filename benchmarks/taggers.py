@@ -1,0 +1,100 @@
+"""The neural taggers on UD English EWT (UPOS): accuracy after a fixed CPU training budget.
+
+Each model ("bilstm", "bilstm-crf") is built for the task and trained by the Trainer with its
+own ``train_defaults`` and ``--budget`` seconds of training time, then tagged on the test split.
+The table gives parameters, optimizer steps, training seconds, training and tagging tokens/s,
+test accuracy and the accuracy on test words unseen in training. The load average is printed
+before and after, since a loaded machine trains fewer steps in the same budget.
+
+    python benchmarks/taggers.py [--budget 540] [--threads 2] [--models bilstm,bilstm-crf]
+                                 [--set key=value ...] [--quick]
+
+Target: bilstm-crf >= 0.95 test accuracy within 10 minutes of a 2-core CPU. Measured with the
+defaults (2 threads, 540 s, a shared 2-core machine at load average about 2 with this run):
+
+| model | params | steps | train s | train tok/s | valid acc (part) | test acc | unseen acc | tag tok/s |
+|---|---|---|---|---|---|---|---|---|
+| bilstm-crf | 2,493,932 | 4,883 | 540 | 4,719 | 0.9578 | 0.9517 | 0.7832 | 39,419 |
+| bilstm | 2,493,609 | 5,230 | 540 | 5,053 | 0.9564 | 0.9513 | 0.7884 | 37,746 |
+
+"valid acc (part)" is the Trainer's last check, on the first 640 validation sentences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from seqlab import registry
+from seqlab.models import taggers  # noqa: F401  (registers the taggers)
+from seqlab.tasks.tagging import Tagging
+from seqlab.training import TrainConfig, Trainer
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ud_english_ewt"
+
+
+def parse_settings(pairs: list[str]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        settings[key] = value
+    return settings
+
+
+def run(name: str, task: Tagging, budget: float, model_options: dict, train_options: dict, progress: bool) -> dict:
+    torch.manual_seed(0)
+    model = registry.build_for_task(name, task.model_defaults(), model_options, task="tag")
+    options = {**model.train_defaults, "budget_seconds": budget, "eval_every_seconds": budget / 6,
+               "progress": progress, "device": "cpu", **train_options}
+    result = Trainer(model, task, registry.make_config(TrainConfig, options)).fit()
+    test = task.evaluate(model, "test")
+    return {"model": name, "parameters": registry.parameter_count(model), "steps": result.steps,
+            "train_seconds": result.train_seconds, "train_tokens_per_second": result.tokens_per_second,
+            "valid_accuracy": result.history[-1]["valid_accuracy"], "accuracy": test["accuracy"],
+            "unseen_accuracy": test["unseen_accuracy"], "tag_tokens_per_second": test["tokens_per_second"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=540.0, help="training seconds per model")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="bilstm,bilstm-crf")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model config value (e.g. hidden=200) for every model")
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig value (e.g. lr=0.003) for every model")
+    parser.add_argument("--quick", action="store_true", help="30 s per model")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    budget = 30.0 if args.quick else args.budget
+    task = Tagging.from_data(args.data)
+    print(f"EWT: {len(task.splits['train'])} training sentences, {task.train_tokens} words; "
+          f"{args.threads} threads; budget {budget:.0f} s; load average {os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    for name in args.models.split(","):
+        started = time.perf_counter()
+        rows.append(run(name, task, budget, parse_settings(args.set), parse_settings(args.train), args.progress))
+        print(f"{name}: {time.perf_counter() - started:.0f} s wall, load average {os.getloadavg()[0]:.2f}",
+              flush=True)
+    header = ("model", "params", "steps", "train s", "train tok/s", "valid acc (part)", "test acc", "unseen acc",
+              "tag tok/s")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print(f"| {row['model']} | {row['parameters']:,} | {row['steps']:,} | {row['train_seconds']:.0f} | "
+              f"{row['train_tokens_per_second']:,.0f} | {row['valid_accuracy']:.4f} | {row['accuracy']:.4f} | "
+              f"{row['unseen_accuracy']:.4f} | {row['tag_tokens_per_second']:,.0f} |")
+    accuracy = {row["model"]: row["accuracy"] for row in rows}
+    print("RESULT " + " ".join(f"{name.replace('-', '_')}_accuracy={value:.4f}" for name, value in accuracy.items()))
+
+
+if __name__ == "__main__":
+    main()
