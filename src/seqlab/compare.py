@@ -24,6 +24,7 @@ from seqlab import registry
 from seqlab.data.corpora import load_corpus
 from seqlab.contracts import device_of
 from seqlab.errors import ConfigError, DataError
+from seqlab.report import RenderedReport
 from seqlab.tasks.lm import LanguageModeling
 from seqlab.training import TrainConfig, Trainer, TrainResult, fit
 
@@ -62,7 +63,7 @@ class ModelResult:
 
 
 @dataclass
-class Report:
+class Report(RenderedReport):
     """The comparison: the task it ran and one result per model (rendered by ``seqlab.report``)."""
 
     task: dict[str, Any]
@@ -92,17 +93,6 @@ class Report:
 
     def sections(self) -> dict[str, list[tuple[str, str]]]:
         return {"Samples": [(result.name, result.sample) for result in self.results]}
-
-    def write(self, out_dir: str | Path) -> list[Path]:
-        """Write report.md, report.html and curves.png into ``out_dir``; return their paths."""
-        from seqlab.report import write_report
-
-        return write_report(self, Path(out_dir))
-
-    def table(self) -> str:
-        from seqlab.report import markdown_table
-
-        return markdown_table(self)
 
 
 def default_models() -> list[str]:

@@ -18,6 +18,7 @@ from seqlab import registry
 from seqlab.compare import PeakMemory, run_in_fresh_process, train_within_budget
 from seqlab.data.conll import Column
 from seqlab.errors import ConfigError
+from seqlab.report import RenderedReport
 from seqlab.tasks.tagging import Tagging
 
 DEFAULT_BUDGET_SECONDS = 1080.0    # 9 minutes for each of the two neural taggers
@@ -51,7 +52,7 @@ class TaggerResult:
 
 
 @dataclass
-class TaggingReport:
+class TaggingReport(RenderedReport):
     """The comparison (rendered by ``seqlab.report``)."""
 
     task: dict[str, Any]
@@ -86,16 +87,6 @@ class TaggingReport:
         ]
         return {"Most frequent confusions (gold -> predicted)": confusions,
                 "A tagged test sentence": [(r.name, r.example) for r in self.results]}
-
-    def write(self, out_dir: str | Path) -> list[Path]:
-        from seqlab.report import write_report
-
-        return write_report(self, Path(out_dir))
-
-    def table(self) -> str:
-        from seqlab.report import markdown_table
-
-        return markdown_table(self)
 
 
 def default_taggers() -> list[str]:

@@ -13,6 +13,17 @@ from pathlib import Path
 from typing import Any
 
 
+class RenderedReport:
+    """Base of every comparison report: ``write`` and ``table`` from the fields above."""
+
+    def write(self, out_dir: str | Path) -> list[Path]:
+        """Write report.md, report.html and curves.png into ``out_dir``; return their paths."""
+        return write_report(self, Path(out_dir))
+
+    def table(self) -> str:
+        return markdown_table(self)
+
+
 def markdown_table(report: Any) -> str:
     lines = ["| " + " | ".join(report.columns) + " |", "|" + "---|" * len(report.columns)]
     lines += ["| " + " | ".join(cells) + " |" for cells in report.rows()]
