@@ -63,7 +63,7 @@ def bare_loop(cell: str, task: LanguageModeling, steps: int) -> float:
 
 def seqlab_loop(cell: str, task: LanguageModeling, steps: int) -> float:
     torch.manual_seed(0)
-    model = registry.build_for_task(cell, task.model_defaults(), {"d_model": WIDTH, "n_layers": LAYERS})
+    model = registry.build_for_task(cell, task.model_defaults(), {"d_model": WIDTH, "n_layers": LAYERS}, task="lm")
     return time_trainer(model, task, steps, progress=False)
 
 

@@ -31,7 +31,7 @@ MODEL = {"d_model": 256, "n_layers": 2, "dropout": 0.1}
 
 def fresh_model(task: LanguageModeling):
     torch.manual_seed(0)
-    return registry.build_for_task("lstm", task.model_defaults(), MODEL)
+    return registry.build_for_task("lstm", task.model_defaults(), MODEL, task="lm")
 
 
 def bare_loop(task: LanguageModeling, steps: int) -> float:

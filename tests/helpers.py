@@ -15,7 +15,7 @@ def tiny_task(characters: int = 20_000, context: int = 16, tokenizer: str = "cha
 
 def tiny_lstm(task: LanguageModeling, dropout: float = 0.0, seed: int = 0):
     torch.manual_seed(seed)
-    return registry.build_for_task("lstm", task.model_defaults(), {"d_model": 32, "n_layers": 2, "dropout": dropout})
+    return registry.build("lstm", task, d_model=32, n_layers=2, dropout=dropout)
 
 
 def weights(model) -> dict[str, torch.Tensor]:

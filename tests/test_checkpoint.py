@@ -1,109 +1,233 @@
+"""Checkpoints and run directories: what belongs together is checked on load, a crash at any
+stage of a save leaves a loadable run, and nothing seqlab did not write is ever touched."""
+
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 from seqlab import registry
-from seqlab.checkpoint import (
-    REQUIRED_FILES, WEIGHTS_FILE, check_output_directory, load_checkpoint, save_checkpoint,
-)
-from seqlab.data.tokenizers import train_tokenizer
+from seqlab.checkpoint import TRAINER_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from seqlab.errors import CheckpointError, ConfigError
+from seqlab.rundir import POINTER_FILE, RunDirectory
+
+from helpers import tiny_lstm, tiny_task
+
+STAGES = ("write", "rename", "pointer", "switch", "prune")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return tiny_task(characters=4000)
 
 
 @pytest.fixture
-def saved(tmp_path):
-    tokenizer = train_tokenizer("char", "hello world")
-    torch.manual_seed(0)
-    model = registry.build("lstm", vocab_size=tokenizer.vocab_size, d_model=8, n_layers=1)
-    save_checkpoint(tmp_path / "run", model, tokenizer, info={"note": "first"})
-    return tmp_path / "run", model, tokenizer
+def run(tmp_path, task):
+    model = tiny_lstm(task)
+    save_checkpoint(tmp_path / "run", model, task)
+    return tmp_path / "run", model
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint_whole(saved, monkeypatch):
-    directory, model, tokenizer = saved
-    with torch.no_grad():
-        next(model.parameters()).add_(1.0)
-
-    def crash(path):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(tokenizer, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(directory, model, tokenizer, info={"note": "second"})
-    loaded = load_checkpoint(directory)
-    assert loaded.info["note"] == "first"
-    assert not torch.equal(next(loaded.model.parameters()), next(model.parameters()))
-    assert sorted(p.name for p in directory.parent.iterdir()) == ["run"]     # no staging left over
+def checkpoint_dir(run_dir, which="best"):
+    return run_dir / json.loads((run_dir / POINTER_FILE).read_text())[which]
 
 
-def test_a_second_save_replaces_the_first(saved):
-    directory, model, tokenizer = saved
-    with torch.no_grad():
-        next(model.parameters()).add_(1.0)
-    save_checkpoint(directory, model, tokenizer, info={"note": "second"})
-    loaded = load_checkpoint(directory)
-    assert loaded.info["note"] == "second"
-    assert torch.equal(next(loaded.model.parameters()), next(model.parameters()))
-    assert sorted(p.name for p in directory.parent.iterdir()) == ["run"]
+def test_a_run_holds_a_pointer_and_one_checkpoint(run):
+    run_dir, model = run
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", POINTER_FILE]
+    loaded = load_checkpoint(run_dir)
+    assert loaded.task_name == "lm" and loaded.info["step"] == 0
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    assert load_checkpoint(checkpoint_dir(run_dir)).directory == loaded.directory   # a checkpoint directly
 
 
-@pytest.mark.parametrize("missing", REQUIRED_FILES)
-def test_a_missing_file_is_named(saved, missing):
-    directory = saved[0]
-    (directory / missing).unlink()
-    with pytest.raises(CheckpointError, match=f"missing {missing}"):
-        load_checkpoint(directory)
+def test_last_and_best_are_kept_and_the_rest_pruned(run, task):
+    run_dir, model = run
+    directory = RunDirectory(run_dir)
+    info = {"task": task.spec(), "train": {}, "history": []}
+    directory.save(model, task.artifacts(), {**info, "step": 10}, best=True)
+    directory.save(model, task.artifacts(), {**info, "step": 20}, best=False)
+    directory.save(model, task.artifacts(), {**info, "step": 30}, best=False)
+    assert load_checkpoint(run_dir).info["step"] == 10
+    assert load_checkpoint(run_dir, which="last").info["step"] == 30
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-0000010", "step-0000030"]
 
 
-def test_corrupt_weights_are_reported(saved):
-    directory = saved[0]
-    data = (directory / WEIGHTS_FILE).read_bytes()
-    (directory / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt"):
-        load_checkpoint(directory)
-    (directory / WEIGHTS_FILE).write_bytes(b"\x07" * 100)
-    with pytest.raises(CheckpointError, match="corrupt"):
-        load_checkpoint(directory)
+def test_the_users_files_survive_training_and_overwriting(tmp_path, task):
+    # seqlab.fit(..., out_dir=precious) used to delete every file there.
+    import seqlab
 
-
-def test_weights_that_do_not_fit_the_config_are_reported(saved):
-    directory = saved[0]
-    info = json.loads((directory / "config.json").read_text())
-    info["config"]["d_model"] = 16
-    (directory / "config.json").write_text(json.dumps(info))
-    with pytest.raises(CheckpointError, match="model.safetensors"):
-        load_checkpoint(directory)
-
-
-def test_a_config_naming_an_unknown_model_is_reported(saved):
-    directory = saved[0]
-    info = json.loads((directory / "config.json").read_text())
-    info["model"] = "no-such-model"
-    (directory / "config.json").write_text(json.dumps(info))
-    with pytest.raises(CheckpointError, match="unknown model 'no-such-model'"):
-        load_checkpoint(directory)
-
-
-def test_invalid_config_json_is_reported(saved):
-    directory = saved[0]
-    (directory / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
-        load_checkpoint(directory)
-
-
-def test_output_directory_rules(saved, tmp_path):
-    run = saved[0]
-    check_output_directory(tmp_path / "new", resume=False, overwrite=False)
-    (tmp_path / "empty").mkdir()
-    check_output_directory(tmp_path / "empty", resume=False, overwrite=False)
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not a seqlab run"):
-        check_output_directory(other, resume=False, overwrite=True)
+    precious = tmp_path / "precious"
+    (precious / "notes").mkdir(parents=True)
+    (precious / "eval.json").write_text("mine")
+    (precious / "notes" / "a.txt").write_text("also mine")
+    seqlab.fit(tiny_lstm(task), task, out_dir=precious, steps=2, eval_every=1, batch_size=4, progress=False,
+               device="cpu")
     with pytest.raises(ConfigError, match="--resume"):
-        check_output_directory(run, resume=False, overwrite=False)
-    check_output_directory(run, resume=False, overwrite=True)
-    with pytest.raises(CheckpointError, match="not a seqlab run"):
-        check_output_directory(other, resume=True, overwrite=False)
+        seqlab.fit(tiny_lstm(task), task, out_dir=precious, steps=2, progress=False, device="cpu")
+    seqlab.fit(tiny_lstm(task), task, out_dir=precious, overwrite=True, steps=3, eval_every=3, batch_size=4,
+               progress=False, device="cpu")
+    assert (precious / "eval.json").read_text() == "mine"
+    assert (precious / "notes" / "a.txt").read_text() == "also mine"
+    assert load_checkpoint(precious).info["step"] == 3
+
+
+@pytest.mark.parametrize("name", ["checkpoints", "metrics.jsonl"])
+def test_a_directory_holding_a_file_with_seqlabs_name_is_refused(tmp_path, name):
+    (tmp_path / name).write_text("the user's")
+    with pytest.raises(ConfigError, match="seqlab did not write"):
+        RunDirectory(tmp_path).prepare(resume=False, overwrite=False)
+    assert (tmp_path / name).read_text() == "the user's"
+
+
+def test_output_directory_rules(run, tmp_path):
+    run_dir, _ = run
+    RunDirectory(tmp_path / "new").check(resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        RunDirectory(run_dir).check(resume=False, overwrite=False)
+    RunDirectory(run_dir).check(resume=False, overwrite=True)
+    with pytest.raises(CheckpointError, match="no seqlab run"):
+        RunDirectory(tmp_path / "new").check(resume=True, overwrite=False)
+    with pytest.raises(CheckpointError, match=TRAINER_FILE):
+        RunDirectory(run_dir).check(resume=True, overwrite=False)    # saved without a training state
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        RunDirectory(tmp_path / "file").check(resume=False, overwrite=False)
+
+
+def test_an_unwritable_directory_is_refused_before_training(tmp_path):
+    (tmp_path / "a-file").write_text("x")                 # no directory can be made below a file, even as root
+    with pytest.raises(ConfigError, match="cannot write"):
+        RunDirectory(tmp_path / "a-file" / "run").check(resume=False, overwrite=False)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_crash_at_any_stage_of_a_save_leaves_a_loadable_run(tmp_path, stage, task):
+    # The second save of a run is killed (os._exit: no cleanup runs) right after `stage`; the run
+    # must load (the old checkpoint before the switch, the new one after), and the next start
+    # removes what the crash left.
+    run_dir = tmp_path / "run"
+    save_checkpoint(run_dir, tiny_lstm(task), task)
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+        import torch
+        from seqlab import rundir
+        from helpers import tiny_lstm, tiny_task
+
+        def crash(name):
+            if name == {stage!r}:
+                os._exit(9)
+
+        rundir._stage = crash
+        task = tiny_task(characters=4000)
+        model = tiny_lstm(task, seed=1)
+        rundir.RunDirectory({str(run_dir)!r}).save(model, task.artifacts(),
+            {{"task": task.spec(), "train": {{}}, "step": 7, "history": []}})
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 9, completed.stderr[-2000:]
+    step = load_checkpoint(run_dir).info["step"]
+    assert step == (7 if STAGES.index(stage) >= STAGES.index("switch") else 0)
+    RunDirectory(run_dir).prepare(resume=False, overwrite=True)        # the next start cleans up
+    leftovers = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert leftovers == [f"step-{step:07d}"]
+    assert not (run_dir / f"{POINTER_FILE}.partial").exists()
+    assert load_checkpoint(run_dir).info["step"] == step
+
+
+def test_flipped_bytes_in_the_weights_are_caught_by_the_checksum(run):
+    # A flipped byte inside a tensor still parses and used to evaluate silently to garbage.
+    run_dir, _ = run
+    weights = checkpoint_dir(run_dir) / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(run_dir)
+
+
+def test_corrupt_weights_are_reported(run):
+    run_dir, _ = run
+    weights = checkpoint_dir(run_dir) / WEIGHTS_FILE
+    info_path = checkpoint_dir(run_dir) / "config.json"
+    info = json.loads(info_path.read_text())
+    del info["weights_sha256"]                          # the parse error, not the checksum, must catch it
+    info_path.write_text(json.dumps(info))
+    weights.write_bytes(b"\x07" * 100)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(run_dir)
+
+
+def edit_config(run_dir, change):
+    path = checkpoint_dir(run_dir) / "config.json"
+    info = json.loads(path.read_text())
+    change(info)
+    path.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda info: info.pop("task"), "has no 'task'"),
+    (lambda info: info.pop("train"), "has no 'train'"),
+    (lambda info: info.update(config=None), "'config' must be a dict"),
+    (lambda info: info["config"].update(d_model="big"), "d_model must be int"),
+    (lambda info: info["config"].update(d_model=16), "does not fit its config"),
+    (lambda info: info.update(model="no-such-model"), "unknown model 'no-such-model'"),
+    (lambda info: info["task"].update(task="no-such-task"), "unknown task 'no-such-task'"),
+    (lambda info: info.update(step="ten"), "'step' must be a int"),
+])
+def test_a_config_json_that_does_not_fit_is_named(run, change, message):
+    run_dir, _ = run
+    edit_config(run_dir, change)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(run_dir)
+
+
+def test_a_tokenizer_of_another_size_is_refused(run):
+    from seqlab.data.tokenizers import train_tokenizer
+
+    run_dir, _ = run
+    train_tokenizer("char", "only a few letters").save(checkpoint_dir(run_dir) / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="vocab_size"):
+        load_checkpoint(run_dir)
+
+
+def test_invalid_json_and_missing_files_are_reported(run):
+    run_dir, _ = run
+    (checkpoint_dir(run_dir) / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="missing tokenizer.json"):
+        load_checkpoint(run_dir)
+    (checkpoint_dir(run_dir) / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(run_dir)
+    (run_dir / POINTER_FILE).write_text("{}")
+    with pytest.raises(CheckpointError, match="does not exist|no checkpoint"):
+        load_checkpoint(run_dir)
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path, task):
+    model = tiny_lstm(task)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="not finite"):
+        save_checkpoint(tmp_path / "run", model, task)
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_a_vocabulary_size_mismatch_is_refused_when_building(task):
+    from seqlab.registry import build_for_task
+
+    model = build_for_task("lstm", task.model_defaults(), {"vocab_size": task.vocab_size - 1}, task="lm")
+    with pytest.raises(ConfigError, match="vocab_size"):
+        task.check_model(model)
+
+
+def test_registry_round_trip_of_every_config_through_json(task):
+    model = registry.build("lstm", "lm", vocab_size=7, d_model=12)
+    config = json.loads(json.dumps(registry.config_to_dict(model.config)))
+    assert registry.make_config(type(model.config), config) == model.config

@@ -1,9 +1,11 @@
 """The command line: the happy path end to end, and one clear line with exit code 2 on bad input."""
 
+import dataclasses
 import json
 
 import pytest
 
+from seqlab.checkpoint import load_checkpoint
 from seqlab.cli import main
 from seqlab.data.corpora import builtin_corpus
 
@@ -49,13 +51,19 @@ def test_eval_on_another_file(trained_run, tmp_path, capsys):
     assert metrics["characters"] == len(other.read_text()) - 1
 
 
-def test_resume_extends_a_run(trained_run, tmp_path, capsys):
+def test_resume_continues_the_schedule_and_extend_lengthens_it(trained_run, tmp_path, capsys):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
-    assert main(["train", "--out", str(copy), "--resume", "--steps", "8", "--no-progress"]) == 0
-    assert json.loads((copy / "config.json").read_text())["step"] == 8
+    fails_cleanly(capsys, ["train", "--out", str(copy), "--resume", "--no-progress"], "has finished its 5 steps")
+    fails_cleanly(capsys, ["train", "--out", str(copy), "--resume", "--steps", "8", "--no-progress"],
+                  "--resume continues the run's schedule (5 steps); it cannot change steps")
+    fails_cleanly(capsys, ["train", "--out", str(copy), "--resume", "--extend", "--steps", "3", "--no-progress"],
+                  "--extend needs --steps above the 5 steps")
+    assert main(["train", "--out", str(copy), "--resume", "--extend", "--steps", "8", "--no-progress"]) == 0
+    assert "schedule extended from 5 to 8 steps" in capsys.readouterr().out
+    assert load_checkpoint(copy, which="last").info["step"] == 8
 
 
 @pytest.mark.parametrize("content, message", [
@@ -86,10 +94,12 @@ def test_bad_options(tmp_path, capsys, argv, message):
     fails_cleanly(capsys, [arg.format(tmp=tmp_path) for arg in argv], message)
 
 
-def test_refuses_to_overwrite_a_directory_that_is_not_a_run(tmp_path, capsys):
+def test_training_beside_the_users_files_leaves_them_alone(text_file, tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    fails_cleanly(capsys, ["train", "lstm", "--out", str(tmp_path / "mine"), *TINY], "not a seqlab run")
+    argv = ["train", "lstm", "--data", str(text_file), *TINY, "--steps", "2", "--eval-every", "1"]
+    assert main([*argv, "--out", str(tmp_path / "mine")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "mine"), "--overwrite"]) == 0
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
 
@@ -99,7 +109,7 @@ def test_refuses_to_overwrite_a_run_without_a_flag(trained_run, capsys):
 
 @pytest.mark.parametrize("damage, message", [
     ("missing", "missing model.safetensors"),
-    ("corrupt", "corrupt"),
+    ("corrupt", "sha256"),
     ("unknown", "unknown model 'gpt9'"),
 ])
 def test_broken_checkpoints(trained_run, tmp_path, capsys, damage, message):
@@ -107,14 +117,15 @@ def test_broken_checkpoints(trained_run, tmp_path, capsys, damage, message):
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
+    checkpoint = run / json.loads((run / "run.json").read_text())["best"]
     if damage == "missing":
-        (run / "model.safetensors").unlink()
+        (checkpoint / "model.safetensors").unlink()
     elif damage == "corrupt":
-        (run / "model.safetensors").write_bytes(b"garbage" * 50)
+        (checkpoint / "model.safetensors").write_bytes(b"garbage" * 50)
     else:
-        info = json.loads((run / "config.json").read_text())
+        info = json.loads((checkpoint / "config.json").read_text())
         info["model"] = "gpt9"
-        (run / "config.json").write_text(json.dumps(info))
+        (checkpoint / "config.json").write_text(json.dumps(info))
     fails_cleanly(capsys, ["eval", str(run)], message)
     fails_cleanly(capsys, ["generate", str(run), "--prompt", "a"], message)
 
@@ -137,7 +148,7 @@ def test_compare_writes_the_report(text_file, tmp_path, capsys):
     for name in ("report.md", "report.html", "curves.png"):
         assert (out / name).stat().st_size > 100
     markdown = (out / "report.md").read_text()
-    assert "## Samples" in markdown and "test bpc" in markdown
+    assert "## Samples" in markdown and "test bpc" in markdown and "wall s" in markdown
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -152,6 +163,70 @@ def test_train_recurrent_models_with_truncated_bptt(text_file, tmp_path, model, 
     out = tmp_path / model
     assert main(["train", model, "--data", str(text_file), *TINY, "--steps", "3", "--tbptt",
                  "--grad-clip-value", "0.5", "--out", str(out)]) == 0
-    saved = json.loads((out / "config.json").read_text())
+    saved = load_checkpoint(out).info
     assert saved["model"] == model and saved["train"]["tbptt"] is True
     assert saved["train"]["grad_clip_value"] == 0.5 and saved["step"] == 3
+
+
+def test_init_from_a_language_model_into_a_classifier(trained_run, tmp_path, capsys):
+    # Pre-training then fine-tuning: the LM's embedding and LSTM load, the classifier's head is new.
+    data = tmp_path / "data.tsv"
+    data.write_text("".join(f"{'yes' if i % 3 == 0 else 'no'}\tThe value {i} is {'red' if i % 3 == 0 else 'blue'}\n"
+                            for i in range(60)))
+    argv = ["train", "lstm", "--task", "classify", "--data", str(data), "--tokenizer", "char", "--set", "d_model=16",
+            "--steps", "2", "--eval-every", "2", "--no-progress", "--init-from", str(trained_run)]
+    fails_cleanly(capsys, [*argv, "--out", str(tmp_path / "other-tokenizer")], "the two runs' tokenizers differ")
+    assert main([*argv, "--tokenizer-from", str(trained_run), "--out", str(tmp_path / "fine-tuned")]) == 0
+    out = capsys.readouterr().out
+    assert "loaded  embedding.weight" in out and "loaded  recurrent.module.weight_hh_l0" in out
+    assert "new     head.weight" in out or "skipped head.weight" in out
+    lm = load_checkpoint(trained_run).model.state_dict()
+    classifier = load_checkpoint(tmp_path / "fine-tuned").model.state_dict()
+    assert classifier["embedding.weight"].shape == lm["embedding.weight"].shape
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_every_tasks_flags_build_and_document_their_defaults(command, capsys):
+    # A task option named like a training flag (seed, steps, out) would break its parser.
+    from seqlab.tasks.base import get_task, task_names
+
+    for task in task_names():
+        with pytest.raises(SystemExit) as exit_status:
+            main([command, "--task", task, "--help"])
+        assert exit_status.value.code == 0
+        help_text = capsys.readouterr().out
+        for field in dataclasses.fields(get_task(task).Options):
+            assert "--" + field.name.replace("_", "-") in help_text
+        assert help_text.count("(default") + help_text.count("(required") >= len(dataclasses.fields(get_task(task).Options))
+
+
+def test_help_and_version_do_not_load_torch():
+    import subprocess
+    import sys
+
+    for argv in (["--help"], ["--version"]):
+        code = ("import sys\nfrom seqlab.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+                "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')" % (argv,))
+        completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert completed.stdout.strip().splitlines()[-1] == "torch not loaded", completed.stdout + completed.stderr
+
+
+def test_models_lists_one_models_fields_with_their_documentation(capsys):
+    assert main(["models", "lstm", "--task", "lm"]) == 0
+    out = capsys.readouterr().out
+    assert "--set d_model=...  (256)  embedding and hidden size." in out
+    assert "--set vocab_size=...  (from the data)" in out
+    fails_cleanly(capsys, ["models", "hmm"], "exists for several tasks")
+
+
+def test_version(capsys):
+    import seqlab
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"seqlab {seqlab.__version__}"
+
+
+def test_training_writes_the_metrics_log_as_it_goes(trained_run):
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and rows[-1]["step"] == 5 and "valid_loss" in rows[-1]

@@ -1,11 +1,20 @@
-"""The causal-LM contract, checked for every registered language model.
+"""The contracts, checked for every registered model of every task.
 
-A model registered with task "lm" is tested here the moment it is registered: the recurrent
-view reproduces the parallel view, no position sees the future, log_prob is a normalised
-distribution, rows of a batch do not interact, and a checkpoint round trip changes nothing.
+A model is tested here the moment it is registered, by its task's suite:
+
+- language models (DESIGN.md section 1): the recurrent view reproduces the parallel view, also
+  continued from a non-empty state in pieces; no position sees the future; a model that fits
+  itself returns normalised log-probabilities; log_prob follows the chain rule; rows of a
+  batch do not interact; cached generation equals recomputation; a checkpoint round trip
+  changes nothing.
+- taggers and classifiers: padding does not change a sequence's outputs, the order of a batch
+  only permutes them, and a checkpoint round trip changes nothing.
+
+Every registered task must have a suite here (``test_every_task_has_a_contract_suite``).
 """
 
 import itertools
+import random
 
 import pytest
 import torch
@@ -14,13 +23,49 @@ from hypothesis import given, settings, strategies as st
 from seqlab import registry
 from seqlab.checkpoint import load_checkpoint, save_checkpoint
 from seqlab.contracts import CausalLM
+from seqlab.data.conll import TaggedSentence
 from seqlab.data.corpora import Corpus
-from seqlab.data.tokenizers import train_tokenizer
+from seqlab.data.tsv import LabeledText
+from seqlab.tasks.base import task_names
+from seqlab.tasks.classification import Classification
 from seqlab.tasks.lm import LanguageModeling
+from seqlab.tasks.tagging import Tagging
 
+SUITES = ("lm", "tag", "classify")
 VOCAB = 11
 LM_NAMES = [entry.name for entry in registry.entries("lm")]
+TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
+CLASSIFIER_NAMES = [entry.name for entry in registry.entries("classify")]
+# Smaller than the defaults where the default would only make the suite slow (the contract
+# does not depend on the size): the feature CRF's 2^20 hash buckets.
+SMALL = {("tag", "crf"): {"n_buckets": 4096}}
 
+
+def test_every_task_has_a_contract_suite():
+    assert set(task_names()) <= set(SUITES)
+
+
+def relative_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
+    """Equal to ``rtol`` relative to the largest finite magnitude of ``expected`` (fp32
+    recurrences reorder sums); entries that are not finite (-inf for an impossible token) must
+    be identical. The scale never becomes infinite, so the check cannot become vacuous."""
+    finite = torch.isfinite(expected)
+    assert torch.equal(torch.isfinite(actual), finite), "the non-finite entries differ"
+    assert torch.equal(actual[~finite], expected[~finite])
+    scale = expected[finite].abs().max().item() if finite.any() else 0.0
+    torch.testing.assert_close(actual[finite], expected[finite], rtol=rtol, atol=rtol * max(scale, 1e-6))
+
+
+def test_relative_close_is_not_vacuous_with_infinite_logits():
+    expected = torch.tensor([0.0, -1.0, -float("inf")])
+    relative_close(expected.clone(), expected)
+    with pytest.raises(AssertionError):
+        relative_close(torch.tensor([5.0, -1.0, -float("inf")]), expected)
+    with pytest.raises(AssertionError):
+        relative_close(torch.tensor([0.0, -1.0, 0.0]), expected)
+
+
+# ---- language models ---------------------------------------------------------------------
 
 def task_with_vocabulary(vocab_size: int) -> LanguageModeling:
     """A character task whose vocabulary is ``<unk>`` and ``vocab_size - 1`` letters."""
@@ -35,19 +80,13 @@ def task_with_vocabulary(vocab_size: int) -> LanguageModeling:
 
 
 def make(name: str, vocab_size: int = VOCAB) -> CausalLM:
-    """The model for a small task; models with a closed-form fit are fitted to it first."""
+    """The model for a small task; models that fit themselves are fitted to it first."""
     torch.manual_seed(0)
     task = task_with_vocabulary(vocab_size)
     model = registry.build_for_task(name, {**task.model_defaults(), "max_len": 64}, {}, task="lm")
-    if callable(getattr(model, "fit", None)):
+    if registry.trains_by(model) == "fit":
         model.fit(task)
     return model.eval()
-
-
-def relative_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
-    """Equal to ``rtol`` relative to the scale of ``expected`` (fp32 recurrences reorder sums)."""
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
 def random_tokens(batch: int, length: int, seed: int = 0, vocab: int = VOCAB) -> torch.Tensor:
@@ -55,7 +94,7 @@ def random_tokens(batch: int, length: int, seed: int = 0, vocab: int = VOCAB) ->
 
 
 def test_registry_has_language_models():
-    assert {"lstm", "transformer"} <= set(LM_NAMES)
+    assert {"lstm", "transformer", "ngram"} <= set(LM_NAMES)
 
 
 @pytest.mark.parametrize("name", LM_NAMES)
@@ -71,6 +110,22 @@ def test_step_reproduces_forward(name):
             stepped.append(logits)
     assert parallel.shape == (3, 24, VOCAB)
     relative_close(torch.stack(stepped, dim=1), parallel)
+
+
+@pytest.mark.parametrize("name", LM_NAMES)
+def test_forward_from_in_pieces_continues_one_pass(name):
+    # Chunked continuation from a non-empty state: prompt read in three pieces == one pass,
+    # logits and the state they leave (probed by the next step).
+    model = make(name)
+    tokens = random_tokens(2, 21, seed=8)
+    with torch.no_grad():
+        whole, whole_state = model.forward_from(tokens[:, :-1], model.init_state(2))
+        state, pieces = model.init_state(2), []
+        for piece in (tokens[:, :5], tokens[:, 5:6], tokens[:, 6:20]):
+            logits, state = model.forward_from(piece, state)
+            pieces.append(logits)
+        relative_close(torch.cat(pieces, dim=1), whole)
+        relative_close(model.step(tokens[:, -1], state)[0], model.step(tokens[:, -1], whole_state)[0])
 
 
 @pytest.mark.parametrize("name", LM_NAMES)
@@ -101,9 +156,21 @@ def test_no_future_leakage(name, position, seed):
         assert not torch.equal(after[:, position + 1:], before[:, position + 1:])
 
 
+@pytest.mark.parametrize("name", [e.name for e in registry.entries("lm") if e.trains == "fit"])
+def test_fitted_models_return_normalised_log_probabilities(name):
+    # Their logits are log-probabilities already: logsumexp over the vocabulary is 0, checked
+    # on the raw output, before any softmax could hide an unnormalised distribution.
+    model = make(name)
+    with torch.no_grad():
+        logits = model(random_tokens(3, 20, seed=2)).double()
+    torch.testing.assert_close(torch.logsumexp(logits, dim=-1), torch.zeros(3, 20, dtype=torch.float64),
+                               rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", LM_NAMES)
-def test_log_prob_is_a_distribution_over_continuations(name):
-    # Brute force: summing p(a, b | prefix) over every pair of next tokens gives exactly one.
+def test_log_prob_sums_to_one_over_continuations(name):
+    # Brute force: p(a, b | prefix) summed over every pair of next tokens is one. This holds for
+    # any logits only if log_prob scores each token with the logits of the position before it.
     vocab = 5
     model = make(name, vocab_size=vocab)
     prefix = [3, 1, 4]
@@ -112,9 +179,6 @@ def test_log_prob_is_a_distribution_over_continuations(name):
         log_p = model.log_prob(continuations) - model.log_prob(continuations[:, :len(prefix)])
     total = torch.logsumexp(log_p.double(), dim=0).exp()
     torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), rtol=0, atol=1e-5)
-    with torch.no_grad():
-        next_probs = torch.softmax(model(continuations[:4]), dim=-1)
-    torch.testing.assert_close(next_probs.sum(-1), torch.ones(4, len(prefix) + 2), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", LM_NAMES)
@@ -152,18 +216,15 @@ def test_greedy_generation_equals_full_recompute(name):
 
 
 @pytest.mark.parametrize("name", LM_NAMES)
-def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
-    tokenizer = train_tokenizer("char", "abcdefghij")
-    model = make(name, vocab_size=tokenizer.vocab_size)
-    assert tokenizer.vocab_size == VOCAB
-    save_checkpoint(tmp_path / "run", model, tokenizer, info={})
-    loaded = load_checkpoint(tmp_path / "run")
-    tokens = random_tokens(2, 16, seed=6, vocab=tokenizer.vocab_size)
-    assert type(loaded.model) is type(model)
-    assert loaded.model.config == model.config
+def test_lm_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
+    task = task_with_vocabulary(VOCAB)
+    model = make(name)
+    loaded, again = round_trip(model, task, tmp_path / "run")
+    tokens = random_tokens(2, 16, seed=6)
+    assert type(loaded) is type(model) and loaded.config == model.config
     with torch.no_grad():
-        assert torch.equal(loaded.model.eval()(tokens), model(tokens))
-    assert loaded.tokenizer.encode("jihgfedcba") == tokenizer.encode("jihgfedcba")
+        assert torch.equal(loaded(tokens), model(tokens))
+    assert again.tokenizer.encode("jihgfedcba") == task.tokenizer.encode("jihgfedcba")
 
 
 @pytest.mark.parametrize("name", LM_NAMES)
@@ -180,3 +241,126 @@ def test_a_model_must_define_step_or_forward_from():
         class Neither(CausalLM):
             def init_state(self, batch_size):
                 return None
+
+
+# ---- taggers -----------------------------------------------------------------------------
+
+def tagging_task() -> Tagging:
+    """A toy grammar (DET (ADJ) NOUN VERB DET NOUN .) with capitalised words and unseen words
+    in the held-out splits."""
+    words = {"D": ["the", "a", "The", "A"], "J": ["big", "red", "old"], "N": ["cat", "dog", "idea", "Rome"],
+             "V": ["sees", "likes"], ".": ["."]}
+    rng = random.Random(0)
+
+    def sentence(extra: list[str] = ()) -> TaggedSentence:
+        tags = ["D"] + (["J"] if rng.random() < 0.5 else []) + ["N", "V", "D", "N", "."]
+        chosen = [rng.choice(words[tag] + list(extra) if tag == "N" else words[tag]) for tag in tags]
+        return TaggedSentence(tuple(chosen), tuple(tags))
+
+    return Tagging({"train": [sentence() for _ in range(60)], "valid": [sentence(["zebra"]) for _ in range(8)],
+                    "test": [sentence(["zebra", "Oslo"]) for _ in range(8)]})
+
+
+def make_for_task(name: str, task) -> torch.nn.Module:
+    """``name`` built for ``task`` (``SMALL`` overrides), fitted first if it fits itself."""
+    torch.manual_seed(0)
+    model = registry.build_for_task(name, task.model_defaults(), SMALL.get((task.name, name), {}), task=task.name)
+    if registry.trains_by(model) == "fit":
+        model.fit(task)
+    return model.eval()
+
+
+def round_trip(model, task, directory):
+    """The model and the task as a saved run gives them back (no data: for prediction)."""
+    save_checkpoint(directory, model, task)
+    loaded = load_checkpoint(directory)
+    return loaded.model.eval(), loaded.task(with_data=False)
+
+
+@pytest.fixture(scope="module")
+def tag_task():
+    return tagging_task()
+
+
+def per_sentence_loss(model, task, sentences) -> torch.Tensor:
+    """Each sentence's summed loss, from batches of one."""
+    with torch.no_grad():
+        return torch.stack([model.loss(task.batch([s])) * len(s) for s in sentences])
+
+
+@pytest.mark.parametrize("name", TAGGER_NAMES)
+def test_tagging_is_invariant_to_padding_and_batch_order(name, tag_task):
+    model = make_for_task(name, tag_task)
+    sentences = tag_task.splits["test"]
+    alone = [tag_task.tag_sentences(model, [s.words])[0] for s in sentences]
+    assert tag_task.tag_sentences(model, [s.words for s in sentences]) == alone       # padded together
+    order = list(reversed(range(len(sentences))))
+    assert tag_task.tag_sentences(model, [sentences[i].words for i in order]) == [alone[i] for i in order]
+    with torch.no_grad():
+        together = model.loss(tag_task.batch(sentences)) * sum(map(len, sentences))
+        shuffled = model.loss(tag_task.batch([sentences[i] for i in order])) * sum(map(len, sentences))
+    separate = per_sentence_loss(model, tag_task, sentences).sum()
+    assert torch.isfinite(together) and together > 0
+    torch.testing.assert_close(together, separate, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shuffled, separate, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", TAGGER_NAMES)
+def test_tagger_checkpoint_round_trip_gives_identical_outputs(name, tag_task, tmp_path):
+    model = make_for_task(name, tag_task)
+    loaded, again = round_trip(model, tag_task, tmp_path / "run")
+    sentences = [s.words for s in tag_task.splits["test"]]
+    assert again.tag_sentences(loaded, sentences) == tag_task.tag_sentences(model, sentences)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.loss(tag_task.batch(tag_task.splits["test"])),
+                                   model.loss(tag_task.batch(tag_task.splits["test"])), rtol=0, atol=0)
+
+
+# ---- classifiers -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def classify_task():
+    """Texts of 1 to 12 words; the label says whether "red" occurs."""
+    rng = random.Random(1)
+    words = ["red", "blue", "green", "cat", "dog", "sees", "a", "the"]
+
+    def example(index):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))
+        return LabeledText("yes" if "red" in text.split() else "no", text, f"example {index}")
+
+    return Classification({split: [example(i) for i in range(count)]
+                           for split, count in (("train", 80), ("valid", 12), ("test", 12))})
+
+
+def classify_logits(model, task, texts):
+    tokens, mask, _ = task.encode(texts).batch(torch.arange(len(texts)))
+    with torch.no_grad():
+        return model(tokens, mask)
+
+
+@pytest.mark.parametrize("name", CLASSIFIER_NAMES)
+def test_classification_is_invariant_to_padding_and_batch_order(name, classify_task):
+    model = make_for_task(name, classify_task)
+    texts = [example.text for example in classify_task.splits["test"]]
+    alone = torch.cat([classify_logits(model, classify_task, [text]) for text in texts])
+    together = classify_logits(model, classify_task, texts)                 # padded to the longest
+    assert together.shape == (len(texts), 2)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    order = list(reversed(range(len(texts))))
+    torch.testing.assert_close(classify_logits(model, classify_task, [texts[i] for i in order]), alone[order],
+                               rtol=1e-5, atol=1e-6)
+    labels = torch.tensor(classify_task.labels.ids(classify_task.splits["test"]))
+    tokens, mask, _ = classify_task.encode(texts).batch(torch.arange(len(texts)))
+    with torch.no_grad():
+        assert torch.equal(model.predict(tokens, mask), together.argmax(-1))
+        torch.testing.assert_close(model.loss(tokens, labels, mask),
+                                   torch.nn.functional.cross_entropy(alone, labels), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CLASSIFIER_NAMES)
+def test_classifier_checkpoint_round_trip_gives_identical_outputs(name, classify_task, tmp_path):
+    model = make_for_task(name, classify_task)
+    loaded, again = round_trip(model, classify_task, tmp_path / "run")
+    texts = [example.text for example in classify_task.splits["test"]]
+    assert again.predict(loaded, texts) == classify_task.predict(model, texts)
+    assert torch.equal(classify_logits(loaded, again, texts), classify_logits(model, classify_task, texts))

@@ -6,12 +6,15 @@ of the objective in float64, the soft-thresholding closed form of an L1 problem,
 python-crfsuite trained on the same feature strings.
 """
 
+import itertools
 import math
 import os
 import subprocess
 import sys
+import time
 import zlib
 
+import pycrfsuite
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -141,7 +144,7 @@ def test_fit_learns_the_tiny_task_and_survives_a_checkpoint(tiny_task, tmp_path)
     model = registry.build_for_task("crf", tiny_task.model_defaults(), {"n_buckets": 4096, "c2": 0.01}, task="tag")
     model.fit(tiny_task)
     assert tiny_task.evaluate(model, "test")["accuracy"] == 1.0
-    save_checkpoint(tmp_path / "crf", model, tiny_task.tokenizer, info={"task": tiny_task.spec()})
+    save_checkpoint(tmp_path / "crf", model, tiny_task)
     loaded = load_checkpoint(tmp_path / "crf").model
     batch = tiny_task.batch(tiny_task.splits["test"] + [tagged("Cats/N ran/V")])
     assert torch.equal(loaded.tag(batch), model.tag(batch))
@@ -178,8 +181,71 @@ def test_bad_config_raises(values, message):
 def test_fit_checks_the_tag_set_and_its_options(tiny_task):
     with pytest.raises(DataError, match="the task has 4 tags but the model was built for 5"):
         FeatureCRFTagger(FeatureCRFConfig(n_tags=5, n_buckets=64)).fit(tiny_task)
-    with pytest.raises(ConfigError, match="takes no option 'steps'"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'steps'"):
         FeatureCRFTagger(FeatureCRFConfig(n_tags=4, n_buckets=64)).fit(tiny_task, steps=10)
+
+
+def test_fit_stops_at_a_past_deadline_after_one_iteration_and_still_tags(tiny_task, capsys):
+    config = FeatureCRFConfig(n_tags=4, n_buckets=4096, c2=0.01)
+    stopped = FeatureCRFTagger(config).fit(tiny_task, deadline=time.monotonic() - 1, progress=True)
+    assert stopped.fit_result.stopped_by == "deadline" and stopped.fit_result.iterations == 1
+    assert capsys.readouterr().err.splitlines() == [f"crf iteration 1: F = {stopped.fit_result.value:.4f}"]
+    assert torch.isfinite(stopped.feature_weights).all() and stopped.feature_weights.abs().sum() > 0
+    tags = stopped.tag(tiny_task.batch(tiny_task.splits["test"]))
+    assert tags.shape == (2, 4) and 0 <= int(tags.min()) and int(tags.max()) < 4
+    unlimited = FeatureCRFTagger(config).fit(tiny_task)
+    far = FeatureCRFTagger(config).fit(tiny_task, deadline=time.monotonic() + 3600)
+    assert far.fit_result.stopped_by == unlimited.fit_result.stopped_by != "deadline"
+    assert far.fit_result.iterations == unlimited.fit_result.iterations > 1
+    assert torch.equal(far.feature_weights, unlimited.feature_weights)
+    assert stopped.fit_result.value > unlimited.fit_result.value
+
+
+# ---- the loss: -log p(tags | words) per word ------------------------------------------------
+
+
+def log_likelihood_by_enumeration(model: FeatureCRFTagger, words, tags) -> float:
+    """log p(tags | words) of one sentence: its chain score against the log-sum-exp of the
+    scores of every one of the K^L tag paths, from the emissions of the hashed features."""
+    emissions = model.emissions(model.hasher([words])).detach()                          # (L, K)
+    start, transitions, end = (p.detach() for p in model.crf.chain_scores())
+
+    def score(path) -> torch.Tensor:
+        steps = sum((transitions[a, b] for a, b in itertools.pairwise(path)), torch.tensor(0.0, dtype=emissions.dtype))
+        return start[path[0]] + emissions[range(len(path)), list(path)].sum() + steps + end[path[-1]]
+
+    every = torch.stack([score(path) for path in itertools.product(range(model.config.n_tags), repeat=len(words))])
+    return float(score(tuple(tags)) - torch.logsumexp(every, dim=0))
+
+
+def test_loss_equals_the_log_likelihood_by_enumeration(tiny_task):
+    model = FeatureCRFTagger(FeatureCRFConfig(n_tags=4, n_buckets=4096, c2=0.01)).double().fit(tiny_task)
+    sentences = [tagged("a/D bird/N ran/V away/A"), tagged("Cats/N"), tagged("the/D dog/N sat/V"),
+                 tagged("quietly/A the/D")]
+    batch = tiny_task.batch(sentences)
+    loss = model.loss(batch)
+    expected = -sum(log_likelihood_by_enumeration(model, s.words, batch.tags[i, :len(s)].tolist())
+                    for i, s in enumerate(sentences)) / sum(map(len, sentences))
+    assert loss.shape == () and loss.requires_grad
+    torch.testing.assert_close(loss, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    metrics = tiny_task.evaluate(model, "test")
+    assert metrics["loss"] == pytest.approx(model.loss(tiny_task.batch(tiny_task.splits["test"])).item(), rel=1e-12)
+    with pytest.raises(DataError, match="gold tags"):
+        model.loss(tiny_task.batch([["a", "cat"]]))
+
+
+def test_loss_is_positive_and_lower_for_gold_than_random_tags(tiny_task):
+    model = FeatureCRFTagger(FeatureCRFConfig(n_tags=4, n_buckets=4096)).fit(tiny_task)
+    batch = tiny_task.batch(tiny_task.splits["test"] + tiny_task.splits["train"])
+    gold = model.loss(batch)
+    assert torch.isfinite(gold) and gold > 0
+    generator = torch.Generator().manual_seed(0)
+    random_losses = []
+    for _ in range(20):
+        batch.tags = torch.randint(0, 4, batch.mask.shape, generator=generator)
+        random_losses.append(model.loss(batch).detach())
+    assert torch.isfinite(torch.stack(random_losses)).all()
+    assert gold < torch.stack(random_losses).mean()
 
 
 # ---- OWL-QN ---------------------------------------------------------------------------------
@@ -206,6 +272,21 @@ def test_owlqn_finds_the_soft_threshold_with_exact_zeros():
     expected = target.sign() * (target.abs() - 1.0).clamp_min(0)
     torch.testing.assert_close(result.x, expected, rtol=0, atol=1e-8)
     assert (result.x[expected == 0] == 0).all()
+
+
+def test_minimize_stops_at_a_deadline_after_one_iteration():
+    target = torch.tensor([3.0, -0.5, 2.0], dtype=torch.float64)
+    objective = quadratic(torch.diag(torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)), target)
+    start = torch.zeros(3, dtype=torch.float64)
+    for c1 in (0.0, 0.5):
+        stopped = minimize(objective, start, c1=c1, deadline=time.monotonic() - 1)
+        assert stopped.stopped_by == "deadline" and stopped.iterations == 1
+        assert stopped.value < objective(start)[0]                     # an accepted step was kept
+        assert stopped.value == pytest.approx(objective(stopped.x)[0] + c1 * float(stopped.x.abs().sum()), rel=1e-15)
+        unlimited = minimize(objective, start, c1=c1, epsilon=1e-10)
+        far = minimize(objective, start, c1=c1, epsilon=1e-10, deadline=time.monotonic() + 3600)
+        assert unlimited.stopped_by == far.stopped_by == "converged"
+        assert far.iterations == unlimited.iterations and torch.equal(far.x, unlimited.x)
 
 
 def test_lbfgs_solves_a_quadratic():
@@ -249,7 +330,6 @@ def test_owlqn_beats_projected_gradient_steps_on_a_lasso():
 
 def test_accuracy_matches_crfsuite_on_the_same_features(shared_data, tmp_path):
     """1500 dev sentences for training, 1000 test sentences; crfsuite gets the feature strings."""
-    pycrfsuite = pytest.importorskip("pycrfsuite")
     treebank = shared_data / "ud_english_ewt"
     train = read_conllu(treebank / "en_ewt-ud-dev.conllu")[:1500]
     test = read_conllu(treebank / "en_ewt-ud-test.conllu")[:1000]

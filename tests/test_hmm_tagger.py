@@ -1,8 +1,10 @@
-"""The TnT-style HMM tagger (seqlab.classical.hmm_tagger): Viterbi against enumeration, normalised
-transitions and unseen-word distributions, deleted interpolation against a plain loop, the suffix
-model, padding, checkpoints, config checks, and accuracy on UD English EWT."""
+"""The TnT-style HMM tagger (seqlab.classical.hmm_tagger): normalised transitions and unseen-word
+distributions, deleted interpolation against a plain loop, the suffix model, padding, the loss
+against enumeration, checkpoints, config checks, and accuracy on UD English EWT. Its chain
+algorithms are tested against enumeration in test_classical_trigram_chain.py."""
 
 import itertools
+import math
 from collections import Counter
 
 import pytest
@@ -12,8 +14,8 @@ from hypothesis import given, settings, strategies as st
 from seqlab import registry
 from seqlab.checkpoint import load_checkpoint, save_checkpoint
 from seqlab.classical import hmm_tagger  # noqa: F401  (registers "hmm" for task "tag")
-from seqlab.classical.hmm_tagger import (HMMTagger, deleted_interpolation_weights, hmm_viterbi_ref,
-                                         interpolated_transitions, trigram_viterbi)
+from seqlab.classical.hmm_tagger import HMMTagger, deleted_interpolation_weights, interpolated_transitions
+from seqlab.classical.trigram_chain import path_score_ref, trigram_log_partition_ref
 from seqlab.data.conll import TaggedSentence
 from seqlab.errors import ConfigError
 from seqlab.tasks.tagging import Tagging
@@ -44,46 +46,6 @@ def tiny_task() -> Tagging:
 
 def fitted(task: Tagging, **overrides) -> HMMTagger:
     return registry.build_for_task("hmm", task.model_defaults(), overrides, task="tag").fit(task)
-
-
-# --- Decoding -------------------------------------------------------------------------------------
-
-
-def random_log_transitions(k: int, n_classes: int, order: int, generator: torch.Generator) -> torch.Tensor:
-    """Normalised random ``log P(z3 | history)`` over C K + 2 symbols, (S,)*order, float64."""
-    s = n_classes * k + 2
-    logits = torch.randn((s,) * order, generator=generator, dtype=torch.float64) * 2
-    return torch.log_softmax(logits, dim=-1)
-
-
-@settings(max_examples=60, deadline=None)
-@given(order=st.sampled_from([2, 3]), k=st.integers(1, 3), n_classes=st.integers(1, 2),
-       lengths=st.lists(st.integers(1, 4), min_size=1, max_size=3), seed=st.integers(0, 2 ** 16))
-def test_viterbi_is_the_best_path_by_enumeration(order, k, n_classes, lengths, seed):
-    generator = torch.Generator().manual_seed(seed)
-    transitions = random_log_transitions(k, n_classes, order, generator)
-    batch, length = len(lengths), max(lengths)
-    log_emit = torch.randn(batch, length, k, generator=generator, dtype=torch.float64) * 3
-    classes = torch.randint(0, n_classes, (batch, length), generator=generator)
-    mask = torch.arange(length) < torch.tensor(lengths)[:, None]
-    # A first-order model is a second-order one whose table does not depend on z1.
-    table = transitions if order == 3 else transitions.expand((transitions.shape[0],) * 3)
-    paths = trigram_viterbi(table, log_emit, mask, classes)
-    for row, n in enumerate(lengths):
-        best_tags, _ = hmm_viterbi_ref(transitions, log_emit[row, :n], order, classes[row, :n].tolist())
-        torch.testing.assert_close(paths[row, :n], best_tags)
-        assert (paths[row, n:] == 0).all()
-
-
-def test_viterbi_reference_scores_a_worked_example():
-    # Two tags, one word: the score is log P(t | BOS, BOS) + emit(t) + log P(EOS | BOS, t).
-    transitions = torch.full((4, 4, 4), -10.0, dtype=torch.float64)
-    transitions[2, 2, 0], transitions[2, 2, 1] = -1.0, -2.0             # BOS BOS -> t
-    transitions[2, 0, 3], transitions[2, 1, 3] = -3.0, -0.5             # BOS t -> EOS
-    log_emit = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
-    tags, score = hmm_viterbi_ref(transitions, log_emit, 3)
-    assert tags.tolist() == [1] and score == pytest.approx(-2.0 - 1.0 - 0.5)
-    assert trigram_viterbi(transitions, log_emit[None]).tolist() == [[1]]
 
 
 # --- Transitions ----------------------------------------------------------------------------------
@@ -170,9 +132,9 @@ def test_unseen_word_distributions_sum_to_one_and_read_the_suffix(tiny_task):
 
 def test_a_sentence_of_unseen_words_is_tagged(tiny_task):
     model = fitted(tiny_task)
-    assert tiny_task.predict(model, [["the", "frog", "zapped", "softly", "."]]) == [
+    assert tiny_task.tag_sentences(model, [["the", "frog", "zapped", "softly", "."]]) == [
         ["DET", "NOUN", "VERB", "ADV", "PUNCT"]]
-    tags = tiny_task.predict(model, [["Zorblax", "qwerty", "Flimbed"]])
+    tags = tiny_task.tag_sentences(model, [["Zorblax", "qwerty", "Flimbed"]])
     assert len(tags[0]) == 3 and set(tags[0]) <= set(tiny_task.tag_names)
     # Without the words themselves (a batch as task.loss builds it) unseen words still get tags.
     batch = tiny_task.batch([["the", "frog", "zapped"]])
@@ -183,13 +145,84 @@ def test_a_sentence_of_unseen_words_is_tagged(tiny_task):
 def test_padding_changes_no_tags(tiny_task):
     model = fitted(tiny_task)
     sentences = [["the", "dog", "sang"], ["a", "Cat", "walked", "the", "zebra", "happily", "."], ["Anna"]]
-    together = tiny_task.predict(model, sentences)
-    assert together == [tiny_task.predict(model, [words])[0] for words in sentences]
+    together = tiny_task.tag_sentences(model, sentences)
+    assert together == [tiny_task.tag_sentences(model, [words])[0] for words in sentences]
 
 
 def test_a_full_suffix_table_is_a_config_error(tiny_task):
     with pytest.raises(ConfigError, match="n_suffix_buckets = 4 is too small"):
         fitted(tiny_task, n_suffix_buckets=4)
+
+
+# --- The loss: -log p(tags | words) per word ------------------------------------------------------
+
+
+def test_loss_equals_enumeration_over_every_tag_sequence(tiny_task):
+    # Sentences of 1 to 4 words, seen and unseen, capitalised and not, padded in one batch.
+    sentences = [TaggedSentence(("Anna", "sang", "quietly", "."), ("PROPN", "VERB", "ADV", "PUNCT")),
+                 TaggedSentence(("the", "Zebra"), ("DET", "NOUN")),
+                 TaggedSentence(("walked",), ("VERB",)),
+                 TaggedSentence(("a", "frog", "barked"), ("DET", "NOUN", "VERB"))]
+    batch = tiny_task.batch(sentences)
+    for capitalisation in (True, False):
+        model = fitted(tiny_task, capitalisation=capitalisation)
+        log_emit, classes = model.emissions(batch)
+        transitions = model.log_transitions.double()
+        total = 0.0
+        for row, sentence in enumerate(sentences):
+            n = len(sentence)
+            row_emit, row_classes = log_emit[row, :n], classes[row, :n].tolist()
+            gold = path_score_ref(transitions, row_emit, batch.tags[row, :n].tolist(), 3, row_classes)
+            total -= gold - trigram_log_partition_ref(transitions, row_emit, 3, row_classes)
+        loss = model.loss(batch)
+        assert loss.dtype == torch.float64 and loss.shape == ()
+        torch.testing.assert_close(loss, torch.tensor(total / 10, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_conditional_probabilities_of_every_tagging_of_a_sentence_sum_to_one(tiny_task):
+    model = fitted(tiny_task)
+    words = ("Bob", "zapped", ".")
+    taggings = list(itertools.product(tiny_task.tag_names, repeat=len(words)))
+    probabilities = [math.exp(-len(words) * model.loss(tiny_task.batch([TaggedSentence(words, tags)])).item())
+                     for tags in taggings]
+    assert math.fsum(probabilities) == pytest.approx(1.0, rel=0, abs=1e-9)
+    assert max(probabilities) == probabilities[taggings.index(("PROPN", "VERB", "PUNCT"))]
+
+
+def test_loss_is_finite_positive_and_lower_for_gold_than_random_tags(tiny_task):
+    model = fitted(tiny_task)
+    # Unseen words make the tags uncertain (on TRAIN itself, every word has one tag: loss ~ 0);
+    # "WALK" is a capitalised NOUN, a symbol training never saw.
+    batch = tiny_task.batch([sentence("the/DET frog/NOUN zapped/VERB softly/ADV ./PUNCT"),
+                             sentence("Zorblax/PROPN flimbed/VERB the/DET WALK/NOUN"), *TRAIN])
+    gold = model.loss(batch)
+    assert torch.isfinite(gold) and gold > 0
+    generator = torch.Generator().manual_seed(0)
+    random_losses = []
+    for _ in range(20):
+        batch.tags = torch.randint(0, len(tiny_task.tag_names), batch.mask.shape, generator=generator)
+        random_losses.append(model.loss(batch))
+    random_losses = torch.stack(random_losses)
+    assert torch.isfinite(random_losses).all() and gold < random_losses.mean()     # finite by the floor
+    metrics = tiny_task.evaluate(model, "valid")
+    assert metrics["loss"] == pytest.approx(model.loss(tiny_task.batch(tiny_task.splits["valid"])).item(), rel=1e-12)
+
+
+def test_the_floor_makes_every_tagging_possible_and_zero_is_tnt(tiny_task):
+    # A training word with a tag it never had ("walk" was a NOUN), and a (tag, case) symbol
+    # training never saw (a capitalised NOUN): probability zero under TnT, finite with the floor.
+    held_out = [sentence("Bob/PROPN walk/VERB quietly/ADV ./PUNCT"), sentence("the/DET WALK/NOUN ended/VERB ./PUNCT")]
+    tnt, floored = fitted(tiny_task, smoothing=0.0), fitted(tiny_task)
+    for row in range(2):
+        batch = tiny_task.batch(held_out[row:row + 1])
+        assert tnt.loss(batch) == math.inf and torch.isfinite(floored.loss(batch))
+    s, symbols = floored.config.smoothing, tnt.trigram_counts.shape[0]
+    floor = torch.full((symbols,), 1 / (symbols - 1), dtype=torch.float64)
+    floor[symbols - 2] = 0.0                                                    # BOS never follows
+    torch.testing.assert_close(floored.transition_probabilities(), (1 - s) * tnt.transition_probabilities() + s * floor,
+                               rtol=1e-12, atol=0)
+    sentences = [list(t.words) for t in TRAIN] + [["the", "frog", "zapped", "softly", "."]]
+    assert tiny_task.tag_sentences(floored, sentences) == tiny_task.tag_sentences(tnt, sentences)
 
 
 # --- Config and checkpoints -----------------------------------------------------------------------
@@ -201,18 +234,20 @@ def test_a_full_suffix_table_is_a_config_error(tiny_task):
     ({"suffix_length": 0}, "suffix_length must be >= 1"),
     ({"rare_word_count": 0}, "rare_word_count must be >= 1"),
     ({"suffix_theta": -1.0}, "suffix_theta must be >= 0"),
+    ({"smoothing": -0.1}, r"smoothing must be in \[0, 1\)"),
+    ({"smoothing": 1.0}, r"smoothing must be in \[0, 1\)"),
 ])
 def test_bad_config_is_a_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         registry.build("hmm", task="tag", n_words=10, n_tags=3, **overrides)
 
 
-def test_fit_refuses_a_task_of_another_size_and_training_options(tiny_task):
+def test_fit_refuses_a_task_of_another_size_and_unknown_options(tiny_task):
     model = registry.build("hmm", task="tag", n_words=5, n_tags=tiny_task.model_defaults()["n_tags"])
     with pytest.raises(ConfigError, match="n_words = 5 but the task has"):
         model.fit(tiny_task)
     model = registry.build_for_task("hmm", tiny_task.model_defaults(), {}, task="tag")
-    with pytest.raises(ConfigError, match="takes no option 'steps'"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'steps'"):
         model.fit(tiny_task, steps=10)
     assert model.fit(tiny_task, progress=False) is model
 
@@ -220,12 +255,12 @@ def test_fit_refuses_a_task_of_another_size_and_training_options(tiny_task):
 @pytest.mark.parametrize("order", [2, 3])
 def test_checkpoint_round_trip_gives_identical_tags(tiny_task, tmp_path, order):
     model = fitted(tiny_task, order=order)
-    save_checkpoint(tmp_path / "run", model, tiny_task.tokenizer, info={"task": tiny_task.spec()})
+    save_checkpoint(tmp_path / "run", model, tiny_task)
     loaded = load_checkpoint(tmp_path / "run").model
     assert loaded.config == model.config
     torch.testing.assert_close(loaded.log_transitions, model.log_transitions, rtol=0, atol=0)
     sentences = [list(s.words) for s in TRAIN] + [["Zorblax", "flimbed", "the", "WALK", "sorrowfully"]]
-    assert tiny_task.predict(loaded, sentences) == tiny_task.predict(model, sentences)
+    assert tiny_task.tag_sentences(loaded, sentences) == tiny_task.tag_sentences(model, sentences)
 
 
 # --- UD English EWT -------------------------------------------------------------------------------
@@ -251,6 +286,7 @@ def test_ewt_accuracy(ewt):
     second, third = ewt[2], ewt[3]
     assert third["accuracy"] >= 0.93
     assert third["accuracy"] >= second["accuracy"] - 0.002               # trigrams help, or tie within noise
+    assert 0.1 < third["loss"] < 0.4                                     # nats per word, finite by the floor
     # Unseen words against guessing the most frequent tag of the rarest training words.
     task = ewt["task"]
     counts = Counter(word for s in task.splits["train"] for word in s.words)

@@ -87,3 +87,30 @@ def test_real_valued_inputs_and_bad_configs():
         RecurrentHeadConfig(n_outputs=1)
     with pytest.raises(ConfigError, match="exactly one"):
         RecurrentHeadConfig(n_outputs=1, vocab_size=3, n_features=2)
+
+
+def test_bidirectional_last_pooling_is_each_directions_final_state():
+    torch.manual_seed(0)
+    model = ManyToOne(RecurrentHeadConfig(n_outputs=2, vocab_size=9, d_model=6, n_layers=2, bidirectional=True))
+    tokens, lengths = torch.randint(0, 9, (3, 7)), torch.tensor([7, 2, 5])
+    mask = torch.arange(7) < lengths[:, None]
+    _, (final, _) = model.recurrent(model.embedding(tokens), lengths=lengths)      # (layers x 2, B, H)
+    summary = torch.cat([final[-2], final[-1]], dim=-1)                          # the top layer, both ways
+    torch.testing.assert_close(model.pool(model.encode(tokens, mask), mask), summary)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "jordan"])
+def test_one_direction_runs_unpacked_and_equals_the_packed_run(cell):
+    torch.manual_seed(0)
+    model = ManyToMany(RecurrentHeadConfig(n_outputs=3, vocab_size=9, cell=cell, d_model=6, n_layers=2))
+    tokens, lengths = torch.randint(0, 9, (3, 7)), torch.tensor([7, 2, 5])
+    mask = torch.arange(7) < lengths[:, None]
+    packed, _ = model.recurrent(model.embedding(tokens), lengths=lengths)
+    torch.testing.assert_close(model.encode(tokens, mask), packed, rtol=1e-5, atol=1e-6)
+
+
+def test_the_encoder_parts_are_named_as_in_the_language_models():
+    model = ManyToOne(RecurrentHeadConfig(n_outputs=2, vocab_size=5, d_model=4))
+    names = {name.split(".")[0] for name in model.state_dict()}
+    assert names == {"embedding", "recurrent", "head"}
+    assert model.encoder.recurrent is model.recurrent                  # the former layout still reads

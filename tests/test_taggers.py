@@ -171,7 +171,7 @@ def test_the_crf_decodes_the_most_probable_sequence_where_the_softmax_cannot():
     for name in MODELS:
         model = tiny_tagger(name, task, dropout=0.0, word_dropout_alpha=0.0)
         train(model, task, steps=150, batch_size=50, lr=2e-2)
-        decoded[name] = task.predict(model, [["x", "x"]])[0]
+        decoded[name] = task.tag_sentences(model, [["x", "x"]])[0]
     assert decoded == {"bilstm": ["C", "B"], "bilstm-crf": ["A", "B"]}
 
 
@@ -179,10 +179,10 @@ def test_the_crf_decodes_the_most_probable_sequence_where_the_softmax_cannot():
 def test_checkpoint_round_trip_gives_identical_tags(name, tmp_path):
     task = context_task()
     model = tiny_tagger(name, task, character_encoder="cnn").eval()
-    save_checkpoint(tmp_path / "run", model, task.tokenizer, info={"task": task.spec()})
+    save_checkpoint(tmp_path / "run", model, task)
     loaded = load_checkpoint(tmp_path / "run")
     assert loaded.info["model"] == name and type(loaded.model) is type(model)
-    assert loaded.tokenizer.words == task.vocabulary.words
+    assert loaded.artifacts["vocabulary"].words == task.vocabulary.words
     batch = task.batch(task.splits["valid"])
     assert torch.equal(loaded.model.eval().tag(batch), model.tag(batch))
     torch.testing.assert_close(loaded.model.loss(batch), model.loss(batch), rtol=0, atol=0)

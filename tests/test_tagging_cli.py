@@ -52,7 +52,7 @@ def tagger_run(treebank, tmp_path_factory):
     return out
 
 
-def test_train_tag_eval(tagger_run, tmp_path, capsys, monkeypatch):
+def test_train_tag_eval(treebank, tagger_run, tmp_path, capsys, monkeypatch):
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("the big dog sees a cat .\n\nevery zebra likes this river .\n")
     assert main(["tag", str(tagger_run), "--input", str(sentences)]) == 0
@@ -70,6 +70,13 @@ def test_train_tag_eval(tagger_run, tmp_path, capsys, monkeypatch):
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] > 0.95 and metrics["tokens"] > 200 and "confusions" in metrics
 
+    # One treebank file (not a directory of three) is evaluated whole.
+    assert main(["eval", str(tagger_run), "--data", str(treebank / "toy-ud-test.conllu")]) == 0
+    whole_file = json.loads(capsys.readouterr().out)
+    for timing in (metrics, whole_file):
+        del timing["tokens_per_second"]
+    assert whole_file == metrics
+
 
 def test_compare_taggers_writes_the_report(treebank, tmp_path, capsys):
     out = tmp_path / "report"
@@ -86,7 +93,7 @@ def test_tagging_errors(treebank, tagger_run, tmp_path, capsys):
     fails_cleanly(capsys, ["train", "hmm", "--task", "tag", "--out", str(tmp_path / "x")], "--task tag needs --data")
     fails_cleanly(capsys, ["train", "hmmm", "--task", "tag", "--data", str(treebank), "--out", str(tmp_path / "y")],
                   "unknown model 'hmmm' (did you mean 'hmm'?)")
-    fails_cleanly(capsys, ["generate", str(tagger_run), "--prompt", "a"], "only language models generate")
+    fails_cleanly(capsys, ["generate", str(tagger_run), "--prompt", "a"], "`seqlab generate` needs a 'lm' run")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     fails_cleanly(capsys, ["tag", str(tagger_run), "--input", str(empty)], "is empty")
@@ -110,4 +117,4 @@ def test_tagging_a_language_model_run_fails_cleanly(tmp_path, capsys):
     assert main(["train", "lstm", "--data", str(text), *TINY, "--steps", "1", "--out", str(run)]) == 0
     sentences = tmp_path / "s.txt"
     sentences.write_text("a b\n")
-    fails_cleanly(capsys, ["tag", str(run), "--input", str(sentences)], "not a tagger")
+    fails_cleanly(capsys, ["tag", str(run), "--input", str(sentences)], "`seqlab tag` needs a 'tag' run")

@@ -30,6 +30,23 @@ def line(*fields):
     return "\t".join(fields)
 
 
+def test_an_empty_node_before_the_first_word_is_accepted(tmp_path):
+    # CoNLL-U allows empty-node IDs 0.N (UD English GUM has them); they used to be refused.
+    path = tmp_path / "x-ud-test.conllu"
+    path.write_text("\n".join([line("0.1", "_", "_", "_", "_", "_", "_", "_", "0:root", "_"),
+                               line("1", "Hi", "hi", "INTJ", "UH", "_", "0", "root", "0:root", "_"),
+                               line("1.1", "_", "_", "_", "_", "_", "_", "_", "1:dep", "_")]) + "\n\n")
+    assert read_conllu(path) == [TaggedSentence(("Hi",), ("INTJ",))]
+
+
+@pytest.mark.parametrize("bad_id", ["0", "01", "1.0", "0-1", "2-", "1.01", ".1"])
+def test_ids_the_specification_does_not_allow_are_refused(tmp_path, bad_id):
+    path = tmp_path / "x-ud-test.conllu"
+    path.write_text(line(bad_id, "Hi", "hi", "INTJ", "UH", "_", "0", "root", "_", "_") + "\n\n")
+    with pytest.raises(DataError, match="is not a CoNLL-U token ID"):
+        read_conllu(path)
+
+
 def test_read_conllu_skips_multiword_tokens_and_empty_nodes(tmp_path):
     path = tmp_path / "x-ud-train.conllu"
     path.write_text(CONLLU)
@@ -91,6 +108,10 @@ class Oracle(torch.nn.Module):
         return torch.tensor([[self.table.get(word, self.guess) for word in words] + [0] * (batch.mask.shape[1] - len(words))
                              for words in batch.words])
 
+    def loss(self, batch):
+        """A made-up loss: 0.25 per word, so the mean per word is 0.25 however it is batched."""
+        return torch.tensor(0.25)
+
 
 def test_vocabulary_comes_from_training_only(task):
     vocabulary = task.vocabulary
@@ -139,9 +160,10 @@ def test_evaluate_counts_seen_and_unseen_words(task):
     metrics = task.evaluate(oracle, "test")
     assert metrics["accuracy"] == pytest.approx(4 / 6)
     assert metrics["unseen_accuracy"] == 0.0 and metrics["unseen_tokens"] == 2
-    assert metrics["loss"] == pytest.approx(2 / 6)          # no loss method: the error rate
-    assert task.confusions(oracle, "test") == [("N", "A", 1), ("V", "A", 1)]
-    assert task.predict(oracle, [["the", "zebra"]]) == [["D", "A"]]
+    assert metrics["loss"] == pytest.approx(0.25)           # the tagger's own loss per word
+    assert task.evaluate(oracle, "test", details=True)["confusions"] == [("N", "A", 1), ("V", "A", 1)]
+    assert task.tag_sentences(oracle, [["the", "zebra"]]) == [["D", "A"]]
+    assert task.predict(oracle, ["the zebra"]) == ["the/D zebra/A"]
 
 
 def test_confusion_summary_orders_errors():

@@ -1,6 +1,5 @@
 """Tokenizers: round trips, character spans, unknown symbols, saving and loading, errors."""
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -298,12 +297,3 @@ def test_empty_text_is_a_data_error(kind):
 def test_whitespace_only_text_has_no_words():
     with pytest.raises(DataError, match="whitespace"):
         train_tokenizer("word", " \n\t ")
-
-
-def test_char_and_word_encode_500kb_in_well_under_a_second(trained):
-    text = (TRAINING_TEXT * 25)[:500_000]
-    for kind in ("char", "word"):
-        start = time.perf_counter()
-        ids = trained[kind].encode(text)
-        assert time.perf_counter() - start < 1.0, kind
-        assert len(ids) > 0

@@ -1,11 +1,13 @@
+import json
 import math
 
 import pytest
 import torch
 
+from seqlab import registry
+from seqlab.budget import Budget
 from seqlab.checkpoint import load_checkpoint
-from seqlab.errors import ConfigError, TrainingError
-from seqlab.contracts import CausalLM
+from seqlab.errors import CheckpointError, ConfigError, TrainingError
 from seqlab.training import TrainConfig, Trainer, fit, learning_rate
 
 from helpers import tiny_lstm, tiny_task, weights
@@ -111,9 +113,9 @@ class NaNAfter:
 def test_nan_loss_stops_with_error_and_keeps_last_good_checkpoint(task, tmp_path):
     model = tiny_lstm(task)
     trainer = Trainer(model, NaNAfter(task, bad_step=6), config(steps=20, eval_every=4), tmp_path / "run")
-    with pytest.raises(TrainingError, match="step 6"):
+    with pytest.raises(TrainingError, match="step 6.*the last good checkpoint, step 4, is kept"):
         trainer.fit()
-    saved = load_checkpoint(tmp_path / "run")
+    saved = load_checkpoint(tmp_path / "run", which="last")
     assert saved.info["step"] == 4
     reference = tiny_lstm(task)
     Trainer(reference, task, config(steps=20)).fit(stop_at=4)
@@ -121,11 +123,56 @@ def test_nan_loss_stops_with_error_and_keeps_last_good_checkpoint(task, tmp_path
         assert torch.equal(saved.model.state_dict()[name], tensor), name
 
 
-def test_budget_stops_training(task):
-    result = Trainer(tiny_lstm(task), task, config(steps=10**6, budget_seconds=0.5)).fit()
+class FakeClock:
+    """A clock that moves only when the task says work was done: deterministic budgets."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class TimedTask:
+    """A task whose training batches take ``step`` seconds and evaluations ``evaluation``."""
+
+    def __init__(self, task, clock, step=1.0, evaluation=0.5):
+        self.task, self.clock, self.step, self.evaluation = task, clock, step, evaluation
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def loss(self, model, batch):
+        self.clock.now += self.step
+        return self.task.loss(model, batch)
+
+    def evaluate(self, model, split, **options):
+        self.clock.now += self.evaluation
+        return self.task.evaluate(model, split, **options)
+
+
+@pytest.mark.parametrize("reserve", [0, 1])
+def test_the_budget_bounds_the_wall_time_evaluations_included(task, reserve):
+    clock = FakeClock()
+    budget = Budget(10.0, clock=clock)
+    trainer = Trainer(tiny_lstm(task), TimedTask(task, clock), config(steps=10**6, eval_every=3, budget_seconds=10.0),
+                      budget=budget, reserve_evaluations=reserve)
+    result = trainer.fit()
     assert result.stopped_by == "budget"
-    assert 0.5 <= result.train_seconds < 5.0
-    assert result.history and result.history[-1]["step"] == result.steps
+    assert result.history and result.history[-1]["step"] == result.steps      # a final evaluation
+    # It stops while the measured closing evaluation (0.5 s), plus the one reserved, still fits.
+    assert clock.now + 0.5 * reserve <= 10.0 + 1.0, clock.now
+    assert clock.now + 0.5 * reserve > 10.0 - 1.0 - 0.5 * (1 + reserve), clock.now
+
+
+def test_the_learning_rate_anneals_over_a_time_budget(task):
+    clock = FakeClock()
+    result = Trainer(tiny_lstm(task), TimedTask(task, clock, evaluation=0.0),
+                     config(steps=10**6, warmup_steps=0, eval_every=1, budget_seconds=20.0),
+                     budget=Budget(20.0, clock=clock)).fit()
+    rates = [row["lr"] for row in result.history]
+    assert rates[0] == pytest.approx(3e-3, rel=0.05) and rates[-1] < 0.5e-3
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
 def test_budget_must_be_positive():
@@ -181,37 +228,14 @@ def test_time_based_evaluation(task):
     assert [row["step"] for row in result.history] == [1, 2, 3, 4, 5]
 
 
-class CountingUnigram(CausalLM):
-    """A model with a closed-form fit: add-one unigram frequencies of the training block."""
-
-    def __init__(self, vocab_size):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.log_probs = torch.nn.Parameter(torch.full((vocab_size,), -math.log(vocab_size)))
-
-    def fit(self, task):
-        counts = torch.bincount(task.splits["train"].ids, minlength=self.vocab_size) + 1.0
-        self.log_probs.data = (counts / counts.sum()).log()
-        return self
-
-    def forward(self, tokens):
-        return self.log_probs.expand(*tokens.shape, -1)
-
-    def init_state(self, batch_size):
-        return None
-
-    def step(self, token, state):
-        return self.log_probs.expand(len(token), -1), state
-
-
-def test_fit_dispatches_to_a_models_own_fit(task):
-    model = CountingUnigram(task.vocab_size)
-    result = fit(model, task)
-    valid = task.splits["valid"].ids[1:]
-    expected = -model.log_probs[valid].mean().item()
-    assert result.history[0]["valid_loss"] == pytest.approx(expected, rel=1e-5)
-    assert expected < math.log(task.vocab_size) - 0.5
-    assert result.steps == 0 and result.tokens_seen == task.train_tokens
+def test_fit_dispatches_to_a_models_own_fit(task, tmp_path):
+    model = registry.build("markov", task, order=2)
+    result = fit(model, task, tmp_path / "run")
+    assert result.stopped_by == "fit" and result.steps == 0 and result.tokens_seen == task.train_tokens
+    assert result.history[0]["valid_loss"] == pytest.approx(task.evaluate(model, "valid")["loss"], rel=1e-6)
+    assert load_checkpoint(tmp_path / "run").info["trains"] == "fit"
+    with pytest.raises(ConfigError, match="fits itself and takes no training option 'lr'"):
+        fit(registry.build("markov", task), task, lr=0.1)
 
 
 def test_fit_trains_a_neural_model_with_the_trainer(task):
@@ -275,3 +299,128 @@ def test_gradients_clipped_by_value(task):
     result = trainer.fit()
     assert largest and max(largest) <= 1e-4 + 1e-12
     assert result.history[-1]["grad_norm"] > 1e-3                   # the logged norm is pre-clip
+
+
+class ValidationLosses:
+    """A task whose successive validation losses are the given numbers."""
+
+    def __init__(self, task, losses):
+        self.task, self.losses = task, list(losses)
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def evaluate(self, model, split, **options):
+        metrics = self.task.evaluate(model, split, **options)
+        return {**metrics, "loss": self.losses.pop(0)}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_validation_loss_that_is_not_finite_is_never_checkpointed(task, tmp_path, bad):
+    # --lr 1e6 used to stop "keeping the last good checkpoint" whose validation loss was NaN.
+    wrapped = ValidationLosses(task, [2.0, 1.5, bad])
+    trainer = Trainer(tiny_lstm(task), wrapped, config(steps=20, eval_every=2), tmp_path / "run")
+    with pytest.raises(TrainingError, match="validation loss became .* at step 6.*checkpoint, step 4, is kept"):
+        trainer.fit()
+    for which in ("best", "last"):
+        assert load_checkpoint(tmp_path / "run", which=which).info["step"] == 4
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed(task, tmp_path):
+    class PoisonAt4:
+        def __init__(self, task):
+            self.task = task
+
+        def __getattr__(self, name):
+            return getattr(self.task, name)
+
+        def evaluate(self, model, split, **options):
+            if trainer.step == 4:
+                with torch.no_grad():
+                    next(model.parameters())[0, 0] = math.inf
+            return self.task.evaluate(model, split, **options)
+
+    trainer = Trainer(tiny_lstm(task), PoisonAt4(task), config(steps=20, eval_every=2), tmp_path / "run")
+    with pytest.raises(TrainingError, match="step 4.*step 2, is kept"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "run").info["step"] == 2
+
+
+def test_the_best_checkpoint_is_kept_beside_the_last(task, tmp_path):
+    wrapped = ValidationLosses(task, [3.0, 2.0, 2.5, 2.7, 2.9])
+    result = Trainer(tiny_lstm(task), wrapped, config(steps=100, eval_every=2, patience=3), tmp_path / "run").fit()
+    assert result.stopped_by == "patience" and result.steps == 10
+    assert load_checkpoint(tmp_path / "run").info["step"] == 4              # best: eval and predict read it
+    assert load_checkpoint(tmp_path / "run", which="last").info["step"] == 10
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "valid_loss" in row] == [2, 4, 6, 8, 10]
+    assert [row["step"] for row in rows if "valid_loss" not in row] == [10]   # log_every 10
+
+
+def test_resume_restores_the_log_up_to_the_checkpoint(task, tmp_path):
+    Trainer(tiny_lstm(task), task, config(steps=20, eval_every=5, log_every=1), tmp_path / "run").fit(stop_at=10)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as log:
+        log.write(json.dumps({"step": 11, "train_loss": 9.9}) + "\n")        # logged after the checkpoint
+    Trainer(tiny_lstm(task), task, config(steps=20, eval_every=5, log_every=1), tmp_path / "run").fit(resume=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s == 11] == [11] and steps == sorted(steps) and steps[-1] == 20
+
+
+def test_resume_refuses_a_schedule_shorter_than_the_steps_done(task, tmp_path):
+    Trainer(tiny_lstm(task), task, config(steps=20, eval_every=5), tmp_path / "run").fit(stop_at=10)
+    with pytest.raises(ConfigError, match="done 10 steps, more than its schedule's 5"):
+        Trainer(tiny_lstm(task), task, config(steps=5, eval_every=5), tmp_path / "run").fit(resume=True)
+
+
+def test_a_training_state_from_another_run_or_with_missing_keys_is_refused(task, tmp_path):
+    Trainer(tiny_lstm(task), task, config(steps=4, eval_every=2), tmp_path / "a").fit()
+    other = registry.build("lstm", task, d_model=16, n_layers=1)
+    Trainer(other, task, config(steps=4, eval_every=4), tmp_path / "b").fit()
+    last_a = tmp_path / "a" / json.loads((tmp_path / "a" / "run.json").read_text())["last"]
+    last_b = tmp_path / "b" / json.loads((tmp_path / "b" / "run.json").read_text())["last"]
+    (last_a / "trainer.pt").write_bytes((last_b / "trainer.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="belongs to another model|parameters but the model has"):
+        load_checkpoint(tmp_path / "a", which="last", with_trainer_state=True)
+    state = torch.load(last_b / "trainer.pt", weights_only=True)
+    state["step"] = 3
+    torch.save(state, last_b / "trainer.pt")
+    with pytest.raises(CheckpointError, match="at step 3 but its config.json at step 4"):
+        load_checkpoint(tmp_path / "b", which="last", with_trainer_state=True)
+    del state["sampler_rng"]
+    torch.save(state, last_b / "trainer.pt")
+    with pytest.raises(CheckpointError, match="lacks 'sampler_rng'"):
+        load_checkpoint(tmp_path / "b", which="last", with_trainer_state=True)
+
+
+def test_tbptt_needs_a_task_with_streams(task):
+    class NoStreams:
+        name = "classify"
+
+        def __getattr__(self, name):
+            if name.startswith("stream"):
+                raise AttributeError(name)
+            return getattr(task, name)
+
+    with pytest.raises(ConfigError, match="--tbptt needs a task with contiguous streams"):
+        Trainer(tiny_lstm(task), NoStreams(), config(tbptt=True))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lr": math.nan}, "lr must be a finite number"),
+    ({"grad_clip": math.nan}, "grad_clip must be a finite number"),
+    ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
+    ({"weight_decay": math.nan}, "weight_decay must be a finite number"),
+    ({"budget_seconds": math.inf}, "budget_seconds must be a finite number"),
+    ({"betas": (0.9, 1.5)}, "betas must lie in"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"steps": 0}, "steps must be >= 1"),
+])
+def test_train_config_rejects_values_that_make_no_sense(values, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**values)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_it_is_a_clear_error(task):
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        Trainer(tiny_lstm(task), task, config(device="cuda"))

@@ -5,26 +5,42 @@
     model = seqlab.build("lstm", vocab_size=task.vocab_size)
     seqlab.fit(model, task, steps=500)
     print(task.evaluate(model, "test"))
+
+The names below are imported when first used, so ``import seqlab`` (and ``seqlab --help``)
+does not load torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from seqlab.checkpoint import load_checkpoint as load
-from seqlab.data.corpora import load_corpus
-from seqlab.registry import build, entries as models
-from seqlab.tasks.lm import LanguageModeling
-from seqlab.training import TrainConfig, Trainer, fit
+import importlib
+from typing import Any
 
-__all__ = [
-    "LanguageModeling", "TrainConfig", "Trainer", "build", "compare", "fit", "load",
-    "load_corpus", "models",
-]
+__version__ = "0.2.0"
+
+_PUBLIC = {
+    "LanguageModeling": ("seqlab.tasks.lm", "LanguageModeling"),
+    "TrainConfig": ("seqlab.train_config", "TrainConfig"),
+    "Trainer": ("seqlab.training", "Trainer"),
+    "build": ("seqlab.registry", "build"),
+    "compare": ("seqlab.compare", "compare"),
+    "fit": ("seqlab.training", "fit"),
+    "get_task": ("seqlab.tasks.base", "get_task"),
+    "load": ("seqlab.checkpoint", "load_checkpoint"),
+    "load_corpus": ("seqlab.data.corpora", "load_corpus"),
+    "models": ("seqlab.registry", "entries"),
+}
+
+__all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    # compare pulls in matplotlib; import it only when asked for.
-    if name == "compare":
-        from seqlab.compare import compare
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'seqlab' has no attribute {name!r}")
+    module, attribute = _PUBLIC[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
 
-        return compare
-    raise AttributeError(f"module 'seqlab' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

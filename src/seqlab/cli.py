@@ -1,35 +1,41 @@
 """The ``seqlab`` command. Thin: it parses arguments, calls one library function, prints.
 
-Every ``SeqlabError`` becomes one line on stderr and exit code 2, never a traceback.
+Flags are generated, not listed: a task's flags from its ``Options`` dataclass, training flags
+from ``TrainConfig``, prediction flags from the task's ``PredictOptions`` (``seqlab.fields``),
+so every flag has its documentation and default as help. A task's short name for ``predict``
+(``generate``, ``tag``, ...) is a command too. ``seqlab --help`` and ``--version`` import
+neither torch nor any task; a command imports what it needs when it runs. Every
+``SeqlabError`` becomes one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from typing import Any, Sequence
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
-from seqlab.errors import ConfigError, SeqlabError
+from seqlab import __version__
+from seqlab.errors import ConfigError, DataError, SeqlabError
+from seqlab.fields import add_flags
 
-# Training options: flag -> TrainConfig field. Defaults are None so that only the options a
-# user gives override the model's defaults or, on --resume, the saved run's.
-TRAIN_FLAGS = {
-    "--steps": ("steps", int), "--batch-size": ("batch_size", int), "--lr": ("lr", float),
-    "--warmup-steps": ("warmup_steps", int), "--weight-decay": ("weight_decay", float),
-    "--grad-clip": ("grad_clip", float), "--grad-clip-value": ("grad_clip_value", float),
-    "--grad-accum": ("grad_accum", int),
-    "--precision": ("precision", str), "--eval-every": ("eval_every", int),
-    "--patience": ("patience", int), "--seed": ("seed", int), "--device": ("device", str),
-}
+CORE_COMMANDS = ("models", "train", "eval", "predict", "compare", "reproduce")
+TRAIN_FLAGS_SKIPPED = ("budget_seconds", "progress")      # given as --budget and --no-progress
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.showwarning = _show_warning
     try:
-        return args.command(args)
+        parser = _parser(argv)
+        args = parser.parse_args(argv)
+        if getattr(args, "threads", None) is not None:
+            _set_threads(args.threads)
+        return args.handler(args)
     except SeqlabError as error:
         print(f"seqlab: error: {error}", file=sys.stderr)
         return 2
@@ -38,90 +44,162 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqlab", description="Train, evaluate and compare sequence models.")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    listing = commands.add_parser("models", help="list registered models")
-    listing.set_defaults(command=_models)
-
-    train = commands.add_parser("train", help="train a model into a run directory")
-    train.add_argument("model", nargs="?", help="registered model name (optional with --resume)")
-    train.add_argument("--out", required=True, help="run directory (created; must not hold other files)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--overwrite", action="store_true", help="replace the seqlab run in --out")
-    _task_arguments(train)
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config value")
-    train.add_argument("--budget", type=float, help="training time limit in seconds")
-    for flag, (_, kind) in TRAIN_FLAGS.items():
-        train.add_argument(flag, type=kind, default=None)
-    train.add_argument("--tbptt", action="store_true", default=None,
-                       help="truncated BPTT: carry the state across consecutive windows")
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    train.set_defaults(command=_train)
-
-    evaluate = commands.add_parser("eval", help="evaluate a run on its test split or on a text file")
-    evaluate.add_argument("run", help="run directory")
-    evaluate.add_argument("--data", help="evaluate on this whole text file (lm) or treebank directory (tag) instead")
-    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    evaluate.set_defaults(command=_eval)
-
-    generate = commands.add_parser("generate", help="continue a prompt with a trained model")
-    generate.add_argument("run", help="run directory")
-    generate.add_argument("--prompt", required=True)
-    generate.add_argument("--max-new", type=int, default=200, help="tokens to generate")
-    generate.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
-    generate.add_argument("--top-k", type=int)
-    generate.add_argument("--top-p", type=float)
-    generate.add_argument("--seed", type=int)
-    generate.set_defaults(command=_generate)
-
-    tag = commands.add_parser("tag", help="tag sentences (one per line, words separated by spaces) with a trained tagger")
-    tag.add_argument("run", help="run directory of a tagger")
-    tag.add_argument("--input", help="file of sentences (default: standard input)")
-    tag.set_defaults(command=_tag)
-
-    compare = commands.add_parser("compare", help="train several models on one task and report")
-    compare.add_argument("--models", help="comma-separated names (default: every LM that fits)")
-    _task_arguments(compare, context=64)     # short windows: more steps in a CPU budget
-    compare.add_argument("--budget", type=float,
-                         help="total training seconds, split equally among the models that train "
-                              "(default 90 for lm, 1080 for tag)")
-    compare.add_argument("--steps", type=int, help="cap on steps per model (the budget still applies)")
-    compare.add_argument("--out", default="runs/compare", help="report directory")
-    compare.add_argument("--no-progress", action="store_true")
-    compare.set_defaults(command=_compare)
-
-    reproduce = commands.add_parser("reproduce", help="re-run a result from the literature")
-    reproduce.add_argument("name", nargs="?", help="experiment name (see --list)")
-    reproduce.add_argument("--list", action="store_true", help="list the experiments")
-    reproduce.add_argument("--quick", action="store_true", help="a shorter run, for a first look")
-    reproduce.add_argument("--out", help="where to write plots (default runs/NAME)")
-    reproduce.add_argument("--no-progress", action="store_true")
-    reproduce.set_defaults(command=_reproduce)
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser for this command line: the task-dependent flags of only the command given."""
+    parser = argparse.ArgumentParser(
+        prog="seqlab", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train, evaluate, compare and use sequence models, from Markov chains to Transformers.",
+        epilog="Each task also names `predict` for itself (`seqlab predict --help` lists them).")
+    parser.add_argument("--version", action="version", version=f"seqlab {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
+    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    builders: dict[str, Callable[[Any, list[str]], None]] = {
+        "models": _models_parser, "train": _train_parser, "eval": _eval_parser, "predict": _predict_parser,
+        "compare": _compare_parser, "reproduce": _reproduce_parser}
+    summaries = {
+        "models": "list registered models and tasks, or one model's config fields",
+        "train": "train a model into a run directory", "eval": "evaluate a run's best checkpoint",
+        "predict": "apply a run to inputs, one per line (from --input, --text or standard input)",
+        "compare": "train several models on one task under one budget and write a report",
+        "reproduce": "re-run a result from the literature and say whether it held"}
+    for command in CORE_COMMANDS:
+        sub = commands.add_parser(command, help=summaries[command], description=summaries[command])
+        if command == name:
+            builders[command](sub, argv)
+    if name is not None and name not in CORE_COMMANDS:
+        alias = _alias_task(name)
+        if alias is not None:
+            task_class = alias
+            sub = commands.add_parser(name, help=f"`seqlab predict` for {task_class.name} runs",
+                                      description=f"{task_class.predict_help} (`seqlab predict` for "
+                                                  f"{task_class.name} runs)")
+            _predict_arguments(sub, task_class, expected_task=task_class.name)
     return parser
 
 
-def _task_arguments(parser: argparse.ArgumentParser, context: int = 128) -> None:
-    parser.add_argument("--task", default="lm", choices=("lm", "tag"),
-                        help="lm: language modelling; tag: sequence tagging on a CoNLL-U treebank")
-    parser.add_argument("--data", help="lm: UTF-8 text file (default: the built-in pydoc-topics corpus); "
-                                       "tag: a treebank directory with *-train/-dev/-test.conllu")
-    parser.add_argument("--column", default="upos", choices=("upos", "xpos"), help="tag column (tag task)")
-    parser.add_argument("--tokenizer", default="char", help="char, word, bpe or unigram")
-    parser.add_argument("--context", type=int, default=context, help="context window in tokens")
-    parser.add_argument("--vocab-size", type=int, help="vocabulary size for word/bpe/unigram")
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    """Warnings as one line on stderr, like errors."""
+    print(f"seqlab: warning: {message}", file=sys.stderr)
 
 
-def _task_options(args: argparse.Namespace):
-    from seqlab.compare import TaskOptions
-    from seqlab.compare_tagging import TaggingOptions
+# ---- models ------------------------------------------------------------------------------
 
-    if args.task == "tag":
-        if not args.data:
-            raise ConfigError("--task tag needs --data: a treebank directory with *-train/-dev/-test.conllu files")
-        return TaggingOptions(data=args.data, column=args.column)
-    return TaskOptions(data=args.data, tokenizer=args.tokenizer, context=args.context, vocab_size=args.vocab_size)
+def _models_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("name", nargs="?", help="a model: list its config fields, defaults and documentation")
+    parser.add_argument("--task", help="the task of NAME, when several tasks have a model of that name")
+    parser.set_defaults(handler=_models)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from seqlab import registry
+    from seqlab.fields import default_of, field_docs
+    from seqlab.tasks.base import get_task, task_names
+
+    if args.name:
+        entry = registry.get(args.name, args.task)
+        print(f"{entry.name} (task {entry.task}, trains by {entry.trains}): {entry.summary}")
+        docs = field_docs(entry.config_class)
+        from_task = get_task(entry.task).example_model_defaults()
+        for field in dataclasses.fields(entry.config_class):
+            default = default_of(field)
+            shown = "from the data" if field.name in from_task else (
+                "required" if default is dataclasses.MISSING else repr(default))
+            print(f"  --set {field.name}=...  ({shown})  {docs.get(field.name, '')}")
+        defaults = getattr(entry.model_class, "train_defaults", {})
+        if defaults:
+            print("training defaults: " + ", ".join(f"{key}={value}" for key, value in defaults.items()))
+        return 0
+    print(f"{'name':<14}{'task':<10}{'trains by':<11}{'parameters':>12}  summary")
+    for task in task_names():
+        example = get_task(task).example_model_defaults()
+        for entry in registry.entries(task):
+            model = registry.build_for_task(entry.name, example, {}, task=task)
+            print(f"{entry.name:<14}{task:<10}{entry.trains:<11}{registry.parameter_count(model):>12,}  {entry.summary}")
+    print("(parameters at the default config, for each task's example data sizes; "
+          "`seqlab models NAME` lists a model's config fields)")
+    return 0
+
+
+# ---- train -------------------------------------------------------------------------------
+
+def _task_in(argv: list[str]) -> str:
+    """The --task value on the command line (lm when absent)."""
+    for index, arg in enumerate(argv):
+        if arg == "--task" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--task="):
+            return arg.split("=", 1)[1]
+    return "lm"
+
+
+def _task_flags(parser: argparse.ArgumentParser, argv: list[str], *, for_compare: bool = False) -> None:
+    from seqlab.tasks.base import get_task, task_names
+
+    task_class = get_task(_task_in(argv))
+    parser.add_argument("--task", default="lm", help=f"the task: {', '.join(task_names())} (default: lm); "
+                                                     "its flags follow (shown for the task given)")
+    group = parser.add_argument_group(f"options of the {task_class.name} task")
+    add_flags(group, task_class.Options, defaults=task_class.compare_defaults if for_compare else None)
+    parser.set_defaults(task_options=[field.name for field in _fields(task_class.Options)])
+
+
+def _fields(config_class: type) -> list[Any]:
+    return list(dataclasses.fields(config_class))
+
+
+def _train_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    from seqlab.train_config import TrainConfig
+
+    parser.add_argument("model", nargs="?", help="registered model name (optional with --resume)")
+    parser.add_argument("--out", required=True, help="the run directory (created; your files there are left alone)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    parser.add_argument("--extend", action="store_true",
+                        help="with --resume and a larger --steps: lengthen the run's learning-rate schedule")
+    parser.add_argument("--overwrite", action="store_true", help="replace the seqlab run in --out")
+    parser.add_argument("--init-from", metavar="RUN",
+                        help="start from the weights of another run whose names and shapes match (fine-tuning)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model config value (`seqlab models MODEL` lists them)")
+    _task_flags(parser, argv)
+    group = parser.add_argument_group("training options (defaults: the model's, else these)")
+    group.add_argument("--budget", type=float, metavar="SECONDS",
+                       help="wall-time limit: data, training, evaluations and saving (default: none)")
+    add_flags(group, TrainConfig, skip=TRAIN_FLAGS_SKIPPED)
+    _common_flags(parser)
+    parser.set_defaults(handler=_train, train_options=[f.name for f in _fields(TrainConfig)
+                                                   if f.name not in TRAIN_FLAGS_SKIPPED])
+
+
+def _train(args: argparse.Namespace) -> int:
+    from seqlab.runs import train_run
+
+    options = {name: getattr(args, name) for name in args.train_options if getattr(args, name) is not None}
+    if args.budget is not None:
+        options["budget_seconds"] = args.budget
+    if args.no_progress:
+        options["progress"] = False
+    task_options = {name: getattr(args, name) for name in args.task_options if getattr(args, name) is not None}
+    trained = train_run(args.model, args.out, task=args.task, task_options=task_options,
+                        model_overrides=_key_values(args.set), train_options=options, resume=args.resume,
+                        extend=args.extend, overwrite=args.overwrite, init_from=args.init_from)
+    if os.environ.get("RANK", "0") != "0":
+        return 0                       # under torchrun, only the first process reports
+    for note in trained.notes:
+        print(note)
+    from seqlab.tasks.base import get_task
+
+    result, metrics = trained.result, trained.metrics
+    curve = get_task(trained.task).report.curve
+    shown = dict.fromkeys(["valid_loss", curve.key])
+    valid = ", ".join(f"{key[len('valid_'):]} {metrics[key]:.4f}" for key in shown if key in metrics)
+    if result.stopped_by == "fit":
+        print(f"fitted in {result.train_seconds:.1f} s; validation {valid}; saved to {args.out}")
+    else:
+        print(f"trained {result.steps} steps in {result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} "
+              f"tokens/s, gradient clipped at {result.clipped_steps} steps), stopped by {result.stopped_by}; "
+              f"validation {valid}; saved to {args.out}")
+    return 0
 
 
 def _key_values(pairs: list[str]) -> dict[str, Any]:
@@ -134,100 +212,135 @@ def _key_values(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-def _models(args: argparse.Namespace) -> int:
-    from seqlab import registry
+# ---- eval and predict --------------------------------------------------------------------
 
-    example_task = {"lm": {"vocab_size": 256, "max_len": 256},
-                    "tag": {"n_words": 20_000, "n_characters": 100, "n_tags": 17}}
-    print(f"{'name':<14}{'task':<8}{'parameters':>12}  summary")
-    for entry in registry.entries():
-        model = registry.build_for_task(entry.name, example_task[entry.task], {}, task=entry.task)
-        print(f"{entry.name:<14}{entry.task:<8}{registry.parameter_count(model):>12,}  {entry.summary}")
-    print("(parameters at default config; lm: 256-token vocabulary; tag: 20,000 words, 17 tags)")
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from seqlab.runs import train_run
-
-    options = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in TRAIN_FLAGS.items()}
-    options = {field: value for field, value in options.items() if value is not None}
-    if args.budget is not None:
-        options["budget_seconds"] = args.budget
-    if args.tbptt:
-        options["tbptt"] = True
-    if args.no_progress:
-        options["progress"] = False
-    result, metrics = train_run(
-        args.model, args.out, task=None if args.resume else _task_options(args),
-        model_overrides=_key_values(args.set), train_options=options,
-        resume=args.resume, overwrite=args.overwrite,
-    )
-    if os.environ.get("RANK", "0") != "0":
-        return 0                       # under torchrun, only the first process reports
-    if "valid_accuracy" in metrics:
-        print(f"trained in {result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} words/s, "
-              f"{result.steps} steps), stopped by {result.stopped_by}; valid accuracy "
-              f"{100 * metrics['valid_accuracy']:.2f}% (unseen words {100 * metrics['valid_unseen_accuracy']:.2f}%); "
-              f"saved to {args.out}")
-        return 0
-    print(f"trained {result.steps} steps in {result.train_seconds:.1f} s "
-          f"({result.tokens_per_second:,.0f} tokens/s, gradient clipped at {result.clipped_steps} steps), "
-          f"stopped by {result.stopped_by}; "
-          f"valid loss {metrics.get('valid_loss', float('nan')):.4f}, "
-          f"bpc {metrics.get('valid_bpc', float('nan')):.4f}; saved to {args.out}")
-    return 0
+def _eval_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("run", help="a run directory (its best checkpoint) or one checkpoint directory")
+    parser.add_argument("--data", help="evaluate on this data instead (a whole file is the test split)")
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                        help="the split of the run's own data (default: test)")
+    _common_flags(parser, progress=False)
+    parser.set_defaults(handler=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
     from seqlab.runs import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run, data=args.data, split=args.split), indent=2))
+    print(json.dumps(evaluate_run(args.run, data=args.data, split=args.split), indent=2, allow_nan=False))
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from seqlab.runs import generate_from_run
+def _predict_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    from seqlab.tasks.base import get_task, task_names
 
-    text = generate_from_run(args.run, args.prompt, args.max_new, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    print(args.prompt + text)
+    run = next((arg for arg in argv[argv.index("predict") + 1:] if not arg.startswith("-")), None)
+    asking_help = any(arg in ("-h", "--help") for arg in argv)
+    task_class = None
+    if run is not None:
+        try:
+            task_class = get_task(_run_task(run))
+        except SeqlabError:
+            if not asking_help:
+                raise
+    aliases = ", ".join(f"`seqlab {get_task(t).predict_command}` ({t})" for t in task_names()
+                        if get_task(t).predict_command)
+    parser.epilog = f"Short names: {aliases}. The flags after --input depend on the run's task."
+    _predict_arguments(parser, task_class, expected_task=None)
+
+
+def _run_task(run: str) -> str:
+    """The task of a run directory, read from its checkpoint's config.json (no model is built)."""
+    from seqlab.checkpoint import read_info
+    from seqlab.rundir import resolve_checkpoint
+
+    return read_info(resolve_checkpoint(run))["task"]["task"]
+
+
+def _predict_arguments(parser: argparse.ArgumentParser, task_class: Any, expected_task: str | None) -> None:
+    parser.add_argument("run", help="a run directory (its best checkpoint) or one checkpoint directory")
+    inline = getattr(task_class, "inline_flag", "--text") if task_class else "--text"
+    parser.add_argument("--input", help="a UTF-8 file of inputs, one per line (default: standard input)")
+    parser.add_argument(inline, dest="text", action="append", metavar="TEXT",
+                        help="an input given on the command line instead (repeatable)")
+    if task_class is not None:
+        add_flags(parser.add_argument_group(f"options of {task_class.name} predictions"), task_class.PredictOptions)
+        parser.set_defaults(predict_options=[f.name for f in _fields(task_class.PredictOptions)])
+    _common_flags(parser, progress=False)
+    parser.set_defaults(handler=_predict, expected_task=expected_task)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from seqlab.runs import predict_with_run
+
+    if args.text is not None:
+        inputs = args.text
+    else:
+        inputs = [line for line in _read_input(args.input).splitlines() if line.strip()]
+    options = {name: getattr(args, name) for name in getattr(args, "predict_options", [])
+               if getattr(args, name) is not None}
+    for output in predict_with_run(args.run, inputs, options, task=args.expected_task):
+        print(output)
     return 0
 
 
-def _tag(args: argparse.Namespace) -> int:
-    from seqlab.runs import tag_with_run
-
-    if args.input:
+def _read_input(path: str | None) -> str:
+    """The input file or standard input as UTF-8 text (the same check for both)."""
+    if path is not None:
         from seqlab.data.corpora import read_text
 
-        text = read_text(args.input)
-    else:
-        text = sys.stdin.read()
-    sentences = [line.split() for line in text.splitlines() if line.strip()]
-    if not sentences:
-        raise ConfigError("no sentences to tag: give one sentence per line, words separated by spaces")
-    for words, tags in zip(sentences, tag_with_run(args.run, sentences)):
-        print(" ".join(f"{word}/{tag}" for word, tag in zip(words, tags)))
-    return 0
+        return read_text(path)
+    raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"standard input is not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start}); "
+                        "convert it, e.g. with iconv -t UTF-8") from None
+
+
+def _alias_task(name: str) -> Any:
+    """The task whose ``predict_command`` is ``name``, or None."""
+    from seqlab.tasks.base import get_task, task_names
+
+    for task in task_names():
+        if get_task(task).predict_command == name:
+            return get_task(task)
+    return None
+
+
+# ---- compare and reproduce ---------------------------------------------------------------
+
+def _compare_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("--models", help="comma-separated model names (default: one per family of the task)")
+    _task_flags(parser, argv, for_compare=True)
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="wall time of the whole comparison, shared by the models (default: the task's)")
+    parser.add_argument("--steps", type=int, help="at most this many steps per model that trains (default: none)")
+    parser.add_argument("--seed", type=int, help="seed of every model's initial weights and batches (default: 0)")
+    parser.add_argument("--out", default="runs/compare", help="the report's directory (default: runs/compare)")
+    _common_flags(parser)
+    parser.set_defaults(handler=_compare)
 
 
 def _compare(args: argparse.Namespace) -> int:
     from seqlab.compare import compare
-    from seqlab.compare_tagging import DEFAULT_BUDGET_SECONDS, compare_taggers
 
     models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
-    train_options = {"steps": args.steps} if args.steps else {}
-    if args.task == "tag":
-        budget = DEFAULT_BUDGET_SECONDS if args.budget is None else args.budget
-        report = compare_taggers(models, _task_options(args), budget_seconds=budget, train_options=train_options,
-                                 out_dir=args.out, progress=not args.no_progress)
-    else:
-        report = compare(models, _task_options(args), budget_seconds=90.0 if args.budget is None else args.budget,
-                         train_options=train_options, out_dir=args.out, progress=not args.no_progress)
+    train_options = {key: value for key, value in (("steps", args.steps), ("seed", args.seed)) if value is not None}
+    task_options = {name: getattr(args, name) for name in args.task_options if getattr(args, name) is not None}
+    report = compare(args.task, models, task_options, budget_seconds=args.budget, train_options=train_options,
+                     out_dir=args.out, progress=not args.no_progress, threads=args.threads)
     print(report.table())
-    print(f"report written to {args.out}/report.md, report.html and curves.png")
+    print(f"report written to {Path(args.out) / 'report.md'}, report.html and curves.png")
     return 0
+
+
+def _reproduce_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("name", nargs="?", help="experiment name (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the experiments")
+    parser.add_argument("--quick", action="store_true", help="a shorter run, for a first look (it says what it cannot test)")
+    parser.add_argument("--out", help="where to write plots and the report (default: runs/NAME)")
+    _common_flags(parser)
+    parser.set_defaults(handler=_reproduce)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -240,6 +353,24 @@ def _reproduce(args: argparse.Namespace) -> int:
     experiment = experiments.get(args.name)
     print(experiment.run(args.out or f"runs/{args.name}", quick=args.quick, progress=not args.no_progress))
     return 0
+
+
+# ---- shared ------------------------------------------------------------------------------
+
+def _common_flags(parser: argparse.ArgumentParser, progress: bool = True) -> None:
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads for computing (default: torch's, one per core); on a busy "
+                             "machine fewer can be much faster")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _set_threads(threads: int) -> None:
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

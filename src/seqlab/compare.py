@@ -1,170 +1,148 @@
 """Train several models on one task under one time budget, and report what each achieved.
 
-Every model gets the same split, tokenizer, context and training time. Each runs in a fresh
-process, so its peak memory is its own: on CPU the growth of the process's peak resident set
-over its size before the model was built, on CUDA the peak of allocated device memory. Per
-model the report gives parameters, test bits per character and perplexity, training and
-generation tokens per second, peak memory and a sample; ``curves.png`` plots validation loss
-against training time.
+Every model sees the same data, splits, tokenizer and vocabulary, and gets a share of the
+budget that bounds all it does: reading the data, fitting or training, evaluating on the test
+split and showing itself. Models that fit themselves (counts, EM, L-BFGS) go first, each
+within an equal share; the models that train by gradient steps then share what is left
+equally. Each runs in a fresh process, so its peak memory is its own: on CPU the growth of the
+process's peak resident set over its size before the model was built, on CUDA the peak of
+allocated device memory. The report (``seqlab.report``) ranks the models by the task's first
+column, gives each model's actual wall time, and plots the task's learning curve.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import multiprocessing
+import platform
 import resource
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from seqlab import registry
-from seqlab.data.corpora import load_corpus
-from seqlab.contracts import device_of
-from seqlab.errors import ConfigError, DataError
-from seqlab.report import RenderedReport
-from seqlab.tasks.lm import LanguageModeling
-from seqlab.training import TrainConfig, Trainer, TrainResult, fit
+from seqlab.budget import Budget
+from seqlab.errors import ConfigError
+from seqlab.report import Column, ModelResult, Report
+from seqlab.rundir import RunDirectory
+from seqlab.tasks.base import get_task
+from seqlab.train_config import TrainConfig
+from seqlab.training import Trainer, fit
 
-SAMPLE_CHARACTERS = 200
-SAMPLE_PROMPT = "The "
-
-
-@dataclass(frozen=True, kw_only=True)
-class TaskOptions:
-    """The shared task: corpus path (None: built-in), tokenizer kind, context and vocabulary."""
-
-    data: str | None = None
-    tokenizer: str = "char"
-    context: int = 128
-    vocab_size: int | None = None
-
-    def build(self) -> LanguageModeling:
-        return LanguageModeling(load_corpus(self.data), self.tokenizer, self.context,
-                                vocab_size=self.vocab_size)
+EVALUATIONS_PER_CURVE = 15
 
 
-@dataclass
-class ModelResult:
-    """One row of the report."""
-
-    name: str
-    parameters: int
-    test: dict[str, float]
-    train_tokens_per_second: float
-    generate_tokens_per_second: float
-    peak_memory_mb: float
-    steps: int
-    train_seconds: float
-    sample: str
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-@dataclass
-class Report(RenderedReport):
-    """The comparison: the task it ran and one result per model (rendered by ``seqlab.report``)."""
-
-    task: dict[str, Any]
-    budget_seconds: float
-    results: list[ModelResult]
-
-    title = "seqlab compare"
-    columns = ("model", "params", "test bpc", "test ppl", "train tok/s", "gen tok/s", "peak MB", "steps")
-    curve_label = "validation loss (nats/token)"
-
-    def rows(self) -> list[tuple[str, ...]]:
-        """One tuple of formatted cells per model, best test bits per character first."""
-        ordered = sorted(self.results, key=lambda result: result.test["bpc"])
-        return [
-            (r.name, f"{r.parameters:,}", f"{r.test['bpc']:.3f}", f"{r.test['perplexity']:.2f}",
-             f"{r.train_tokens_per_second:,.0f}", f"{r.generate_tokens_per_second:,.0f}",
-             f"{r.peak_memory_mb:,.0f}", f"{r.steps:,}")
-            for r in ordered
-        ]
-
-    def task_line(self) -> str:
-        task = self.task
-        tokens = ", ".join(f"{split} {count:,}" for split, count in task["tokens"].items())
-        return (f"corpus `{task['corpus']}`, tokenizer `{task['tokenizer']}` (vocabulary "
-                f"{task['vocab_size']}), context {task['context']}, tokens: {tokens}; "
-                f"{self.budget_seconds:.0f} s of training per model")
-
-    def sections(self) -> dict[str, list[tuple[str, str]]]:
-        return {"Samples": [(result.name, result.sample) for result in self.results]}
-
-
-def default_models() -> list[str]:
-    """Every registered language model that a bare ``seqlab compare`` includes."""
-    return [entry.name for entry in registry.entries("lm") if entry.in_default_compare]
+def default_models(task: str = "lm") -> list[str]:
+    """The models of ``task`` that a bare ``seqlab compare --task TASK`` includes."""
+    return [entry.name for entry in registry.entries(task) if entry.in_default_compare]
 
 
 def compare(
+    task: str = "lm",
     models: list[str] | None = None,
-    task: TaskOptions | None = None,
-    budget_seconds: float = 90.0,
+    task_options: dict[str, Any] | None = None,
+    budget_seconds: float | None = None,
     train_options: dict[str, Any] | None = None,
     model_options: dict[str, dict[str, Any]] | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    threads: int | None = None,
 ) -> Report:
-    """Train each model on ``task`` for an equal share of ``budget_seconds``, and report.
+    """Fit or train each model on ``task`` within its share of ``budget_seconds``, and report.
 
     Args:
-        models: registry names; None takes ``default_models()``.
-        task: the shared task; None is the built-in corpus at character level.
-        budget_seconds: total training time, shared equally among the models that train
-            (those fitted in closed form take none).
-        train_options: ``TrainConfig`` values for every model (the budget is set here).
+        task: a registered task name.
+        models: registry names for ``task``; None takes ``default_models(task)``.
+        task_options: the task's options (its ``Options`` fields); compare's defaults for the
+            task (``compare_defaults``, e.g. a shorter context) apply where not given.
+        budget_seconds: the wall time of the whole comparison (None: the task's default).
+        train_options: ``TrainConfig`` values for every model that trains (e.g. ``steps``).
         model_options: config overrides per model name.
-        out_dir: where to write the report; None writes nothing.
+        out_dir: where to write the report (report.md, report.html, curves.png); None writes nothing.
+        threads: torch threads in each model's process (None: torch's default).
+    Raises:
+        ConfigError: unknown names, bad options or an unusable ``out_dir``, all checked before
+            any model starts.
     """
-    models = default_models() if models is None else models
+    task_class = get_task(task)
+    models = default_models(task) if models is None else models
     if not models:
         raise ConfigError("no models to compare; name at least one with --models")
-    for name in models:
-        registry.get(name, "lm")     # ConfigError naming the language models when unknown
+    entries = [registry.get(name, task) for name in models]
+    budget_seconds = task_class.default_budget_seconds if budget_seconds is None else budget_seconds
     if not budget_seconds > 0:
         raise ConfigError(f"budget must be > 0 seconds, got {budget_seconds}")
-    task = task or TaskOptions()
-    lm_task = task.build()   # fail here, once, on bad data, before starting any process
+    train_options = dict(train_options or {})
+    registry.make_config(TrainConfig, {**train_options, "budget_seconds": budget_seconds})   # checked now
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    if out_dir is not None:
+        _check_report_directory(Path(out_dir))
+    options = task_class.options(task_options, for_compare=True)
+    clock = Budget(budget_seconds)
+    shared_task = task_class.from_options(options)     # fail here, once, on bad data
     model_options = model_options or {}
-    # Models fitted in closed form (n-gram, Markov, HMM) take no share of the training budget.
-    trained = [name for name in models if not callable(getattr(registry.get(name, "lm").model_class, "fit", None))]
-    per_model = budget_seconds / max(1, len(trained))
-    results = [run_in_fresh_process(run_one, name, task, per_model, train_options or {},
-                                    model_options.get(name, {}), progress)
-               for name in models]
+    ordered = [e for e in entries if e.trains == "fit"] + [e for e in entries if e.trains == "trainer"]
+    results = {}
+    for index, entry in enumerate(ordered):
+        share = max(clock.remaining(), 1.0) / (len(ordered) - index) if entry.trains == "trainer" \
+            else budget_seconds / len(ordered)
+        results[entry.name] = run_in_fresh_process(
+            run_one, task, options, entry.name, share, time.monotonic(), train_options,
+            model_options.get(entry.name, {}), progress, threads)
     report = Report(
-        task={"corpus": lm_task.corpus.name, "tokenizer": task.tokenizer, "context": task.context,
-              "vocab_size": lm_task.vocab_size,
-              "tokens": {split: len(block.ids) for split, block in lm_task.splits.items()}},
-        budget_seconds=per_model,
-        results=results,
+        title=f"seqlab compare --task {task}",
+        description=f"{shared_task.describe()}; budget {budget_seconds:,.0f} s for {len(models)} models",
+        columns=(*task_class.report.columns,
+                 Column(task_class.report.speed, "train_tokens_per_second", "{:,.0f}", "higher"),
+                 Column("params", "parameters", "{:,.0f}"),
+                 Column("peak MB", "peak_memory_mb", "{:,.0f}", "lower"),
+                 Column("steps", "steps", "{:,.0f}"),
+                 Column("wall s", "wall_seconds", "{:,.1f}", "lower")),
+        curve=task_class.report.curve,
+        results=[results[name] for name in models],
+        environment=_environment(threads, budget_seconds, train_options),
     )
     if out_dir is not None:
         report.write(out_dir)
     return report
 
 
-def run_one(
-    name: str, task_options: TaskOptions, budget_seconds: float, train_options: dict[str, Any],
-    overrides: dict[str, Any], progress: bool,
-) -> ModelResult:
-    """Train, evaluate and sample one model; runs in its own process (see ``compare``)."""
-    task = task_options.build()
+def run_one(task_name: str, options: Any, name: str, budget_seconds: float, started: float,
+            train_options: dict[str, Any], overrides: dict[str, Any], progress: bool, threads: int | None
+            ) -> ModelResult:
+    """Build, fit or train, evaluate and showcase one model within ``budget_seconds`` of wall
+    time counted from ``started`` (the parent's ``time.monotonic()``, a clock all processes
+    share): starting the process and loading the data count. Runs in its own process."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    clock = Budget(budget_seconds, spent=time.monotonic() - started)
+    task = get_task(task_name).from_options(options)
     memory = PeakMemory(train_options)      # from before the model is built: its weights count
-    model = registry.build_for_task(name, task.model_defaults(), overrides, task="lm")
-    result = train_within_budget(model, task, budget_seconds, train_options, progress)
-    test = task.evaluate(model, "test", batch_size=32)
-    sample, generate_rate = _sample(model, task)
-    return ModelResult(
-        name=name, parameters=registry.parameter_count(model), test=test,
-        train_tokens_per_second=result.tokens_per_second, generate_tokens_per_second=generate_rate,
-        peak_memory_mb=memory.peak_mb(), steps=result.steps, train_seconds=result.train_seconds,
-        sample=sample, history=result.history,
-    )
+    torch.manual_seed(train_options.get("seed", 0))
+    model = registry.build_for_task(name, task.model_defaults(), overrides, task=task_name)
+    task.check_model(model)
+    if registry.trains_by(model) == "fit":
+        result = fit(model, task, progress=progress, budget=clock)
+        options: dict[str, Any] = {"progress": progress}
+    else:
+        options = {"steps": 1_000_000, "warmup_steps": 20, "eval_every": 1_000_000,
+                   "eval_every_seconds": budget_seconds / EVALUATIONS_PER_CURVE, "eval_batches": 10,
+                   "progress": progress, **getattr(model, "train_defaults", {}), **train_options,
+                   "budget_seconds": budget_seconds}
+        config = registry.make_config(TrainConfig, options)
+        result = Trainer(model, task, config, budget=clock, reserve_evaluations=1).fit()
+    test = task.evaluate(model, "test")
+    shown = task.showcase(model)
+    metrics = {**test, **shown.metrics, "parameters": registry.parameter_count(model), "steps": result.steps,
+               "train_seconds": result.train_seconds, "train_tokens_per_second": result.tokens_per_second,
+               "peak_memory_mb": memory.peak_mb(), "wall_seconds": clock.elapsed()}
+    return ModelResult(name=name, trains=registry.trains_by(model), metrics=metrics, history=result.history,
+                       sections=shown.sections, config=registry.config_to_dict(model.config),
+                       train_options={key: value for key, value in options.items() if key != "progress"})
 
 
 def run_in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
@@ -174,17 +152,23 @@ def run_in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
         return pool.submit(function, *args).result()
 
 
-def train_within_budget(model: torch.nn.Module, task: Any, budget_seconds: float,
-                        train_options: dict[str, Any], progress: bool) -> TrainResult:
-    """Fit ``model`` in closed form if it has its own ``fit``, else train it with the Trainer
-    for ``budget_seconds``, evaluating about 15 times whatever the step rate (so every
-    learning curve has the same detail)."""
-    if callable(getattr(model, "fit", None)):
-        return fit(model, task)
-    options = {"steps": 1_000_000, "warmup_steps": 20, "eval_every": 1_000_000,
-               "eval_every_seconds": budget_seconds / 15, "eval_batches": 10, "progress": progress,
-               **getattr(model, "train_defaults", {}), **train_options, "budget_seconds": budget_seconds}
-    return Trainer(model, task, registry.make_config(TrainConfig, options)).fit()
+def _check_report_directory(out_dir: Path) -> None:
+    """The report directory must be a directory seqlab can write, and not a run directory."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {str(out_dir)!r} is a file; give a directory for the report")
+    if (out_dir / "run.json").exists():
+        raise ConfigError(f"--out {str(out_dir)!r} holds a training run; give another directory for the report")
+    RunDirectory(out_dir)._check_writable()
+
+
+def _environment(threads: int | None, budget_seconds: float, train_options: dict[str, Any]) -> dict[str, Any]:
+    from seqlab import __version__
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {"seqlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": device, "threads": threads or torch.get_num_threads(),
+            "seed": train_options.get("seed", 0), "budget seconds": budget_seconds,
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 class PeakMemory:
@@ -201,22 +185,6 @@ class PeakMemory:
         if self.on_cuda:
             return torch.cuda.max_memory_allocated() / 2**20
         return _peak_resident_mb() - self.baseline_mb
-
-
-def _sample(model: torch.nn.Module, task: LanguageModeling) -> tuple[str, float]:
-    """A continuation of ``SAMPLE_PROMPT`` (or, if the vocabulary lacks it, of the test split's
-    first tokens), and the generation speed in tokens/s."""
-    tokenizer = task.tokenizer
-    try:
-        prompt_ids = tokenizer.encode(SAMPLE_PROMPT, unknown="error")
-    except DataError:
-        prompt_ids = task.splits["test"].ids[: min(16, task.context // 2)].tolist()
-    prompt = torch.tensor([prompt_ids], device=device_of(model))
-    started = time.perf_counter()
-    generated = model.generate(prompt, SAMPLE_CHARACTERS, temperature=0.8, seed=0)
-    seconds = time.perf_counter() - started
-    text = tokenizer.decode(prompt_ids) + tokenizer.decode(generated[0, prompt.shape[1]:].tolist())
-    return text[:SAMPLE_CHARACTERS], SAMPLE_CHARACTERS / seconds
 
 
 def _resident_mb() -> float:

@@ -40,8 +40,9 @@ class CausalLM(nn.Module, abc.ABC):
     ``max_context`` is the longest prefix the model can condition on (``None``: unbounded);
     generation slides a window when a model with a finite context runs past it.
     ``train_defaults`` holds ``TrainConfig`` values that suit the model (e.g. a learning rate),
-    used unless the caller gives others. A model with a closed-form or EM fit defines
-    ``fit(task) -> self`` instead, and ``seqlab.fit`` calls it rather than the Trainer.
+    used unless the caller gives others. A model registered with ``trains="fit"`` (a closed-form
+    or EM fit) defines ``fit(task, *, progress, deadline) -> self`` instead, and
+    ``seqlab.fit`` calls it rather than the Trainer.
     """
 
     vocab_size: int
@@ -133,34 +134,48 @@ class CausalLM(nn.Module, abc.ABC):
 class Tagger(Protocol):
     """Many-to-many, synchronised: one tag per word (``seqlab.tasks.tagging``).
 
-    ``tag(batch) -> (B, T)`` tag ids for a ``TaggingBatch``. A neural tagger also defines
-    ``loss(batch)``, its mean loss per word, and trains with the Trainer; a tagger with a
-    closed-form or optimiser-driven fit of its own (HMM, feature CRF) defines ``fit(task)``.
+    ``tag(batch) -> (B, T)`` tag ids for a ``TaggingBatch``; ``loss(batch)``, the mean negative
+    log-likelihood of the gold tags per word (the training loss of a neural tagger, the
+    validation loss of every tagger). A tagger registered with ``trains="fit"`` (HMM, feature
+    CRF) also defines ``fit(task, *, progress, deadline)``.
     """
 
     def tag(self, batch: Any) -> Tensor: ...
+    def loss(self, batch: Any) -> Tensor: ...
 
 
 @runtime_checkable
 class Classifier(Protocol):
-    """Many-to-one: one label per sequence."""
+    """Many-to-one: one label per sequence (``seqlab.tasks.classification``).
 
+    ``forward(tokens, mask) -> (B, n_classes)`` logits of (B, T) token ids with a (B, T) mask
+    true at real positions; padding never changes a row's logits.
+    """
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor: ...
     def loss(self, tokens: Tensor, labels: Tensor, mask: Tensor) -> Tensor: ...
     def predict(self, tokens: Tensor, mask: Tensor) -> Tensor: ...
 
 
 @runtime_checkable
 class Seq2Seq(Protocol):
-    """Unsynchronised input and output sequences, through an encoder memory."""
+    """Unsynchronised input and output sequences, through an encoder memory.
 
-    def encode(self, src: Tensor, mask: Tensor) -> Any: ...
-    def step(self, token: Tensor, state: State, memory: Any) -> tuple[Tensor, State]: ...
-    def loss(self, src: Tensor, tgt: Tensor) -> Tensor: ...
+    ``encode(src, src_mask) -> memory``; then the causal-LM recurrent view with the memory in
+    the state: ``init_state(batch_size, memory)`` and ``step(token, state) -> (logits, state)``;
+    ``select(state, rows)`` keeps or reorders the batch rows of a state (beam search). The
+    teacher-forced parallel view equals unrolling ``step``.
+    """
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> Any: ...
+    def init_state(self, batch_size: int, memory: Any) -> State: ...
+    def step(self, token: Tensor, state: State) -> tuple[Tensor, State]: ...
+    def select(self, state: State, rows: Tensor) -> State: ...
 
 
 @runtime_checkable
 class Forecaster(Protocol):
-    """Fits a series and predicts a horizon with quantiles."""
+    """Fits a panel of series (``fit(task)``, or the Trainer) and predicts a horizon:
+    ``predict(series, horizon, quantiles) -> Forecast`` (mean, quantiles, intervals)."""
 
-    def fit(self, series: Tensor) -> Forecaster: ...
-    def predict(self, horizon: int, quantiles: tuple[float, ...]) -> Any: ...
+    def predict(self, series: Any, horizon: int, quantiles: tuple[float, ...]) -> Any: ...

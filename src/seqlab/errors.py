@@ -23,3 +23,7 @@ class CheckpointError(SeqlabError):
 
 class TrainingError(SeqlabError):
     """Training cannot go on, e.g. the loss became NaN or infinite."""
+
+
+class SeqlabWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints one line)."""

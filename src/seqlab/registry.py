@@ -11,61 +11,93 @@ A model file registers itself::
     class LSTMLanguageModel(CausalLM):
         def __init__(self, config: LSTMConfig): ...
 
-and ``build("lstm", vocab_size=96, d_model=128)`` returns an instance. Configs hold plain
-JSON values only, so a checkpoint's ``config.json`` rebuilds its model with nothing but seqlab.
+and ``build("lstm", vocab_size=96, d_model=128)`` returns an instance. Names are unique per
+task (``hmm`` is a language model and a tagger). An entry declares how its model trains:
+``trains="trainer"`` (the one ``Trainer``, by gradient steps on the task's loss) or
+``trains="fit"`` (its own ``fit(task, *, progress=False, deadline=None) -> self``: counting,
+EM, L-BFGS). Configs hold plain JSON values only, so a checkpoint's ``config.json`` rebuilds
+its model with nothing but seqlab. Every module of ``seqlab.models`` and ``seqlab.classical``
+is imported on first use, so a new model file registers itself by existing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from torch import nn
 
 from seqlab.errors import ConfigError
+from seqlab.fields import config_to_dict, make_config  # noqa: F401 (re-exported: registry.config_to_dict)
+
+Trains = Literal["trainer", "fit"]
+MODEL_PACKAGES = ("seqlab.models", "seqlab.classical")
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered model: its name, the task it solves, its config and module classes."""
+    """One registered model: its name, the task it solves, how it trains, its classes."""
 
     name: str
     task: str
     config_class: type
     model_class: type[nn.Module]
     summary: str
-    in_default_compare: bool = True    # whether a bare `seqlab compare` includes it
+    trains: Trains = "trainer"
+    in_default_compare: bool = True    # whether a bare `seqlab compare --task T` includes it
 
 
 _REGISTRY: dict[tuple[str, str], ModelEntry] = {}    # (task, name): names are unique per task
 
 
 def register(
-    name: str, *, task: str, config: type, in_default_compare: bool = True
+    name: str, *, task: str, config: type, trains: Trains = "trainer", in_default_compare: bool = True
 ) -> Callable[[type], type]:
-    """Class decorator adding a model class, built as ``model_class(config)``, to the registry."""
+    """Class decorator adding a model class, built as ``model_class(config)``, to the registry.
+
+    Raises:
+        TypeError: ``config`` is not a dataclass, or ``trains`` does not match the class (a
+            ``"fit"`` model must define ``fit``; a ``"trainer"`` model must not).
+        ValueError: the name is already registered for ``task``.
+    """
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"config of model {name!r} must be a dataclass, got {config!r}")
+    if trains not in ("trainer", "fit"):
+        raise TypeError(f"trains of model {name!r} must be 'trainer' or 'fit', got {trains!r}")
 
     def add(model_class: type) -> type:
         if (task, name) in _REGISTRY:
             raise ValueError(f"model name {name!r} is registered twice for task {task!r}")
+        if (trains == "fit") != callable(getattr(model_class, "fit", None)):
+            raise TypeError(f"model {name!r} is registered with trains={trains!r} but "
+                            f"{'lacks' if trains == 'fit' else 'defines'} a fit method")
         doc = (model_class.__doc__ or "").strip().splitlines()
-        summary = doc[0] if doc else ""
-        _REGISTRY[task, name] = ModelEntry(name, task, config, model_class, summary, in_default_compare)
+        entry = ModelEntry(name, task, config, model_class, doc[0] if doc else "", trains, in_default_compare)
+        _REGISTRY[task, name] = entry
         model_class.registry_name = name
+        model_class.registry_entry = entry
         return model_class
 
     return add
 
 
+_loaded = False
+
+
 def _ensure_loaded() -> None:
-    # Importing the model package runs every @register.
-    import seqlab.models  # noqa: F401
+    """Import every module of the model packages, which runs every ``@register``."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for package_name in MODEL_PACKAGES:
+        package = importlib.import_module(package_name)
+        for module in pkgutil.iter_modules(package.__path__, f"{package_name}."):
+            importlib.import_module(module.name)
 
 
 def entries(task: str | None = None) -> list[ModelEntry]:
@@ -93,56 +125,33 @@ def get(name: str, task: str | None = None) -> ModelEntry:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     where = f" for task {task!r}" if task else ""
-    raise ConfigError(f"unknown model {name!r}{hint}; known models{where}: {', '.join(known)}")
+    listing = ", ".join(known) if known else "none"
+    raise ConfigError(f"unknown model {name!r}{hint}; known models{where}: {listing}")
 
 
-def make_config(config_class: type, values: dict[str, Any]) -> Any:
-    """Instantiate ``config_class`` from ``values``, checking every key and type.
-
-    Strings are converted to the field's type (so ``--set n_layers=3`` works from the CLI);
-    any other value must already have the field's type (an int is accepted for a float).
-
-    Raises:
-        ConfigError: naming the unknown key and the allowed ones, a missing required key, or
-            the key whose value has the wrong type.
-    """
-    fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}
-    hints = typing.get_type_hints(config_class)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {unknown[0]!r} for {config_class.__name__}; "
-            f"allowed keys: {', '.join(fields)}"
-        )
-    converted = {key: _convert(config_class, key, value, hints[key]) for key, value in values.items()}
-    missing = [
-        name for name, f in fields.items()
-        if name not in converted
-        and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{config_class.__name__} needs a value for {missing[0]!r}")
-    try:
-        return config_class(**converted)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"invalid {config_class.__name__}: {error}") from None
+def entry_of(model: nn.Module) -> ModelEntry | None:
+    """The registry entry ``model`` was built from (None for an unregistered module)."""
+    entry = getattr(type(model), "registry_entry", None)
+    return entry if entry is not None and type(model) is entry.model_class else None
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """The config as a JSON-ready dict (tuples become lists)."""
-    return dataclasses.asdict(config)
+def trains_by(model: nn.Module) -> Trains:
+    """``"fit"`` for a registered model that fits itself, else ``"trainer"``."""
+    entry = entry_of(model)
+    return entry.trains if entry is not None else "trainer"
 
 
-def build(name: str, task: str | None = None, **overrides: Any) -> nn.Module:
+def build(name: str, task: Any = None, **overrides: Any) -> nn.Module:
     """Build the model registered as ``name`` with its default config updated by ``overrides``.
 
-    Example: ``seqlab.build("lstm", vocab_size=96, n_layers=3)``; ``task`` picks between models
-    of one name (``seqlab.build("hmm", task="tag", ...)``).
+    ``task`` is a task instance (its data sizes fill the config, as
+    ``seqlab.build("lstm", task, n_layers=3)``), a task name choosing between models of one
+    name (``seqlab.build("hmm", "tag", ...)``), or None when only one task has ``name``.
     """
+    if task is not None and not isinstance(task, str):
+        return build_for_task(name, task.model_defaults(), overrides, task=task.name)
     entry = get(name, task)
-    return entry.model_class(make_config(entry.config_class, overrides))
+    return _instantiate(entry, make_config(entry.config_class, overrides))
 
 
 def build_for_task(name: str, task_defaults: dict[str, Any], overrides: dict[str, Any],
@@ -152,72 +161,25 @@ def build_for_task(name: str, task_defaults: dict[str, Any], overrides: dict[str
     entry = get(name, task)
     fields = {f.name for f in dataclasses.fields(entry.config_class)}
     values = {key: value for key, value in task_defaults.items() if key in fields}
-    return entry.model_class(make_config(entry.config_class, {**values, **overrides}))
+    return _instantiate(entry, make_config(entry.config_class, {**values, **overrides}))
+
+
+def _instantiate(entry: ModelEntry, config: Any) -> nn.Module:
+    """``entry.model_class(config)``, with a clear error when the machine cannot hold it."""
+    try:
+        return entry.model_class(config)
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and "alloc" not in str(error).lower() \
+                and "memory" not in str(error).lower():
+            raise
+        raise ConfigError(f"building {entry.name} with this config needs more memory than this machine has "
+                          f"({str(error).splitlines()[0][:120]}); use a smaller config") from None
 
 
 def parameter_count(model: nn.Module) -> int:
-    """Number of distinct trainable parameters (tied weights counted once); for a model fitted
-    in closed form (it has ``fit``), the number of values it stores, its tables included."""
+    """Number of distinct trainable parameters (tied weights counted once); for a model that
+    fits itself (counts, EM), the number of values it stores, its tables included."""
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if callable(getattr(model, "fit", None)):
+    if trains_by(model) == "fit":
         return trained + sum(b.numel() for b in model.buffers())
     return trained
-
-
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
-
-
-def _convert(config_class: type, key: str, value: Any, hint: Any) -> Any:
-    """``value`` as an instance of the type ``hint``, or ``ConfigError`` naming ``key``."""
-    where = f"{config_class.__name__}.{key}"
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _convert(config_class, key, value, option)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where} must be {_type_name(hint)}, got {value!r}")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
-    if origin in (tuple, list):
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        item_hint = args[0] if args else Any
-        return tuple(_convert(config_class, key, item, item_hint) for item in items)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-    elif hint in (int, float) and not isinstance(value, bool):
-        # An int is a float too; a float is not an int; strings are parsed.
-        if isinstance(value, int) or (hint is float and isinstance(value, float)):
-            return hint(value)
-        if isinstance(value, str):
-            try:
-                return hint(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif hint is Any:
-        return value
-    raise ConfigError(f"{where} must be {_type_name(hint)}, got {value!r}")
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
-    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -1,94 +1,127 @@
-"""Rendering a comparison: a markdown table, an HTML page and a plot of the learning curves.
+"""A comparison's report: a table of every model's results, learning curves, and what each model
+shows of itself, rendered as markdown, a self-contained HTML page and PNG plots.
 
-Any report renders here if it gives ``title``, ``columns``, ``rows()`` (formatted cells, best
-model first), ``task_line()``, ``sections()`` (heading and preformatted text per model: LM
-samples, tagging confusions), ``curve_label`` and ``results`` whose ``history`` rows hold
-``train_seconds`` and ``valid_loss``.
+The report knows no task: a task describes its columns (``Column``: label, result key, format,
+whether higher or lower is better) and its learning curve (``Curve``: one validation metric
+against training time), and ``seqlab.compare`` fills one ``ModelResult`` per model.
 """
 
 from __future__ import annotations
 
-import html
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+Better = Literal["higher", "lower"]
 
 
-class RenderedReport:
-    """Base of every comparison report: ``write`` and ``table`` from the fields above."""
+@dataclass(frozen=True)
+class Column:
+    """One column of the table: the value ``key`` of each model's result row.
+
+    Attributes:
+        label: the header, e.g. "test acc %".
+        key: the key in ``ModelResult.metrics``, e.g. "accuracy".
+        format: a format string for the value after ``scale``, e.g. "{:.2f}".
+        better: whether a higher or a lower value is better (None: neither, e.g. a size).
+        scale: the value is multiplied by this before formatting (100 for a percentage).
+    """
+
+    label: str
+    key: str
+    format: str = "{:.3f}"
+    better: Better | None = None
+    scale: float = 1.0
+
+    def cell(self, metrics: dict[str, Any]) -> str:
+        """The formatted value, or "-" when the row has none."""
+        value = metrics.get(self.key)
+        if value is None:
+            return "-"
+        return self.format.format(value if self.scale == 1 else value * self.scale)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """The learning curve: the history value ``key`` against training seconds, one line per model.
+
+    Attributes:
+        key: the key in each history row, e.g. "valid_accuracy".
+        label: the axis label, e.g. "validation accuracy (%)".
+        better: whether higher or lower is better.
+        scale: values are multiplied by this before plotting.
+    """
+
+    key: str
+    label: str
+    better: Better
+    scale: float = 1.0
+
+
+@dataclass
+class ModelResult:
+    """What one model did in a comparison.
+
+    Attributes:
+        name: the registry name.
+        trains: "trainer" (gradient steps, a learning curve) or "fit" (its own fit: one point).
+        metrics: the row of the table: test metrics and run figures (parameters, steps,
+            train_seconds, wall_seconds, peak_memory_mb, train_tokens_per_second, ...).
+        history: one row per validation evaluation (step, train_seconds, valid_<metric>, ...).
+        sections: what the model shows of itself (heading -> preformatted text), e.g. a sample.
+        config: the model's config.
+        train_options: the training options it ran with.
+    """
+
+    name: str
+    trains: str
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    sections: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    train_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """A comparison of models on one task.
+
+    Attributes:
+        title: the page title.
+        description: one line on the task and its data; `backticks` mark code.
+        columns: the table's columns after the model name; the first ranks the models.
+        curve: what the learning-curve plot shows.
+        results: one per model.
+        environment: seqlab and torch versions, device, threads, seed, budget, date.
+    """
+
+    title: str
+    description: str
+    columns: tuple[Column, ...]
+    curve: Curve
+    results: list[ModelResult]
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def ranked(self) -> list[ModelResult]:
+        """The results, best first by the first column (models without that value last)."""
+        first = self.columns[0]
+        sign = -1.0 if first.better == "higher" else 1.0
+        return sorted(self.results, key=lambda r: (r.metrics.get(first.key) is None,
+                                                   sign * (r.metrics.get(first.key) or 0.0)))
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """Formatted cells per model, best first: the name, then one per column."""
+        return [(r.name, *(column.cell(r.metrics) for column in self.columns)) for r in self.ranked()]
+
+    def table(self) -> str:
+        """The table in markdown."""
+        header = ("model", *(column.label for column in self.columns))
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in self.rows()]
+        return "\n".join(lines)
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write report.md, report.html and curves.png into ``out_dir``; return their paths."""
+        from seqlab.report_render import write_report
+
         return write_report(self, Path(out_dir))
-
-    def table(self) -> str:
-        return markdown_table(self)
-
-
-def markdown_table(report: Any) -> str:
-    lines = ["| " + " | ".join(report.columns) + " |", "|" + "---|" * len(report.columns)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in report.rows()]
-    return "\n".join(lines)
-
-
-def to_markdown(report: Any) -> str:
-    parts = [f"# {report.title}", "", report.task_line(), "", markdown_table(report), "",
-             f"![{report.curve_label} against training time](curves.png)", ""]
-    for heading, sections in report.sections().items():
-        parts += [f"## {heading}", ""]
-        for name, text in sections:
-            parts += [f"### {name}", "", "```text", text, "```", ""]
-    return "\n".join(parts)
-
-
-def to_html(report: Any) -> str:
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in report.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells) + "</tr>"
-        for cells in report.rows()
-    )
-    sections = "".join(
-        f"<h2>{html.escape(heading)}</h2>"
-        + "".join(f"<h3>{html.escape(name)}</h3><pre>{html.escape(text)}</pre>" for name, text in parts)
-        for heading, parts in report.sections().items()
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:right}"
-        "pre{background:#f4f4f4;padding:.5em;white-space:pre-wrap}</style></head><body>"
-        f"<h1>{html.escape(report.title)}</h1><p>{html.escape(report.task_line())}</p>"
-        f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
-        f"<p><img src='curves.png' alt='{html.escape(report.curve_label)} against training time'></p>"
-        f"{sections}</body></html>\n"
-    )
-
-
-def plot_curves(report: Any, path: Path) -> None:
-    """The validation loss against training seconds, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for result in report.results:
-        seconds = [row["train_seconds"] for row in result.history]
-        losses = [row["valid_loss"] for row in result.history]
-        axis.plot(seconds, losses, marker=".", label=result.name)
-    axis.set_xlabel("training time (s)")
-    axis.set_ylabel(report.curve_label)
-    axis.set_title(f"{report.curve_label[0].upper()}{report.curve_label[1:]} against training time")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def write_report(report: Any, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "report.md", out_dir / "report.html", out_dir / "curves.png"]
-    paths[0].write_text(to_markdown(report))
-    paths[1].write_text(to_html(report))
-    plot_curves(report, paths[2])
-    return paths

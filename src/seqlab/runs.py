@@ -1,123 +1,230 @@
-"""Runs on disk: train into a directory, evaluate it, generate or tag with it.
+"""Runs on disk: train into a directory, evaluate it, predict with it, for any task.
 
-These are the library functions behind ``seqlab train``, ``eval``, ``generate`` and ``tag``;
-the CLI only parses arguments and prints what they return. A run's task (language modelling
-or tagging) is recorded in its config.json and rebuilt from there.
+These are the library functions behind ``seqlab train``, ``eval`` and ``predict`` (and its
+aliases ``generate``, ``tag``, ...); the CLI only parses arguments and prints what they return.
+A run's task is recorded in its checkpoints' config.json and rebuilt from there with the
+task's saved artifacts, so nothing here knows which task it runs.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+from torch import nn
 
-from seqlab import checkpoint, registry
-from seqlab.checkpoint import Checkpoint, task_name
-from seqlab.compare import TaskOptions
-from seqlab.compare_tagging import TaggingOptions
-from seqlab.errors import ConfigError, DataError
-from seqlab.tasks.lm import LanguageModeling
-from seqlab.tasks.tagging import Tagging
-from seqlab.training import TrainConfig, Trainer, TrainResult, fit
+from seqlab import registry
+from seqlab.budget import Budget
+from seqlab.checkpoint import load_checkpoint
+from seqlab.errors import CheckpointError, ConfigError, DataError
+from seqlab.rundir import RunDirectory
+from seqlab.tasks.base import get_task
+from seqlab.training import TrainConfig, Trainer, TrainResult, fit, learning_rate
+
+
+@dataclass
+class Initialisation:
+    """What ``--init-from`` took from another run: parameter names loaded, left new (absent
+    there), and skipped (present with another shape: name, shape there, shape here)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"initialised from {self.source}: {len(self.loaded)} tensors loaded, {len(self.new)} new, "
+                 f"{len(self.skipped)} skipped for their shape"]
+        lines += [f"  loaded  {name}" for name in self.loaded]
+        lines += [f"  new     {name}" for name in self.new]
+        lines += [f"  skipped {name}: {list(there)} there, {list(here)} here" for name, there, here in self.skipped]
+        return "\n".join(lines)
+
+
+@dataclass
+class TrainedRun:
+    """What ``train_run`` did: the training result, the last validation row, the task's name,
+    and notes for the user (what ``--init-from`` loaded, how ``--extend`` changed the schedule)."""
+
+    result: TrainResult
+    metrics: dict[str, Any]
+    task: str
+    notes: list[str] = field(default_factory=list)
 
 
 def train_run(
     model_name: str | None,
     out_dir: str | Path,
-    task: TaskOptions | TaggingOptions | None = None,
+    *,
+    task: str = "lm",
+    task_options: dict[str, Any] | None = None,
     model_overrides: dict[str, Any] | None = None,
     train_options: dict[str, Any] | None = None,
     resume: bool = False,
+    extend: bool = False,
     overwrite: bool = False,
-) -> tuple[TrainResult, dict[str, float]]:
-    """Train ``model_name`` into ``out_dir`` and return the result and the last validation row.
+    init_from: str | Path | None = None,
+) -> TrainedRun:
+    """Train ``model_name`` on ``task`` into ``out_dir``.
 
-    With ``resume`` the model, task and training options come from the run in ``out_dir``;
-    ``train_options`` given here override the saved ones (e.g. more ``steps``). Models with a
-    closed-form fit take no training options beyond ``progress``.
+    With ``resume`` the model, task and training options come from the run's last checkpoint
+    and training continues its schedule exactly; ``train_options`` may change what does not
+    alter the schedule (``budget_seconds``, ``eval_every``, ``progress``, ...), and ``extend``
+    with a larger ``steps`` lengthens the schedule, said in the notes. ``init_from`` loads every
+    weight of another run whose name and shape match before training (pre-training, then
+    fine-tuning), which is not resuming: the run starts at step 0.
+
+    Raises:
+        ConfigError: bad options, checked before any data is read where possible.
+        CheckpointError: a run to resume or initialise from is unusable.
     """
-    checkpoint.check_output_directory(out_dir, resume=resume, overwrite=overwrite)
     given = dict(train_options or {})
+    budget = Budget(given.get("budget_seconds")) if not resume else None
+    RunDirectory(out_dir).check(resume=resume, overwrite=overwrite)
+    notes: list[str] = []
     if resume:
-        loaded = checkpoint.load_checkpoint(out_dir)
-        saved = loaded.info
-        if model_name is not None and model_name != saved["model"]:
-            raise ConfigError(f"{out_dir} holds a {saved['model']!r} run, not {model_name!r}")
-        if model_overrides:
-            raise ConfigError("a resumed run keeps its model config; drop --set or start a new run")
-        run_task = task_of(loaded)
-        model = loaded.model
-        options = {**saved["train"], **given}
+        if model_overrides or init_from or task_options:
+            raise ConfigError("a resumed run keeps its model, task and data; drop --set, --init-from and the task flags")
+        loaded = load_checkpoint(out_dir, which="last")
+        if model_name is not None and model_name != loaded.info["model"]:
+            raise ConfigError(f"{out_dir} holds a {loaded.info['model']!r} run, not {model_name!r}")
+        run_task, model = loaded.task(), loaded.model
+        options, schedule_note = _resumed_options(loaded.info, given, extend)
+        notes += [schedule_note] if schedule_note else []
     else:
         if model_name is None:
             raise ConfigError("name the model to train, e.g. `seqlab train lstm --out DIR`")
-        run_task = (task or TaskOptions()).build()
-        torch.manual_seed(given.get("seed", 0))    # the same initial weights on every rank and rerun
-        model = registry.build_for_task(model_name, run_task.model_defaults(), model_overrides or {},
-                                        task=run_task.name)
+        if extend:
+            raise ConfigError("--extend lengthens the schedule of a resumed run; use it with --resume")
+        task_class = get_task(task)
+        registry.get(model_name, task)                 # an unknown model fails before the data is read
+        run_task = task_class.from_options(task_class.options(task_options))
+        torch.manual_seed(given.get("seed", 0))        # the same initial weights on every rank and rerun
+        model = registry.build_for_task(model_name, run_task.model_defaults(), model_overrides or {}, task=task)
+        run_task.check_model(model)
+        if init_from is not None:
+            notes.append(initialise_from(model, init_from, run_task).summary())
         options = {**getattr(model, "train_defaults", {}), **given}
-    if callable(getattr(model, "fit", None)):
-        ignored = sorted(set(given) - {"progress"})
-        if ignored:
-            raise ConfigError(f"{model.registry_name} is fitted in closed form; drop --{ignored[0].replace('_', '-')}")
-        result = fit(model, run_task, out_dir)
+    if registry.trains_by(model) == "fit":
+        result = fit(model, run_task, out_dir, overwrite=overwrite, budget=budget, **given)
     else:
         config = registry.make_config(TrainConfig, options)
-        result = Trainer(model, run_task, config, out_dir).fit(resume=resume)
-    return result, (result.history[-1] if result.history else {})
+        result = Trainer(model, run_task, config, out_dir, budget=budget).fit(resume=resume, overwrite=overwrite)
+    return TrainedRun(result, result.history[-1] if result.history else {}, run_task.name, notes)
 
 
-def task_of(loaded: Checkpoint, data: str | None = None, with_data: bool = True) -> LanguageModeling | Tagging:
-    """The task a saved run was trained on (over other ``data`` when given)."""
-    spec = loaded.info["task"]
-    if task_name(loaded.info) == "tag":
-        return Tagging.from_spec(spec, loaded.tokenizer, data, with_data=with_data)
-    return LanguageModeling.from_spec(spec, loaded.tokenizer, data)
+def _resumed_options(info: dict[str, Any], given: dict[str, Any], extend: bool) -> tuple[dict[str, Any], str | None]:
+    """The saved training options with ``given`` on top, keeping the schedule unless extended."""
+    saved = dict(info["train"])
+    done, planned = info["step"], saved.get("steps")
+    schedule = {"steps", "lr", "warmup_steps", "min_lr_ratio"}
+    if not extend:
+        changed = sorted(key for key in schedule & set(given) if given[key] != saved.get(key))
+        if changed:
+            raise ConfigError(f"--resume continues the run's schedule ({planned} steps); it cannot change "
+                              f"{changed[0]}. To train past step {planned}, add --extend with a larger --steps")
+        if done >= planned:
+            raise ConfigError(f"the run has finished its {planned} steps; to train further, resume with "
+                              f"--extend --steps N (N > {planned})")
+        return {**saved, **given}, None
+    steps = given.get("steps")
+    if steps is None or int(steps) <= done:
+        raise ConfigError(f"--extend needs --steps above the {done} steps the run has done, got {steps}")
+    options = {**saved, **given}
+    before = registry.make_config(TrainConfig, saved)
+    after = registry.make_config(TrainConfig, options)
+    note = (f"schedule extended from {planned} to {after.steps} steps: the learning rate at step {done} "
+            f"becomes {learning_rate(after, done):.3g} (it was {learning_rate(before, done):.3g}) and decays "
+            f"to {after.lr * after.min_lr_ratio:.3g} at step {after.steps}")
+    return options, note
+
+
+def initialise_from(model: nn.Module, source: str | Path, task: Any = None) -> Initialisation:
+    """Copy into ``model`` every tensor of ``source``'s best checkpoint whose name and shape match.
+
+    With ``task``, an artifact both runs have (a tokenizer) must be the same in both: an
+    embedding row means a token only under the tokenizer it was trained with.
+
+    Raises:
+        CheckpointError: ``source`` is not a usable run, or nothing in it matches.
+        ConfigError: the runs' shared artifacts differ.
+    """
+    loaded = load_checkpoint(source)
+    if task is not None:
+        for name in sorted(set(loaded.artifacts) & set(task.artifacts())):
+            if _serialised(loaded.artifacts[name]) != _serialised(task.artifacts()[name]):
+                raise ConfigError(f"--init-from {source}: the two runs' {name}s differ, so the ids of its weights "
+                                  f"would mean other things here; train this run with that run's {name}")
+    theirs = loaded.model.state_dict()
+    ours = model.state_dict()
+    report = Initialisation(str(source))
+    update = {}
+    for name, tensor in ours.items():
+        if name not in theirs:
+            report.new.append(name)
+        elif theirs[name].shape != tensor.shape:
+            report.skipped.append((name, tuple(theirs[name].shape), tuple(tensor.shape)))
+        else:
+            update[name] = theirs[name]
+            report.loaded.append(name)
+    if not update:
+        raise CheckpointError(f"no parameter of {str(source)!r} matches the model by name and shape; "
+                              "--init-from loads only what matches")
+    model.load_state_dict(update, strict=False)
+    return report
+
+
+def _serialised(artifact: Any) -> bytes:
+    """The bytes an artifact saves as (to compare two of them)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "artifact.json"
+        artifact.save(path)
+        return path.read_bytes()
 
 
 def evaluate_run(directory: str | Path, data: str | None = None, split: str = "test") -> dict[str, Any]:
-    """Metrics of a saved run on its data's ``split``; for a language model ``data`` may be a
-    whole text file to evaluate on, for a tagger another treebank directory."""
-    loaded = checkpoint.load_checkpoint(directory, device=_device())
-    if task_name(loaded.info) == "tag":
-        task = task_of(loaded, data)
-        return {**task.evaluate(loaded.model, split), "confusions": task.confusions(loaded.model, split)}
-    task = task_of(loaded)
-    if data is None:
-        return task.evaluate(loaded.model, split)
-    from seqlab.data.corpora import read_text
+    """Metrics of a saved run's best checkpoint on its data's ``split``, or on other ``data``
+    (a whole file is then the test split).
 
-    return task.evaluate_text(loaded.model, read_text(data))
-
-
-def generate_from_run(
-    directory: str | Path, prompt: str, max_new_tokens: int = 200, *, temperature: float = 1.0,
-    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-) -> str:
-    """The text a saved model writes after ``prompt`` (prompt not included)."""
-    loaded = checkpoint.load_checkpoint(directory, device=_device())
-    if task_name(loaded.info) != "lm":
-        raise ConfigError(f"{directory} holds a {task_name(loaded.info)!r} run; only language models generate")
-    if not prompt:
-        raise DataError("the prompt is empty; give at least one character with --prompt")
-    try:
-        ids = loaded.tokenizer.encode(prompt, unknown="error")
-    except DataError as error:
-        raise DataError(f"prompt rejected: {error}") from None
-    tokens = torch.tensor([ids], device=_device())
-    generated = loaded.model.generate(tokens, max_new_tokens, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, seed=seed)
-    return loaded.tokenizer.decode(generated[0, len(ids):].tolist())
+    Raises:
+        DataError: the evaluation gives a value that is not finite (never printed as a number).
+    """
+    loaded = load_checkpoint(directory, device=_device())
+    task = loaded.task(data)
+    if data is not None and split != "test":
+        raise ConfigError("with --data the whole file is evaluated; drop --split")
+    metrics = task.evaluate(loaded.model, split, details=True)
+    for name, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DataError(f"evaluation gave {name} = {value}: the model assigns no probability to some of "
+                            "the data, or the checkpoint is broken")
+    return metrics
 
 
-def tag_with_run(directory: str | Path, sentences: list[list[str]]) -> list[list[str]]:
-    """The tags a saved tagger gives each word of each sentence."""
-    loaded = checkpoint.load_checkpoint(directory, device=_device())
-    if task_name(loaded.info) != "tag":
-        raise ConfigError(f"{directory} holds a {task_name(loaded.info)!r} run, not a tagger; "
-                          "train one with `seqlab train MODEL --task tag --data DIR`")
-    return task_of(loaded, with_data=False).predict(loaded.model, sentences)
+def predict_with_run(directory: str | Path, inputs: Sequence[str], options: dict[str, Any] | None = None,
+                     *, task: str | None = None) -> list[str]:
+    """The run's best checkpoint applied to each input line (the task parses and formats).
+
+    ``task`` names the task the caller expects (the ``tag`` alias expects a tagger).
+
+    Raises:
+        ConfigError: the run solves another task, or an option its task does not take.
+        DataError: no input, or an input the task cannot read.
+    """
+    loaded = load_checkpoint(directory, device=_device())
+    if task is not None and loaded.task_name != task:
+        command = get_task(task).predict_command
+        raise ConfigError(f"{directory} holds a {loaded.task_name!r} run; `seqlab {command}` needs a {task!r} run "
+                          f"(train one with `seqlab train MODEL --task {task}`)")
+    if not inputs:
+        raise DataError("no input: give one item per line")
+    run_task = loaded.task(with_data=False)
+    predict_options = registry.make_config(run_task.PredictOptions, options or {})
+    return run_task.predict(loaded.model, list(inputs), predict_options)
 
 
 def _device() -> str:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seqlab.errors import ConfigError, DataError
+from seqlab.errors import DataError
 
 ABSENT = -1                               # the index of an absent n-gram (and of padding)
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)      # KenLM's lmplz --discount_fallback defaults
@@ -280,18 +280,14 @@ def _numpy_search(keys: Tensor, queries: Tensor) -> tuple[np.ndarray, np.ndarray
     return order, ordered, np.searchsorted(keys.numpy(), ordered)
 
 
-def training_ids(task: Any, vocab_size: int, options: dict[str, Any], model_name: str) -> Tensor:
+def training_ids(task: Any, vocab_size: int, model_name: str) -> Tensor:
     """The training block of a language-modelling task, for a model fitted in closed form.
 
-    ``options`` are the training options ``seqlab.fit`` passes on; a closed-form fit takes none
-    but ``progress``. Returns (N,) int64 ids.
+    Returns (N,) int64 ids.
 
     Raises:
-        ConfigError: for any other option. DataError: the task's vocabulary is not the model's.
+        DataError: the task's vocabulary is not the model's.
     """
-    unknown = sorted(set(options) - {"progress"})
-    if unknown:
-        raise ConfigError(f"{model_name} is fitted in closed form and takes no option {unknown[0]!r}")
     if task.vocab_size != vocab_size:
         raise DataError(f"the task has {task.vocab_size} token ids but the {model_name} model was built "
                         f"for {vocab_size}")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Self, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +92,7 @@ class FeatureCRFConfig:
                 raise ConfigError(f"FeatureCRFConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
-@register("crf", task="tag", config=FeatureCRFConfig)
+@register("crf", task="tag", config=FeatureCRFConfig, trains="fit")
 class FeatureCRFTagger(nn.Module):
     """Feature-based linear-chain CRF tagger: hashed word features, L-BFGS/OWL-QN fit (crfsuite's objective).
 
@@ -118,9 +118,9 @@ class FeatureCRFTagger(nn.Module):
         weights = self.feature_weights if weights is None else weights
         return F.embedding_bag(features.buckets, weights, features.offsets, mode="sum")
 
-    @torch.no_grad()
-    def tag(self, batch: Any) -> Tensor:
-        """Viterbi tags (B, T) of a ``TaggingBatch`` (read from ``batch.words``; 0 at padding)."""
+    def batch_emissions(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """Padded emission scores (B, T, K) (0 at padding) of a ``TaggingBatch`` and its mask
+        (B, T), both on the model's device; the scores are read from ``batch.words``."""
         if batch.words is None:
             raise DataError("the feature CRF reads the words themselves; give a TaggingBatch with words")
         features = self.hasher(batch.words)
@@ -128,22 +128,44 @@ class FeatureCRFTagger(nn.Module):
         emissions = self.emissions(_to(features, self.feature_weights.device))
         padded = emissions.new_zeros(*mask.shape, self.config.n_tags)                # (B, T, K)
         padded[mask] = emissions
-        return self.crf.decode(padded, mask)[0]
+        return padded, mask
 
-    def fit(self, task: Any, **options: Any) -> FeatureCRFTagger:
+    @torch.no_grad()
+    def tag(self, batch: Any) -> Tensor:
+        """Viterbi tags (B, T) of a ``TaggingBatch`` (read from ``batch.words``; 0 at padding)."""
+        return self.crf.decode(*self.batch_emissions(batch))[0]
+
+    def loss(self, batch: Any) -> Tensor:
+        """Mean negative log-likelihood per word of the gold tags of a ``TaggingBatch``.
+
+        ``sum_n -log p(y_n | x_n) / (number of real words)``, with ``log p(y | x) = score(y) - log Z(x)``
+        of the chain over the hashed-feature emissions (``LinearChainCRF.log_likelihood``):
+        the data term of F, divided by the words instead of summed, without the penalties.
+        A scalar, differentiable in the weights.
+
+        Raises:
+            DataError: the batch has no words or no tags.
+        """
+        if batch.tags is None:
+            raise DataError("the loss needs the gold tags; give a TaggingBatch with tags")
+        emissions, mask = self.batch_emissions(batch)
+        log_likelihood = self.crf.log_likelihood(emissions, batch.tags.to(mask.device), mask)    # (B,)
+        return -log_likelihood.sum() / mask.sum()
+
+    def fit(self, task: Any, *, progress: bool = False, deadline: float | None = None) -> Self:
         """Fit to ``task.splits["train"]`` by minimising F (see the module docstring) from zero.
 
         Args:
             task: a tagging task (``seqlab.tasks.tagging.Tagging``).
-            options: training options; the only one is ``progress`` (print F after every
-                iteration to stderr). The optimiser's settings are the config's.
+            progress: print F after every iteration to stderr.
+            deadline: a ``time.monotonic()`` instant; the search stops at the first iteration
+                that ends past it (after one iteration at least), keeping that iterate. None:
+                no limit. The optimiser's other settings are the config's.
         Returns:
-            self, fitted; ``self.fit_result`` says how the search ended.
+            self, fitted; ``self.fit_result`` (a ``MinimizeResult``) says how the search ended:
+            ``self.fit_result.stopped_by`` is "converged", "stalled", "max_iterations",
+            "line_search" or "deadline".
         """
-        unknown = sorted(set(options) - {"progress"})
-        if unknown:
-            raise ConfigError(f"crf is fitted by L-BFGS and takes no option {unknown[0]!r}; set c1, c2, "
-                              "max_iterations, epsilon in its config instead")
         sentences = task.splits.get("train")
         if not sentences:
             raise DataError("the feature CRF needs training sentences")
@@ -160,7 +182,7 @@ class FeatureCRFTagger(nn.Module):
         self.fit_result: MinimizeResult = minimize(
             objective, objective.initial(), c1=config.c1, memory=config.n_memories,
             max_iterations=config.max_iterations, epsilon=config.epsilon, past=config.period,
-            delta=config.delta, callback=report if options.get("progress") else None)
+            delta=config.delta, callback=report if progress else None, deadline=deadline)
         objective.store(self.fit_result.x)
         return self
 

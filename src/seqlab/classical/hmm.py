@@ -28,8 +28,10 @@ Shapes: B sequences, T positions, K states, V symbols (``vocab_size``), D featur
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Self, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +63,7 @@ class HiddenMarkovModel(nn.Module):
         transitions = torch.distributions.Dirichlet(torch.ones(self.n_states)).sample((self.n_states,))
         self.transition_logits = nn.Parameter(transitions.log())
         self.history: list[float] = []            # mean log-likelihood per position, each EM iteration
+        self.stopped_by: str | None = None        # why the last ``fit`` ended (None: never fitted)
 
     def log_init(self) -> Tensor:
         """(K,) ``log pi``."""
@@ -177,18 +180,29 @@ class HiddenMarkovModel(nn.Module):
         return log_likelihood
 
     def fit(self, observations: Tensor, mask: Tensor | None = None, *, n_iter: int = 10,
-            tol: float = 1e-4, batch_size: int | None = None) -> HiddenMarkovModel:
+            tol: float = 1e-4, batch_size: int | None = None, deadline: float | None = None,
+            callback: Callable[[int, float], None] | None = None) -> HiddenMarkovModel:
         """Baum-Welch EM from the current parameters; returns ``self``.
 
-        EM stops after ``n_iter`` iterations, or when the mean log-likelihood per position
-        gains less than ``tol`` nats from one iteration to the next. ``self.history`` holds the
-        mean log-likelihood per position before each iteration.
+        EM stops after ``n_iter`` iterations, when the mean log-likelihood per position gains
+        less than ``tol`` nats from one iteration to the next, or when an iteration ends at or
+        after ``deadline`` (a ``time.monotonic()`` instant; None: no limit). Every stop keeps
+        the parameters of the last completed M-step. ``self.history`` holds the mean
+        log-likelihood per position before each iteration, and ``self.stopped_by`` says which
+        rule ended EM: "converged", "max_iterations" or "deadline". ``callback`` is called
+        after every iteration with (iteration, mean log-likelihood before it).
         """
         n_positions = observations.shape[0] * observations.shape[1] if mask is None else int(mask.sum())
-        self.history = []
-        for _ in range(n_iter):
+        self.history, self.stopped_by = [], "max_iterations"
+        for iteration in range(1, n_iter + 1):
             self.history.append(float(self.em_step(observations, mask, batch_size)) / max(n_positions, 1))
+            if callback is not None:
+                callback(iteration, self.history[-1])
             if len(self.history) > 1 and self.history[-1] - self.history[-2] < tol:
+                self.stopped_by = "converged"
+                break
+            if deadline is not None and iteration < n_iter and time.monotonic() >= deadline:
+                self.stopped_by = "deadline"
                 break
         return self
 
@@ -291,7 +305,7 @@ class HMMConfig:
             raise ConfigError(f"HMMConfig.pseudo_count and tol must be >= 0, got {self.pseudo_count} and {self.tol}")
 
 
-@register("hmm", task="lm", config=HMMConfig)
+@register("hmm", task="lm", config=HMMConfig, trains="fit")
 class HMMLanguageModel(CausalLM):
     """Hidden Markov model language model (categorical emissions), fitted by Baum-Welch EM.
 
@@ -330,11 +344,16 @@ class HMMLanguageModel(CausalLM):
         return log_matmul_exp(predicted, self.hmm.emission.log_probs()), predicted
 
     @torch.no_grad()
-    def fit(self, task: Any, *, n_iter: int | None = None, tol: float | None = None) -> HMMLanguageModel:
+    def fit(self, task: Any, *, progress: bool = False, deadline: float | None = None) -> Self:
         """Baum-Welch on the task's training tokens, cut into ``chunk_length`` sequences.
 
         Emissions start from the training unigram distribution perturbed per state (seeded),
-        which breaks the symmetry between states. Returns ``self``.
+        which breaks the symmetry between states. EM runs for at most ``n_iter`` iterations
+        of the config, stops early at its ``tol``, or at ``deadline`` (a ``time.monotonic()``
+        instant, checked after every EM step, keeping the last step's parameters);
+        ``self.hmm.stopped_by`` says which: "max_iterations", "converged" or "deadline".
+        ``progress`` prints the mean log-likelihood per token of every iteration to stderr.
+        Returns ``self``.
         """
         config = self.config
         device = self.hmm.init_logits.device
@@ -352,6 +371,11 @@ class HMMLanguageModel(CausalLM):
         noise = torch.randn(config.n_states, config.vocab_size, generator=generator, device=device,
                             dtype=unigram.dtype).mul_(2).exp_()
         self.hmm.emission.set_probs(torch.nn.functional.normalize(unigram * noise, p=1, dim=-1))
-        self.hmm.fit(chunks.view(n_chunks, -1), mask, n_iter=n_iter or config.n_iter,
-                     tol=config.tol if tol is None else tol, batch_size=512)
+        self.hmm.fit(chunks.view(n_chunks, -1), mask, n_iter=config.n_iter, tol=config.tol, batch_size=512,
+                     deadline=deadline, callback=_print_iteration if progress else None)
         return self
+
+
+def _print_iteration(iteration: int, mean_log_likelihood: float) -> None:
+    print(f"hmm EM iteration {iteration}: mean log-likelihood per token {mean_log_likelihood:.4f}",
+          file=sys.stderr)

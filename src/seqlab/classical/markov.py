@@ -26,7 +26,7 @@ Shapes: B batch, T time, V ``vocab_size``, k ``order``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,7 @@ class MarkovConfig:
             raise ConfigError(f"MarkovConfig.add_k must be >= 0, got {self.add_k}")
 
 
-@register("markov", task="lm", config=MarkovConfig)
+@register("markov", task="lm", config=MarkovConfig, trains="fit")
 class MarkovChain(CausalLM):
     """Markov chain of order k (maximum likelihood or add-k transitions).
 
@@ -83,12 +83,10 @@ class MarkovChain(CausalLM):
         self._set_tables([torch.arange(config.vocab_size)] + empty,
                          [torch.zeros(config.vocab_size, dtype=torch.long)] + empty)
 
-    def fit(self, task: Any, **options: Any) -> MarkovChain:
-        """Count the transitions of ``task.splits["train"].ids`` (closed form).
-
-        ``options`` are training options; a closed-form fit takes none but ``progress``.
-        """
-        return self.fit_stream(ngrams.training_ids(task, self.vocab_size, options, "markov"))
+    def fit(self, task: Any, *, progress: bool = False, deadline: float | None = None) -> Self:
+        """Count the transitions of ``task.splits["train"].ids``, in closed form:
+        ``progress`` and ``deadline``, taken as by every model that fits itself, are ignored."""
+        return self.fit_stream(ngrams.training_ids(task, self.vocab_size, "markov"))
 
     def fit_stream(self, stream: Tensor) -> MarkovChain:
         """Count every transition of orders 1 .. k in one token stream (L,); returns self."""

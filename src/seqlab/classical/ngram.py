@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Self, get_args
 
 import torch
 from torch import Tensor, nn
@@ -108,7 +108,7 @@ class NGramConfig:
             raise ConfigError(f"NGramConfig.discount must be in (0, 1] or None, got {self.discount}")
 
 
-@register("ngram", task="lm", config=NGramConfig)
+@register("ngram", task="lm", config=NGramConfig, trains="fit")
 class NGramLM(CausalLM):
     """N-gram language model (mle, add-k, Good-Turing/Katz, absolute discounting, Kneser-Ney).
 
@@ -129,17 +129,15 @@ class NGramLM(CausalLM):
         uniform = torch.full((self.n_ids,), -math.log(config.vocab_size))
         uniform[self.start_id] = -math.inf
         self.tables[0].fill(torch.arange(self.n_ids), log_prob=uniform, log_backoff=torch.zeros(self.n_ids))
-        # D1, D2, D3+ of each order, as fitted (NaN for estimators without discounts).
-        self.register_buffer("discounts", torch.full((config.order, 3), math.nan, dtype=torch.float64))
+        # D1, D2, D3+ of each order, as fitted (0 for estimators that subtract none, and unfitted).
+        self.register_buffer("discounts", torch.zeros(config.order, 3, dtype=torch.float64))
 
     # ---- fitting ------------------------------------------------------------------------------
 
-    def fit(self, task: Any, **options: Any) -> NGramLM:
-        """Fit to ``task.splits["train"].ids`` read as ``<s> x_1 ... x_N`` (closed form).
-
-        ``options`` are training options; a closed-form fit takes none but ``progress``.
-        """
-        ids = ngrams.training_ids(task, self.vocab_size, options, "ngram")
+    def fit(self, task: Any, *, progress: bool = False, deadline: float | None = None) -> Self:
+        """Fit to ``task.splits["train"].ids`` read as ``<s> x_1 ... x_N``, in closed form:
+        ``progress`` and ``deadline``, taken as by every model that fits itself, are ignored."""
+        ids = ngrams.training_ids(task, self.vocab_size, "ngram")
         return self.fit_stream(torch.cat([torch.tensor([self.start_id]), ids]))
 
     def fit_stream(self, stream: Tensor) -> NGramLM:
@@ -287,7 +285,7 @@ class _Fit:
         if self.config.estimator in INTERPOLATED:
             return self._interpolate()
         probs, backoffs = self._back_off()
-        return probs, backoffs, torch.full((len(self.keys), 3), math.nan, dtype=torch.float64)
+        return probs, backoffs, torch.zeros(len(self.keys), 3, dtype=torch.float64)
 
     def _interpolate(self) -> tuple[list[Tensor], list[Tensor], Tensor]:
         order, estimator = len(self.keys), self.config.estimator

@@ -3,7 +3,8 @@
 A CoNLL-U sentence is a block of token lines ended by a blank line; ``#`` lines are comments.
 A token line has ten tab-separated fields: ID, FORM, LEMMA, UPOS, XPOS, FEATS, HEAD, DEPREL,
 DEPS, MISC. Multiword-token lines (ID ``3-4``) and empty nodes (ID ``5.1``) are not tagged
-words and are skipped, as every UD tagger does. The ``conllu`` package parses the fields but
+words and are skipped, as every UD tagger does; every ID the CoNLL-U specification allows is
+accepted (an empty node's decimal ID may start at 0, as in ``0.1``). The ``conllu`` package parses the fields but
 accepts lines with too few of them; the line checks here make every malformed line a
 ``DataError`` that names the file and line number.
 """
@@ -23,7 +24,9 @@ from seqlab.errors import DataError
 Column = Literal["upos", "xpos"]
 N_FIELDS = 10
 _WORD_ID = re.compile(r"[1-9][0-9]*")
-_OTHER_ID = re.compile(r"[1-9][0-9]*(-[1-9][0-9]*|\.[1-9][0-9]*)")    # multiword token, empty node
+# A multiword token spans words (3-4); an empty node has a decimal ID above 0 (8.1, and 0.1
+# before the first word, as in UD English GUM).
+_OTHER_ID = re.compile(r"[1-9][0-9]*-[1-9][0-9]*|(0|[1-9][0-9]*)\.[1-9][0-9]*")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 
-def tagging_metrics(gold: Tensor, predicted: Tensor, unseen: Tensor) -> dict[str, float]:
-    """accuracy and unseen_accuracy (NaN when no word is unseen), and the token counts.
+def tagging_metrics(gold: Tensor, predicted: Tensor, unseen: Tensor) -> dict[str, float | None]:
+    """accuracy and unseen_accuracy (None, undefined, when no word is unseen), and the token counts.
 
     Args:
         gold, predicted: (N,) tag ids of every word token.
@@ -25,7 +25,7 @@ def tagging_metrics(gold: Tensor, predicted: Tensor, unseen: Tensor) -> dict[str
     n_unseen = int(unseen.sum())
     return {
         "accuracy": correct.float().mean().item(),
-        "unseen_accuracy": correct[unseen].float().mean().item() if n_unseen else float("nan"),
+        "unseen_accuracy": correct[unseen].float().mean().item() if n_unseen else None,
         "tokens": float(len(gold)),
         "unseen_tokens": float(n_unseen),
     }

@@ -24,10 +24,13 @@ the L1 term, which has no gradient at zero, by staying within one orthant per it
 With ``c1 = 0`` this is L-BFGS with a backtracking Armijo line search. The stopping rules are
 libLBFGS's (Okazaki), which crfsuite uses: converged when ``||pg|| / max(1, ||x||) < epsilon``;
 stalled when the relative decrease of F over the last ``past`` iterations is below ``delta``.
+A wall-clock ``deadline`` (a ``time.monotonic()`` instant) is checked after every iteration,
+so a search stops at most one iteration (line search included) past it, at an accepted point.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -44,14 +47,15 @@ class MinimizeResult:
     """The minimiser found and how the search ended.
 
     ``stopped_by``: "converged" (gradient test), "stalled" (the ``delta`` test),
-    "max_iterations", or "line_search" (no step decreased F; ``x`` is the last accepted point).
+    "max_iterations", "line_search" (no step decreased F; ``x`` is the last accepted point), or
+    "deadline" (the wall-clock deadline passed; ``x`` is the last accepted point).
     """
 
     x: Tensor
     value: float                     # F(x), the L1 term included
     iterations: int
     evaluations: int
-    stopped_by: Literal["converged", "stalled", "max_iterations", "line_search"]
+    stopped_by: Literal["converged", "stalled", "max_iterations", "line_search", "deadline"]
 
 
 def pseudo_gradient(x: Tensor, gradient: Tensor, c1: float) -> Tensor:
@@ -84,7 +88,7 @@ def two_loop_direction(gradient: Tensor, history: list[tuple[Tensor, Tensor, flo
 def minimize(
     objective: Objective, x0: Tensor, *, c1: float = 0.0, memory: int = 6, max_iterations: int = 100,
     epsilon: float = 1e-5, past: int = 10, delta: float = 1e-5, max_line_search: int = 20,
-    ftol: float = 1e-4, callback: Callable[[int, float], None] | None = None,
+    ftol: float = 1e-4, callback: Callable[[int, float], None] | None = None, deadline: float | None = None,
 ) -> MinimizeResult:
     """Minimise ``f(x) + c1 ||x||_1`` from ``x0`` by OWL-QN (L-BFGS when ``c1 = 0``).
 
@@ -99,6 +103,8 @@ def minimize(
         max_line_search: trial steps per iteration before giving up.
         ftol: sufficient decrease constant of the Armijo condition.
         callback: called after every iteration with (iteration, F).
+        deadline: a ``time.monotonic()`` instant; once an iteration ends past it, the search
+            stops with ``stopped_by="deadline"`` (after one iteration at least). None: no limit.
     Returns:
         a ``MinimizeResult``.
     """
@@ -152,6 +158,8 @@ def minimize(
             return MinimizeResult(x, value, iteration, evaluations, "converged")
         if past > 0 and iteration >= past and (values[-1 - past] - value) / abs(value) < delta:
             return MinimizeResult(x, value, iteration, evaluations, "stalled")
+        if deadline is not None and iteration < max_iterations and time.monotonic() >= deadline:
+            return MinimizeResult(x, value, iteration, evaluations, "deadline")
         curvature = float(s @ y)
         if curvature > 0:                   # always for a strictly convex f; else skip the pair
             history.append((s, y, 1.0 / curvature))

@@ -7,14 +7,17 @@ byte-level BPE has none). Training samples windows at random offsets; evaluation
 held-out token exactly once, in non-overlapping windows.
 
 Metrics: loss in nats per token, perplexity, and bits per character counted over the
-characters that the predicted tokens cover (``seqlab.metrics.language``).
+characters that the predicted tokens cover (``seqlab.metrics.language``). Prediction continues
+each input line as a prompt (``seqlab generate`` is its alias).
 """
 
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,11 +26,53 @@ from torch.nn import functional as F
 from seqlab.contracts import device_of
 from seqlab.data.batching import random_windows, sequential_windows
 from seqlab.data.corpora import Corpus, load_corpus
-from seqlab.data.tokenizers import Tokenizer, train_tokenizer
-from seqlab.errors import ConfigError, DataError
+from seqlab.data.tokenizers import Tokenizer, TokenizerKind, load_tokenizer, train_tokenizer
+from seqlab.errors import ConfigError, DataError, SeqlabWarning
 from seqlab.metrics.language import language_metrics
+from seqlab.report import Column, Curve
+from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
 
 SPLITS = ("train", "valid", "test")
+SAMPLE_PROMPT = "The "
+WARNED_UNKNOWN_SHARE = 0.01      # of an evaluation text's tokens outside the vocabulary
+REFUSED_UNKNOWN_SHARE = 0.5
+SAMPLE_TOKENS = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class LanguageModelingOptions:
+    """The data of a language-modelling run.
+
+    Attributes:
+        data: a UTF-8 text file; none: the built-in corpus (CPython's help topics, 465 KB).
+        tokenizer: char, word, bpe or unigram, trained on the training split.
+        context: the window length in tokens.
+        vocab_size: the vocabulary size of a word, bpe or unigram tokenizer (none: the kind's own).
+    """
+
+    data: str | None = None
+    tokenizer: TokenizerKind = "char"
+    context: int = 128
+    vocab_size: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationOptions:
+    """How a language model continues a prompt.
+
+    Attributes:
+        max_new: tokens to generate after each prompt.
+        temperature: sampling temperature; 0 decodes greedily.
+        top_k: sample among the k most likely tokens only (none: all).
+        top_p: sample from the smallest set of tokens holding this probability (none: all).
+        seed: seeds the sampler, so one seed gives one text (none: a fresh draw).
+    """
+
+    max_new: int = 200
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +83,8 @@ class TokenSplit:
     char_lengths: Tensor    # (N,) int64; sums to the block's length in characters
 
 
-class LanguageModeling:
+@register_task("lm")
+class LanguageModeling(Task):
     """Next-token prediction over one corpus.
 
     Args:
@@ -50,7 +96,21 @@ class LanguageModeling:
         vocab_size: for a tokenizer trained here (subword and word kinds).
     """
 
-    name = "lm"
+    Options = LanguageModelingOptions
+    PredictOptions = GenerationOptions
+    predict_command = "generate"
+    predict_help = "one prompt per line; each is continued by the model"
+    inline_flag = "--prompt"
+    report = ReportSpec(
+        columns=(Column("test bpc", "bpc", "{:.3f}", "lower"),
+                 Column("test ppl", "perplexity", "{:.2f}", "lower"),
+                 Column("gen tok/s", "generate_tokens_per_second", "{:,.0f}", "higher")),
+        curve=Curve("valid_bpc", "validation bits per character", "lower"),
+    )
+    default_budget_seconds = 90.0
+    compare_defaults = {"context": 64}        # short windows: more steps in a CPU budget
+    matched_config_fields = ("vocab_size",)
+    artifact_loaders = {"tokenizer": load_tokenizer}
 
     def __init__(
         self,
@@ -60,26 +120,92 @@ class LanguageModeling:
         split: tuple[float, float, float] = (0.9, 0.05, 0.05),
         vocab_size: int | None = None,
     ):
-        if context < 1:
-            raise ConfigError(f"context must be >= 1, got {context}")
+        if not isinstance(corpus, Corpus):
+            raise ConfigError(f"LanguageModeling needs a Corpus (e.g. seqlab.load_corpus(path)), "
+                              f"got {type(corpus).__name__}")
+        if not isinstance(tokenizer, (Tokenizer, str)):
+            raise ConfigError(f"tokenizer must be a Tokenizer or a kind name, got {type(tokenizer).__name__}")
+        if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+            raise ConfigError(f"context must be an int >= 1, got {context!r}")
         if len(split) != 3 or min(split) <= 0 or not math.isclose(sum(split), 1.0):
             raise ConfigError(f"split must be three positive fractions summing to 1, got {split}")
-        self.corpus = corpus
-        self.context = context
-        self.split_fractions = tuple(split)
         texts = _split_text(corpus.text, split)
         if isinstance(tokenizer, str):
             tokenizer = train_tokenizer(tokenizer, texts["train"], vocab_size=vocab_size)
+        self._set_up(corpus, tokenizer, context, tuple(split), texts)
+
+    def _set_up(self, corpus: Corpus, tokenizer: Tokenizer, context: int, split: tuple[float, ...],
+                texts: dict[str, str], min_tokens: int | None = None) -> None:
+        """Tokenize ``texts`` (split name -> text); each needs ``min_tokens`` (default: a window
+        and its target, ``context + 1``)."""
+        self.corpus = corpus
         self.tokenizer = tokenizer
+        self.context = context
+        self.split_fractions = split
         self.splits: dict[str, TokenSplit] = {}
         for name, text in texts.items():
             ids, lengths = tokenizer.encode_with_lengths(text, unknown="replace")
-            if len(ids) < context + 1:
+            needed = context + 1 if min_tokens is None else min_tokens
+            if len(ids) < needed:
                 raise DataError(
-                    f"corpus {corpus.name!r} has {len(ids)} tokens in its {name} split, but context "
-                    f"{context} needs at least {context + 1}; use a longer text or a smaller context"
+                    f"corpus {corpus.name!r} has {len(ids)} tokens in its {name} split, but "
+                    + (f"context {context} needs at least {needed}; use a longer text or a smaller context"
+                       if min_tokens is None else f"at least {needed} are needed")
                 )
             self.splits[name] = TokenSplit(torch.as_tensor(ids), torch.as_tensor(lengths))
+
+    # ---- building ------------------------------------------------------------------------
+
+    @classmethod
+    def from_options(cls, options: LanguageModelingOptions) -> LanguageModeling:
+        return cls(load_corpus(options.data), options.tokenizer, options.context,
+                   vocab_size=options.vocab_size)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
+                  with_data: bool = True) -> LanguageModeling:
+        """The task a run was trained on, with its saved tokenizer. Over other ``data`` (a text
+        file) the whole file is the test split; without data there are no splits (to generate)."""
+        tokenizer, context = artifacts["tokenizer"], spec["context"]
+        split = tuple(spec.get("split", (0.9, 0.05, 0.05)))
+        if data is None and with_data:
+            return cls(load_corpus(spec.get("data")), tokenizer, context, split=split)
+        task = cls.__new__(cls)
+        if not with_data:
+            task._set_up(Corpus("none", "", spec.get("data")), tokenizer, context, split, {})
+        else:
+            corpus = load_corpus(data)
+            task._set_up(corpus, tokenizer, context, split, {"test": corpus.text}, min_tokens=2)
+            task._check_vocabulary_coverage()
+        return task
+
+    def _check_vocabulary_coverage(self) -> None:
+        """Warn when a fair share of the evaluation text is outside the run's vocabulary (each
+        such token is scored as ``<unk>``, which flatters the model), and refuse when most is.
+
+        Raises:
+            DataError: more than ``REFUSED_UNKNOWN_SHARE`` of the tokens are unknown.
+        """
+        if self.tokenizer.unk_id is None:
+            return
+        ids = self.splits["test"].ids
+        share = float((ids == self.tokenizer.unk_id).double().mean())
+        where = f"{share:.1%} of the tokens of {self.corpus.source or self.corpus.name!r}"
+        if share > REFUSED_UNKNOWN_SHARE:
+            raise DataError(f"{where} are outside the run's vocabulary: it was trained on other text; "
+                            "its scores here would mean little")
+        if share > WARNED_UNKNOWN_SHARE:
+            warnings.warn(f"{where} are outside the run's vocabulary and scored as <unk>, which flatters the "
+                          "model", SeqlabWarning, stacklevel=2)
+
+    def spec(self) -> dict[str, Any]:
+        """JSON description from which ``from_spec`` rebuilds the task (with the saved tokenizer)."""
+        return {"task": self.name, "data": self.corpus.source, "context": self.context,
+                "split": list(self.split_fractions), "tokenizer": self.tokenizer.kind,
+                "vocab_size": self.vocab_size}
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"tokenizer": self.tokenizer}
 
     @property
     def vocab_size(self) -> int:
@@ -88,26 +214,15 @@ class LanguageModeling:
     @property
     def train_tokens(self) -> int:
         """Tokens in the training block."""
-        return len(self.splits["train"].ids)
+        return len(self.splits["train"].ids) if "train" in self.splits else 0
 
     def model_defaults(self) -> dict[str, Any]:
         """Config values a model for this task must take: its vocabulary and context."""
         return {"vocab_size": self.vocab_size, "max_len": self.context}
 
-    def spec(self) -> dict[str, Any]:
-        """JSON description from which ``from_spec`` rebuilds the task (with the saved tokenizer)."""
-        return {
-            "task": self.name,
-            "data": self.corpus.source,
-            "context": self.context,
-            "split": list(self.split_fractions),
-        }
-
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], tokenizer: Tokenizer, data: str | None = None):
-        """The task a checkpoint was trained on, optionally over another text file."""
-        corpus = load_corpus(data if data is not None else spec.get("data"))
-        return cls(corpus, tokenizer, context=spec["context"], split=tuple(spec["split"]))
+    def example_model_defaults(cls) -> dict[str, Any]:
+        return {"vocab_size": 256, "max_len": 256}
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Random windows of the training block: inputs and targets, (B, T) each."""
@@ -153,26 +268,59 @@ class LanguageModeling:
         logits = model(inputs)                                                  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
-    def evaluate(
-        self, model: nn.Module, split: str = "valid", batch_size: int = 32,
-        max_batches: int | None = None,
-    ) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: str = "valid", *, max_batches: int | None = None,
+                 details: bool = False, batch_size: int = 32) -> dict[str, float]:
         """loss, perplexity and bits per character over a held-out block.
 
         Reads every token of the block once (or the first ``max_batches`` batches, a fixed
-        subset, for quick checks during training).
+        subset, for quick checks during training). ``details`` adds nothing here.
         """
         if split not in self.splits:
-            raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+            raise ConfigError(f"unknown split {split!r}; this task has {', '.join(self.splits) or 'no data'}")
         return evaluate_block(model, self.splits[split], self.context, batch_size, max_batches)
 
-    def evaluate_text(self, model: nn.Module, text: str, batch_size: int = 32) -> dict[str, float]:
-        """The same metrics over a whole other text, tokenized with this task's tokenizer."""
-        ids, lengths = self.tokenizer.encode_with_lengths(text, unknown="replace")
-        if len(ids) < 2:
-            raise DataError("the evaluation text has fewer than 2 tokens; nothing to predict")
-        block = TokenSplit(torch.as_tensor(ids), torch.as_tensor(lengths))
-        return evaluate_block(model, block, self.context, batch_size)
+    # ---- use and reports -----------------------------------------------------------------
+
+    def predict(self, model: nn.Module, inputs: Sequence[str], options: GenerationOptions | None = None) -> list[str]:
+        """Each prompt followed by the model's continuation of it.
+
+        Raises:
+            DataError: an empty prompt, or one with a symbol the tokenizer never saw.
+        """
+        options = options or GenerationOptions()
+        outputs = []
+        for prompt in inputs:
+            if not prompt:
+                raise DataError("the prompt is empty; give at least one character")
+            try:
+                ids = self.tokenizer.encode(prompt, unknown="error")
+            except DataError as error:
+                raise DataError(f"prompt rejected: {error}") from None
+            tokens = torch.tensor([ids], device=device_of(model))
+            generated = model.generate(tokens, options.max_new, temperature=options.temperature,
+                                       top_k=options.top_k, top_p=options.top_p, seed=options.seed)
+            outputs.append(prompt + self.tokenizer.decode(generated[0, len(ids):].tolist()))
+        return outputs
+
+    def describe(self) -> str:
+        tokens = ", ".join(f"{split} {len(block.ids):,}" for split, block in self.splits.items())
+        return (f"corpus `{self.corpus.name}`, tokenizer `{self.tokenizer.kind}` (vocabulary "
+                f"{self.vocab_size:,}), context {self.context}, tokens: {tokens}")
+
+    def showcase(self, model: nn.Module) -> Showcase:
+        """A sampled continuation of ``SAMPLE_PROMPT`` (or, when the vocabulary lacks it, of the
+        test split's first tokens) at temperature 0.8, and the generation speed."""
+        try:
+            prompt_ids = self.tokenizer.encode(SAMPLE_PROMPT, unknown="error")
+        except DataError:
+            prompt_ids = self.splits["test"].ids[: min(16, self.context // 2)].tolist()
+        prompt = torch.tensor([prompt_ids], device=device_of(model))
+        started = time.perf_counter()
+        generated = model.generate(prompt, SAMPLE_TOKENS, temperature=0.8, seed=0)
+        seconds = time.perf_counter() - started
+        text = self.tokenizer.decode(prompt_ids) + self.tokenizer.decode(generated[0, prompt.shape[1]:].tolist())
+        return Showcase({"Samples": text[:SAMPLE_TOKENS]},
+                        {"generate_tokens_per_second": (generated.shape[1] - prompt.shape[1]) / seconds})
 
 
 @torch.no_grad()

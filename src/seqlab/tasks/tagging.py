@@ -7,14 +7,14 @@ and its accuracy is reported apart (``seqlab.metrics.tagging``).
 
 Every tagger sees a ``TaggingBatch``: padded word ids (B, T), character ids (B, T, C), the
 mask, the gold tags when known, and the words themselves for taggers that read strings
-(the feature CRF, the HMM's suffix model). A tagger defines ``tag(batch) -> (B, T) tag ids``;
-a neural one also ``loss(batch)`` (mean per word) and trains with the ``Trainer``, while the
-HMM and the feature CRF define ``fit(task)``.
+(the feature CRF, the HMM's suffix model). A tagger defines ``tag(batch) -> (B, T) tag ids``
+and ``loss(batch)``, its mean negative log-likelihood of the gold tags per word (the
+validation loss of every tagger, so all of them are compared on one quantity); the neural
+taggers train on it with the ``Trainer``, while the HMM and the feature CRF ``fit(task)``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,9 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.contracts import device_of
+from seqlab.data.json_files import read_json_file, write_json_file
 from seqlab.data.conll import Column, TaggedSentence, find_conllu_files, read_conllu
 from seqlab.errors import ConfigError, DataError
 from seqlab.metrics.tagging import confusion_matrix, confusion_summary, tagging_metrics
+from seqlab.report import Column as TableColumn, Curve
+from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
 
 SPLITS = ("train", "valid", "test")
 PAD, UNK = 0, 1
@@ -78,19 +81,13 @@ class TaggingVocabulary:
         return word in self._word_index
 
     def save(self, path: str | Path) -> None:
-        payload = {"kind": VOCABULARY_KIND, "words": self.words[2:], "characters": self.characters[2:],
-                   "tags": self.tags}
-        Path(path).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        write_json_file(path, VOCABULARY_KIND,
+                        {"words": self.words[2:], "characters": self.characters[2:], "tags": self.tags})
 
     @classmethod
     def load(cls, path: str | Path) -> TaggingVocabulary:
         """The vocabulary ``save`` wrote; DataError if the file is missing or malformed."""
-        try:
-            payload = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DataError(f"cannot read tagging vocabulary {str(path)!r}: {error}") from None
-        if not isinstance(payload, dict) or payload.get("kind") != VOCABULARY_KIND:
-            raise DataError(f"{str(path)!r} is not a seqlab tagging vocabulary")
+        payload = read_json_file(path, VOCABULARY_KIND, "tagging vocabulary", ("words", "characters", "tags"))
         return cls(payload["words"], payload["characters"], payload["tags"])
 
 
@@ -117,7 +114,21 @@ class TaggingBatch:
         return self.word_ids, self.character_ids, self.tags, self.mask
 
 
-class Tagging:
+@dataclass(frozen=True, kw_only=True)
+class TaggingOptions:
+    """The data of a tagging run.
+
+    Attributes:
+        data: a treebank directory with *-train.conllu, *-dev.conllu and *-test.conllu files.
+        column: the tag column to predict: upos (17 universal tags) or xpos (the treebank's own).
+    """
+
+    data: str
+    column: Column = "upos"
+
+
+@register_task("tag")
+class Tagging(Task):
     """Tagging over the train / valid / test sentences of a treebank.
 
     Args:
@@ -127,7 +138,19 @@ class Tagging:
         vocabulary: a saved run's vocabulary; None builds one from the training split.
     """
 
-    name = "tag"
+    Options = TaggingOptions
+    predict_command = "tag"
+    predict_help = "one sentence per line, words separated by spaces; printed as word/TAG"
+    report = ReportSpec(
+        columns=(TableColumn("test acc %", "accuracy", "{:.2f}", "higher", 100.0),
+                 TableColumn("unseen acc %", "unseen_accuracy", "{:.2f}", "higher", 100.0),
+                 TableColumn("tag tok/s", "tokens_per_second", "{:,.0f}", "higher")),
+        curve=Curve("valid_accuracy", "validation accuracy (%)", "higher", 100.0),
+        speed="train words/s",
+    )
+    default_budget_seconds = 1080.0            # 9 minutes for each of the two neural taggers
+    matched_config_fields = ("n_words", "n_characters", "n_tags")
+    artifact_loaders = {"vocabulary": lambda path: TaggingVocabulary.load(path)}
 
     def __init__(self, splits: dict[str, list[TaggedSentence]], column: Column = "upos",
                  source: str | None = None, vocabulary: TaggingVocabulary | None = None):
@@ -150,25 +173,34 @@ class Tagging:
     def from_data(cls, data: str | Path, column: Column = "upos") -> Tagging:
         """The task over a treebank directory (see ``seqlab.data.conll.find_conllu_files``)."""
         files = find_conllu_files(data)
-        return cls({split: read_conllu(path, column) for split, path in files.items()}, column, str(data))
+        return cls({split: read_conllu(path, column) for split, path in files.items()}, column,
+                   str(Path(data).resolve()))
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], vocabulary: TaggingVocabulary, data: str | None = None,
+    def from_options(cls, options: TaggingOptions) -> Tagging:
+        return cls.from_data(options.data, options.column)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
                   with_data: bool = True) -> Tagging:
-        """The task a checkpoint was trained on: its vocabulary, and its data when ``with_data``."""
+        """The task a run was trained on, with its saved vocabulary: over its own treebank, over
+        another ``data`` (a treebank directory, or one .conllu file, which becomes the test
+        split), or with no data (to tag)."""
+        column, vocabulary = spec.get("column", "upos"), artifacts["vocabulary"]
         if not with_data:
-            return cls({}, spec.get("column", "upos"), spec.get("data"), vocabulary)
-        files = find_conllu_files(data if data is not None else spec["data"])
-        splits = {split: read_conllu(path, spec.get("column", "upos")) for split, path in files.items()}
-        return cls(splits, spec.get("column", "upos"), spec.get("data"), vocabulary)
+            return cls({}, column, spec.get("data"), vocabulary)
+        source = data if data is not None else spec["data"]
+        if Path(source).is_file():
+            return cls({"test": read_conllu(source, column)}, column, str(source), vocabulary)
+        files = find_conllu_files(source)
+        return cls({split: read_conllu(path, column) for split, path in files.items()}, column, str(source),
+                   vocabulary)
 
     def spec(self) -> dict[str, Any]:
         return {"task": self.name, "data": self.source, "column": self.column}
 
-    @property
-    def tokenizer(self) -> TaggingVocabulary:
-        """What a checkpoint saves as tokenizer.json (the Trainer's name for it)."""
-        return self.vocabulary
+    def artifacts(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocabulary}
 
     @property
     def tag_names(self) -> list[str]:
@@ -182,6 +214,10 @@ class Tagging:
         """Config values a tagger for this task must take: the vocabulary and tag set sizes."""
         return {"n_words": len(self.vocabulary.words), "n_characters": len(self.vocabulary.characters),
                 "n_tags": len(self.vocabulary.tags)}
+
+    @classmethod
+    def example_model_defaults(cls) -> dict[str, Any]:
+        return {"n_words": 20_000, "n_characters": 100, "n_tags": 17}
 
     def batch(self, sentences: Sequence[TaggedSentence | Sequence[str]]) -> TaggingBatch:
         """Pad ``sentences`` into one batch; tags are included when every sentence has them.
@@ -206,25 +242,39 @@ class Tagging:
         """Words in a ``train_batch`` (padding excluded)."""
         return int(batch[-1].sum())
 
+    def loss_items(self, batch: Sequence[Tensor]) -> int:
+        """The loss is a mean per word: words, not sentences, weight a part of a batch."""
+        return self.batch_tokens(batch)
+
     def loss(self, model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
         """The tagger's mean loss per word over a ``train_batch``."""
         word_ids, character_ids, tags, mask = batch
         return model.loss(TaggingBatch(word_ids, character_ids, mask, tags))
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, sentences: Sequence[Sequence[str]], batch_size: int = 128) -> list[list[str]]:
+    def tag_sentences(self, model: nn.Module, sentences: Sequence[Sequence[str]],
+                      batch_size: int = 128) -> list[list[str]]:
         """The tag names ``model`` gives each word of each sentence."""
         predicted, _ = self._tag_all(model, self.encode(sentences), batch_size)
         return [[self.tag_names[i] for i in row] for row in predicted]
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str = "valid", batch_size: int = 128,
-                 max_batches: int | None = None) -> dict[str, float]:
-        """accuracy, unseen_accuracy, tagging tokens/s and loss over a split.
+    def predict(self, model: nn.Module, inputs: Sequence[str], options: Any = None) -> list[str]:
+        """Each line's words as ``word/TAG``, the words split at whitespace."""
+        sentences = [line.split() for line in inputs]
+        for number, words in enumerate(sentences, start=1):
+            if not words:
+                raise DataError(f"input line {number} has no words; give one sentence per line")
+        return [" ".join(f"{word}/{tag}" for word, tag in zip(words, tags))
+                for words, tags in zip(sentences, self.tag_sentences(model, sentences))]
 
-        ``loss`` is the model's mean loss per word where it has one (a neural tagger), else the
-        error rate ``1 - accuracy``. ``max_batches`` limits the evaluation to a fixed first part
-        of the split, for quick checks during training.
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str = "valid", *, max_batches: int | None = None,
+                 details: bool = False, batch_size: int = 128) -> dict[str, Any]:
+        """accuracy, unseen_accuracy, tagging tokens/s and loss (the tagger's mean negative
+        log-likelihood per word) over a split; with ``details``, the most frequent confusions.
+
+        ``max_batches`` limits the evaluation to a fixed first part of the split, for quick
+        checks during training.
         """
         encoded = self._split(split)
         if max_batches is not None:
@@ -232,39 +282,50 @@ class Tagging:
         was_training = model.training
         model.eval()
         predicted, seconds = self._tag_all(model, encoded, batch_size)
-        loss = None
-        if callable(getattr(model, "loss", None)) and not callable(getattr(model, "fit", None)):
-            loss, words = 0.0, 0
-            for start in range(0, len(encoded), batch_size):
-                part = encoded.batch(torch.arange(start, min(start + batch_size, len(encoded))))
-                n = int(part.mask.sum())
-                loss += model.loss(part.to(device_of(model))).item() * n
-                words += n
-            loss /= words
+        loss, words = 0.0, 0
+        for start in range(0, len(encoded), batch_size):
+            part = encoded.batch(torch.arange(start, min(start + batch_size, len(encoded))))
+            n = int(part.mask.sum())
+            loss += model.loss(part.to(device_of(model))).item() * n
+            words += n
         model.train(was_training)
         gold, flat_predicted, unseen = self._flatten(encoded, predicted)
-        metrics = tagging_metrics(gold, flat_predicted, unseen)
-        metrics["loss"] = 1.0 - metrics["accuracy"] if loss is None else loss
+        metrics: dict[str, Any] = tagging_metrics(gold, flat_predicted, unseen)
+        metrics["loss"] = loss / words
         metrics["tokens_per_second"] = metrics["tokens"] / seconds
+        if details:
+            matrix = confusion_matrix(gold, flat_predicted, len(self.tag_names))
+            metrics["confusions"] = confusion_summary(matrix, self.tag_names, 5)
         return metrics
-
-    @torch.no_grad()
-    def confusions(self, model: nn.Module, split: str = "test", top: int = 5) -> list[tuple[str, str, int]]:
-        """The ``top`` most frequent (gold, predicted, count) errors of ``model`` on a split."""
-        encoded = self._split(split)
-        predicted, _ = self._tag_all(model, encoded, 128)
-        gold, flat_predicted, _ = self._flatten(encoded, predicted)
-        matrix = confusion_matrix(gold, flat_predicted, len(self.tag_names))
-        return confusion_summary(matrix, self.tag_names, top)
 
     def unseen_words(self, split: str) -> int:
         """Word tokens of ``split`` whose form the training split never had."""
         encoded = self._split(split)
         return int((encoded.type_word_ids[encoded.type_ids] == UNK).sum())
 
+    def describe(self) -> str:
+        words = ", ".join(f"{split} {sum(map(len, sentences)):,}" for split, sentences in self.splits.items())
+        unseen = f" ({self.unseen_words('test'):,} test words unseen in training)" if "test" in self._encoded else ""
+        return (f"treebank `{self.source}`, {self.column.upper()} ({len(self.tag_names)} tags), "
+                f"words: {words}{unseen}")
+
+    def showcase(self, model: nn.Module) -> Showcase:
+        """The most frequent test confusions and the first test sentence tagged (gold tags
+        shown where the tagger erred)."""
+        confusions = self.evaluate(model, "test", details=True)["confusions"]
+        first = self.splits["test"][0]
+        predicted = self.tag_sentences(model, [first.words])[0]
+        example = " ".join(f"{word}/{tag}" + ("" if tag == gold else f"(gold {gold})")
+                           for word, tag, gold in zip(first.words, predicted, first.tags))
+        return Showcase({
+            "Most frequent confusions (gold -> predicted)":
+                "\n".join(f"{gold:>6} -> {guess:<6} {count:,}" for gold, guess, count in confusions),
+            "A tagged test sentence": example,
+        })
+
     def _split(self, split: str) -> EncodedSentences:
         if split not in self._encoded:
-            raise ConfigError(f"unknown or empty split {split!r}; choose one of {', '.join(self._encoded)}")
+            raise ConfigError(f"unknown or empty split {split!r}; this task has {', '.join(self._encoded) or 'no data'}")
         return self._encoded[split]
 
     def _tag_all(self, model: nn.Module, encoded: EncodedSentences, batch_size: int) -> tuple[list[list[int]], float]:
