@@ -99,7 +99,45 @@ def test_bad_task_options():
         LanguageModeling(corpus, "char", context=64)
     with pytest.raises(ConfigError, match="split"):
         LanguageModeling(corpus, "char", context=4, split=(0.5, 0.5, 0.5))
+    with pytest.raises(ConfigError, match="split must be 'none' or three positive shares"):
+        LanguageModeling(corpus, "char", context=4, split="90/10")
     with pytest.raises(ConfigError, match="context"):
         LanguageModeling(corpus, "char", context=0)
     with pytest.raises(ConfigError, match="unknown split"):
         LanguageModeling(corpus, "char", context=4).evaluate(None, "dev")
+
+
+def test_split_none_trains_on_the_whole_file_and_tests_on_the_validation_text(tmp_path, capsys):
+    import json
+
+    from seqlab.cli import main
+
+    text = builtin_corpus().text[:3_000]
+    valid = builtin_corpus().text[3_000:3_400]
+    task = LanguageModeling(Corpus("t", text, None), "char", context=8, split="none",
+                            valid_corpus=Corpus("v", valid, None))
+    assert task.tokenizer.decode(task.splits["train"].ids.tolist()) == text
+    assert task.tokenizer.decode(task.splits["valid"].ids.tolist()) == valid
+    assert task.splits["test"] is task.splits["valid"]
+    (tmp_path / "train.txt").write_text(text)
+    (tmp_path / "valid.txt").write_text(valid)
+    argv = ["train", "ngram", "--data", str(tmp_path / "train.txt"), "--split", "none", "--valid-data",
+            str(tmp_path / "valid.txt"), "--set", "order=3", "--context", "16", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 0                   # the test split: the validation text
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["characters"] == len(valid) - 1
+    from seqlab.checkpoint import load_checkpoint
+
+    rebuilt = load_checkpoint(tmp_path / "run").task()
+    assert rebuilt.split_fractions is None and rebuilt.train_tokens == len(text)
+    assert rebuilt.spec()["valid_data"].endswith("valid.txt")
+
+
+def test_a_split_string_divides_characters_as_the_fractions_do():
+    text = builtin_corpus().text[:10_000] * 3
+    by_string = LanguageModeling(Corpus("t", text, None), "char", context=8, split="80/10/10")
+    by_tuple = LanguageModeling(Corpus("t", text, None), "char", context=8, split=(0.8, 0.1, 0.1))
+    for name in ("train", "valid", "test"):
+        assert torch.equal(by_string.splits[name].ids, by_tuple.splits[name].ids)

@@ -401,6 +401,35 @@ def test_an_unfitted_model_is_uniform_and_unk_gets_mass_after_fitting():
     torch.testing.assert_close(p_unk, unigram_gamma / 7, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_a_start_id_among_the_tokens_is_the_models_own_start_under_another_name(estimator):
+    # Sentences over 5 predictable ids (<s> the extra id 5) against the same with every id moved up
+    # by one and <s> at 0 among 6: the same model, <s> never predicted and the context reset at it.
+    stream = torch.tensor([5, 1, 2, 3, 0, 5, 2, 2, 0, 5, 4, 1, 2, 0, 5, 3, 0, 5, 1, 2, 4, 0])
+    own = NGramLM(NGramConfig(vocab_size=5, order=3, estimator=estimator)).fit_stream(stream)
+    moved = torch.where(stream == 5, 0, stream + 1)
+    named = NGramLM(NGramConfig(vocab_size=6, order=3, estimator=estimator, sentence_start_id=0)).fit_stream(moved)
+    sentences = [[1, 2, 0], [3, 4, 0], [2]]                                  # read in one row, <s> between
+    row = torch.tensor([[w + 1 for w in sentences[0]] + [0] + [w + 1 for w in sentences[1]] + [0, 3]])
+    with torch.no_grad():
+        got = named(row)                                                     # (1, T, 6)
+        expected = [own(torch.tensor([sentence]))[0] for sentence in sentences]
+    assert got[..., 0].eq(-math.inf).all()
+    torch.testing.assert_close(got[0, [0, 1, 2, 4, 5, 6, 8], 1:], torch.cat(expected), rtol=0, atol=1e-6)
+    scores = named.score_stream(torch.where(stream == 5, 0, stream + 1)[None])
+    torch.testing.assert_close(scores, own.score_stream(stream[None]), rtol=0, atol=1e-6)
+
+
+def test_an_unfitted_model_with_a_start_id_gives_it_no_mass():
+    model = NGramLM(NGramConfig(vocab_size=4, sentence_start_id=2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.tensor([[2, 1]])).exp(),
+                                   torch.tensor([1 / 3, 1 / 3, 0, 1 / 3]).expand(1, 2, 4), rtol=0, atol=1e-6)
+    for vocab, start in ((4, 4), (4, -1), (1, 0)):
+        with pytest.raises(ConfigError, match="sentence_start_id must be an id in"):
+            NGramConfig(vocab_size=vocab, sentence_start_id=start)
+
+
 def test_checkpoint_round_trip_resizes_every_table(tmp_path):
     task = LanguageModeling(Corpus("letters", "abcdef" * 100, None), "char", context=16)
     assert task.vocab_size == 7

@@ -269,6 +269,35 @@ def test_word_vocabulary_breaks_ties_by_first_occurrence():
     assert word.encode("a b c") == [2, 1, 0]
 
 
+def test_a_word_tokenizer_with_markers_holds_them_where_an_arpa_vocabulary_does(tmp_path):
+    text = "b a </s> c a b <s> d <unk>"
+    marked = train_tokenizer("word", text, markers=True)
+    assert marked.vocab == [UNK, "</s>", "b", "a", "c", "d", "<s>"]       # literal markers are not words
+    assert marked.marker_ids == (6, 1)
+    assert train_tokenizer("word", text, vocab_size=5, markers=True).vocab == [UNK, "</s>", "b", "a", "<s>"]
+    marked.save(tmp_path / "tokenizer.json")
+    assert load_tokenizer(tmp_path / "tokenizer.json").marker_ids == (6, 1)
+    assert train_tokenizer("word", "b a c").marker_ids is None
+
+
+@pytest.mark.parametrize(("kind", "vocab_size", "message"),
+                         [("char", None, "only the word tokenizer"), ("bpe", None, "only the word tokenizer"),
+                          ("word", 3, ">= 4")])
+def test_markers_need_a_word_tokenizer_with_room_for_them(kind, vocab_size, message):
+    with pytest.raises(ConfigError, match=message):
+        train_tokenizer(kind, TRAINING_TEXT, vocab_size=vocab_size, markers=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_spans_are_where_each_token_was_read(trained, kind):
+    text = TRAINING_TEXT[:500]
+    ids, starts, ends = trained[kind].encode_with_spans(text)
+    assert ids.tolist() == trained[kind].encode(text)
+    assert (starts <= ends).all() and (ends[:-1] <= ends[1:]).all()
+    if kind == "word":
+        assert [text[a:b] for a, b in zip(starts, ends)] == text.split()
+
+
 @pytest.mark.parametrize(
     ("kind", "vocab_size", "message"),
     [

@@ -7,7 +7,8 @@
     print(task.evaluate(model, "test"))
 
 The names below are imported when first used, so ``import seqlab`` (and ``seqlab --help``)
-does not load torch.
+does not load torch. Comparisons: ``from seqlab.compare import compare`` (the module and the
+function share a name, so the package does not re-export it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ _PUBLIC = {
     "TrainConfig": ("seqlab.train_config", "TrainConfig"),
     "Trainer": ("seqlab.training", "Trainer"),
     "build": ("seqlab.registry", "build"),
-    "compare": ("seqlab.compare", "compare"),
     "fit": ("seqlab.training", "fit"),
     "get_task": ("seqlab.tasks.base", "get_task"),
     "load": ("seqlab.checkpoint", "load_checkpoint"),

@@ -1,10 +1,10 @@
 """Train several models on one task under one time budget, and report what each achieved.
 
 Every model sees the same data, splits, tokenizer and vocabulary, and gets a share of the
-budget that bounds all it does: reading the data, fitting or training, evaluating on the test
-split and showing itself. Models that fit themselves (counts, EM, L-BFGS) go first, each
-within an equal share; the models that train by gradient steps then share what is left
-equally. Each runs in a fresh process, so its peak memory is its own: on CPU the growth of the
+budget that bounds all it does: starting its process, reading the data, fitting or training,
+evaluating on the test split and showing itself. Models that fit themselves (counts, EM,
+L-BFGS) go first, each within an equal share of the whole; the models that train by gradient
+steps then split what is left into equal shares, so that they compare on equal time. Each runs in a fresh process, so its peak memory is its own: on CPU the growth of the
 process's peak resident set over its size before the model was built, on CUDA the peak of
 allocated device memory. The report (``seqlab.report``) ranks the models by the task's first
 column, gives each model's actual wall time, and plots the task's learning curve.
@@ -86,10 +86,12 @@ def compare(
     shared_task = task_class.from_options(options)     # fail here, once, on bad data
     model_options = model_options or {}
     ordered = [e for e in entries if e.trains == "fit"] + [e for e in entries if e.trains == "trainer"]
-    results = {}
+    results, trained_share = {}, None
     for index, entry in enumerate(ordered):
-        share = max(clock.remaining(), 1.0) / (len(ordered) - index) if entry.trains == "trainer" \
-            else budget_seconds / len(ordered)
+        share = budget_seconds / len(ordered)
+        if entry.trains == "trainer":      # one equal share each, of what the fitted ones left
+            trained_share = trained_share or max(clock.remaining(), 1.0) / (len(ordered) - index)
+            share = trained_share
         results[entry.name] = run_in_fresh_process(
             run_one, task, options, entry.name, share, time.monotonic(), train_options,
             model_options.get(entry.name, {}), progress, threads)

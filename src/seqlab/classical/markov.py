@@ -16,6 +16,11 @@ the order-0 distribution. Orders are never mixed: that is the difference from
 ``seqlab.classical.ngram``, whose estimators back off or interpolate with weights. The state is
 the last k tokens read.
 
+Sentences: with ``sentence_start_id`` (set by a sentence-per-line ``lm`` task) that id is
+``<s>``, context only: no transition is counted across it (each sentence is counted apart, as in
+``seqlab.classical.ngram``), it is never predicted (probability 0, and V above counts the other
+ids), and a context holding it but first was never seen, so the chain restarts at it.
+
 For order 1, the transition matrix ``P[i, j] = p(j | i)`` gives the stationary distribution
 (``pi P = pi``, ``sum pi = 1``) and the entropy rate
 ``H = -sum_i pi_i sum_j P_ij ln P_ij`` in nats (Cover and Thomas 2006, Theorem 4.2.4).
@@ -48,11 +53,14 @@ class MarkovConfig:
             suits the built-in corpus at character level).
         add_k: pseudo-count added to every transition; 0 is maximum likelihood (unseen
             transitions get probability 0), 1 is Laplace.
+        sentence_start_id: the id of <s> when the task's tokens hold sentence markers (a
+            sentence-per-line lm task sets it): never predicted, and no transition crosses it.
     """
 
     vocab_size: int
     order: int = 3
     add_k: float = 0.03
+    sentence_start_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
@@ -61,6 +69,10 @@ class MarkovConfig:
             raise ConfigError(f"MarkovConfig.order must be >= 1, got {self.order}")
         if not self.add_k >= 0:
             raise ConfigError(f"MarkovConfig.add_k must be >= 0, got {self.add_k}")
+        if self.sentence_start_id is not None and not (0 <= self.sentence_start_id < self.vocab_size
+                                                       and self.vocab_size >= 2):
+            raise ConfigError(f"MarkovConfig.sentence_start_id must be an id in [0, vocab_size) leaving another "
+                              f"to predict, or None; got {self.sentence_start_id} with vocab_size {self.vocab_size}")
 
 
 @register("markov", task="lm", config=MarkovConfig, trains="fit")
@@ -77,6 +89,8 @@ class MarkovChain(CausalLM):
         self.config = config
         self.vocab_size = config.vocab_size
         self.order = config.order
+        self.start_id = config.sentence_start_id
+        self.n_predicted = config.vocab_size - (self.start_id is not None)       # V
         values = {"count": torch.long, "log_prob": torch.float32, "log_unseen": torch.float32}
         self.tables = nn.ModuleList(NGramTable(values) for _ in range(config.order + 1))
         empty = [torch.zeros(0, dtype=torch.long)] * config.order
@@ -94,13 +108,17 @@ class MarkovChain(CausalLM):
         if stream.numel() == 0:
             raise DataError("the training data is empty: a Markov chain needs at least one token")
         check_ids(stream, self.vocab_size, "training stream")
-        counted = ngrams.count_ngrams(stream, self.order + 1, self.vocab_size)
-        self._set_tables([order.keys for order in counted], [order.counts for order in counted])
+        counted = ngrams.count_ngrams(stream, self.order + 1, self.vocab_size, start_id=self.start_id)
+        counts = [order.counts for order in counted]
+        if self.start_id is not None:                    # <s> is read, never predicted
+            counts[0] = counts[0].clone()
+            counts[0][self.start_id] = 0
+        self._set_tables([order.keys for order in counted], counts)
         return self
 
     def _set_tables(self, keys: list[Tensor], counts: list[Tensor]) -> None:
         """Fill the k + 1 tables from their keys and counts (float64 arithmetic)."""
-        vocab, add_k = self.vocab_size, self.config.add_k
+        vocab, add_k, n_predicted = self.vocab_size, self.config.add_k, self.n_predicted
         followed = [counts[0].sum().double()] + [                               # n(c .) per context c
             torch.bincount(ngrams.prefixes_and_last(key, vocab)[0], weights=count.double(),
                            minlength=len(below))
@@ -108,9 +126,11 @@ class MarkovChain(CausalLM):
         for j, table in enumerate(self.tables):
             context = ngrams.prefixes_and_last(keys[j], vocab)[0]
             total = followed[0] if j == 0 else followed[j][context]
-            log_unseen = (_transition(torch.zeros_like(followed[j + 1]), followed[j + 1], add_k, vocab).log()
+            log_unseen = (_transition(torch.zeros_like(followed[j + 1]), followed[j + 1], add_k, n_predicted).log()
                           if j < self.order else torch.zeros(0))
-            log_prob = _transition(counts[j].double(), total, add_k, vocab).log()
+            log_prob = _transition(counts[j].double(), total, add_k, n_predicted).log()
+            if j == 0 and self.start_id is not None:
+                log_prob[self.start_id] = -torch.inf
             table.fill(keys[j], count=counts[j], log_prob=log_prob, log_unseen=log_unseen)
 
     # ---- the causal-LM contract ---------------------------------------------------------------
@@ -151,6 +171,8 @@ class MarkovChain(CausalLM):
             rows = torch.where((context >= 0)[:, None], unseen[:, None], rows)
             following = self.tables[j]
             ngrams.scatter_continuations(rows, context, following, following.log_prob, self.vocab_size)
+        if self.start_id is not None:
+            rows[:, self.start_id] = -torch.inf
         return rows
 
     # ---- the chain itself ---------------------------------------------------------------------
@@ -160,15 +182,18 @@ class MarkovChain(CausalLM):
         seen followed by a token moves by the order-0 distribution)."""
         if self.order != 1:
             raise ConfigError(f"the transition matrix is defined here for order 1, not {self.order}")
-        vocab, add_k = self.vocab_size, self.config.add_k
+        vocab, add_k, n_predicted = self.vocab_size, self.config.add_k, self.n_predicted
         pairs = self.tables[1]
         counts = torch.zeros(vocab * vocab, dtype=torch.float64, device=pairs.keys.device)
         counts[pairs.keys] = pairs.count.double()           # key = i * V + j for order 1
         counts = counts.view(vocab, vocab)
         total = counts.sum(dim=1, keepdim=True)
         first = self.tables[0].count.double()
-        order_zero = _transition(first, first.sum(), add_k, vocab)       # for states never followed
-        return torch.where(total > 0, _transition(counts, total, add_k, vocab), order_zero)
+        order_zero = _transition(first, first.sum(), add_k, n_predicted)       # for states never followed
+        transition = torch.where(total > 0, _transition(counts, total, add_k, n_predicted), order_zero)
+        if self.start_id is not None:
+            transition[:, self.start_id] = 0.0
+        return transition
 
     def stationary_distribution(self) -> Tensor:
         """(V,) float64 pi with ``pi P = pi`` and ``sum pi = 1``, by solving the linear system

@@ -8,7 +8,8 @@ probability ``p*(w | h)``, for each stored context ``h`` a back-off weight ``b(h
                                               for an unstored h),
 
 down to a unigram distribution that covers the whole vocabulary. With counts ``c``, ``V`` the
-number of predictable ids (``vocab_size``) and ``N1+(h .)`` the number of distinct words after h:
+number of predictable ids (``vocab_size``, less one when ``<s>`` is among them, see Streams) and
+``N1+(h .)`` the number of distinct words after h:
 
 - ``mle``: ``p* = c(h w) / c(h .)``; nothing is left for unseen words (they get probability 0).
 - ``add_k``: ``p* = (c(h w) + k) / (c(h .) + k V)`` (Laplace for k = 1, Lidstone otherwise); the
@@ -40,11 +41,17 @@ probability, and recomputes the back-off weights so that each distribution still
 (as SRILM does after pruning). Raw counts never grow with the order, so what remains keeps every
 prefix and suffix of its n-grams.
 
-Streams: ``<s>`` is id ``vocab_size``, a context-only id that is never predicted. ``fit(task)``
-reads the training block as one sentence ``<s> x_1 ... x_N`` without ``</s>``, and every stream
-the model scores starts with the same implicit ``<s>``: the state is the last ``order - 1`` ids of
-``<s> x_1 ... x_t``. ``fit_stream`` takes several sentences, each starting with ``<s>`` (and
-ending with whatever id the caller uses as ``</s>``); see ``seqlab.classical.arpa``.
+Streams: ``<s>`` is a context-only id that is never predicted (probability 0) and that no n-gram
+holds but as its first id, so the context starts afresh after it: it is the model's extra id
+``vocab_size``, or, when the task's tokens hold sentence markers (a sentence-per-line ``lm``
+task), the task's own ``<s>``, ``sentence_start_id``, among the ``vocab_size`` ids (then
+``vocab_size - 1`` ids are predictable). ``fit(task)`` reads the training block as
+``<s> x_1 ... x_N``, ``<s>`` put first unless the block starts with it: one sentence without
+``</s>`` for a plain text, every sentence apart (as ``seqlab.classical.arpa.fit_sentences``
+counts) for a stream ``<s> w .. </s> <s> ...``. Every stream the model scores starts with the
+same implicit ``<s>``: the state is the last ``order - 1`` ids of ``<s> x_1 ... x_t``.
+``fit_stream`` takes several sentences, each starting with ``<s>`` (and ending with whatever id
+the caller uses as ``</s>``); see ``seqlab.classical.arpa``.
 
 Shapes: B batch, T time, V ``vocab_size``, n ``order``.
 """
@@ -77,7 +84,8 @@ class NGramConfig:
     """An n-gram language model.
 
     Attributes:
-        vocab_size: number of predictable token ids V (``<s>`` is the extra id V).
+        vocab_size: number of token ids V the model reads and scores (``<s>`` is the extra id V,
+            unless sentence_start_id names one of them).
         order: n, the longest n-gram; the model conditions on the last n - 1 ids. 8 suits the
             built-in corpus at character level; 5 is the usual choice for words.
         estimator: how probabilities are estimated from counts (see the module docstring).
@@ -85,6 +93,9 @@ class NGramConfig:
         discount: a fixed D for ``absolute`` and ``kneser_ney``, in (0, 1]; None estimates
             ``D = n1 / (n1 + 2 n2)`` for each order.
         prune_singletons: drop n-grams of order >= 3 seen once, then renormalise.
+        sentence_start_id: the id of <s> among the vocab_size ids, when the task's tokens hold
+            sentence markers (a sentence-per-line lm task sets it): never predicted, and the
+            context restarts at it; none: <s> is the extra id vocab_size.
     """
 
     vocab_size: int
@@ -93,6 +104,7 @@ class NGramConfig:
     add_k: float = 1.0
     discount: float | None = None
     prune_singletons: bool = False
+    sentence_start_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
@@ -106,6 +118,10 @@ class NGramConfig:
             raise ConfigError(f"NGramConfig.add_k must be > 0 (use estimator 'mle' for none), got {self.add_k}")
         if self.discount is not None and not 0 < self.discount <= 1:
             raise ConfigError(f"NGramConfig.discount must be in (0, 1] or None, got {self.discount}")
+        if self.sentence_start_id is not None and not (0 <= self.sentence_start_id < self.vocab_size
+                                                       and self.vocab_size >= 2):
+            raise ConfigError(f"NGramConfig.sentence_start_id must be an id in [0, vocab_size) leaving another "
+                              f"to predict, or None; got {self.sentence_start_id} with vocab_size {self.vocab_size}")
 
 
 @register("ngram", task="lm", config=NGramConfig, trains="fit")
@@ -122,11 +138,12 @@ class NGramLM(CausalLM):
         self.config = config
         self.vocab_size = config.vocab_size
         self.order = config.order
-        self.start_id = config.vocab_size                    # <s>
-        self.n_ids = config.vocab_size + 1
+        own_start = config.sentence_start_id is None
+        self.start_id = config.vocab_size if own_start else config.sentence_start_id      # <s>
+        self.n_ids = config.vocab_size + own_start           # the predictable ids and <s>
         values = {"log_prob": torch.float32, "log_backoff": torch.float32}
         self.tables = nn.ModuleList(NGramTable(values) for _ in range(config.order))
-        uniform = torch.full((self.n_ids,), -math.log(config.vocab_size))
+        uniform = torch.full((self.n_ids,), -math.log(self.n_ids - 1))
         uniform[self.start_id] = -math.inf
         self.tables[0].fill(torch.arange(self.n_ids), log_prob=uniform, log_backoff=torch.zeros(self.n_ids))
         # D1, D2, D3+ of each order, as fitted (0 for estimators that subtract none, and unfitted).
@@ -135,16 +152,19 @@ class NGramLM(CausalLM):
     # ---- fitting ------------------------------------------------------------------------------
 
     def fit(self, task: Any, *, progress: bool = False, deadline: float | None = None) -> Self:
-        """Fit to ``task.splits["train"].ids`` read as ``<s> x_1 ... x_N``, in closed form:
-        ``progress`` and ``deadline``, taken as by every model that fits itself, are ignored."""
+        """Fit to ``task.splits["train"].ids`` read as ``<s> x_1 ... x_N`` (``<s>`` put first
+        unless the block starts with it), in closed form: ``progress`` and ``deadline``, taken
+        as by every model that fits itself, are ignored."""
         ids = ngrams.training_ids(task, self.vocab_size, "ngram")
+        if ids.numel() and int(ids[0]) == self.start_id:
+            return self.fit_stream(ids)
         return self.fit_stream(torch.cat([torch.tensor([self.start_id]), ids]))
 
     def fit_stream(self, stream: Tensor) -> NGramLM:
-        """Fit to one stream of sentences, each starting with ``<s>`` (id ``vocab_size``).
+        """Fit to one stream of sentences, each starting with ``<s>`` (``start_id``).
 
         Args:
-            stream: (L,) ids in ``[0, vocab_size]``; ``stream[0]`` must be ``<s>``.
+            stream: (L,) ids in ``[0, n_ids)``; ``stream[0]`` must be ``<s>`` (``start_id``).
         Returns:
             self, fitted.
         """
@@ -167,7 +187,7 @@ class NGramLM(CausalLM):
 
     def set_tables(self, keys: list[Tensor], log_probs: list[Tensor], log_backoffs: list[Tensor]) -> None:
         """Install fitted (or read) tables: per order, sorted keys (N_k,), ln p* (N_k,) and ln b
-        (N_k,) (empty at the highest order). Order 1 is dense over ``vocab_size + 1`` ids."""
+        (N_k,) (empty at the highest order). Order 1 is dense over the ``n_ids`` ids."""
         for table, key, log_prob, log_backoff in zip(self.tables, keys, log_probs, log_backoffs):
             table.fill(key, log_prob=log_prob, log_backoff=log_backoff)
 
@@ -209,7 +229,7 @@ class NGramLM(CausalLM):
         each order searches only the windows that can still be stored.
 
         Args:
-            history: (B, L) ids in ``[0, vocab_size]`` or ``ABSENT``.
+            history: (B, L) ids in ``[0, n_ids)`` or ``ABSENT``.
         Returns:
             (B, L) float32 natural-log probabilities.
         """

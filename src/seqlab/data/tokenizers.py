@@ -26,6 +26,11 @@ writes the unknown id as the literal ``<unk>``; ``word`` and ``unigram`` read th
 ``<unk>`` as the unknown id too. Unseen symbols follow the tokenizer's ``unknown``
 policy: ``"replace"`` maps them to ``unk_id`` (under ``unigram`` a run of unseen characters
 becomes one ``<unk>``), ``"error"`` raises a ``DataError`` naming the first one.
+
+A ``word`` tokenizer trained with ``markers=True`` (for text read one sentence per line,
+``seqlab.data.sentences``) also holds the sentence markers, in the ids KenLM's ARPA vocabulary
+gives them in ``seqlab.classical.arpa``: ``<unk>`` 0, ``</s>`` 1, the words from 2, and ``<s>``
+last; ``marker_ids`` says where they are.
 """
 
 from __future__ import annotations
@@ -51,8 +56,10 @@ UNKNOWN_POLICIES: tuple[str, ...] = get_args(UnknownPolicy)
 
 FORMAT_VERSION = 1
 UNK = "<unk>"
+SENTENCE_START, SENTENCE_END = "<s>", "</s>"
 DEFAULT_SUBWORD_VOCAB_SIZE = 1024
 MIN_VOCAB_SIZE = {"word": 2, "bpe": 256, "unigram": 2}  # bpe: the 256 byte symbols come first
+MIN_MARKED_VOCAB_SIZE = 4                                # <unk>, </s>, <s> and one word
 WORD = re.compile(r"\S+")
 
 
@@ -99,6 +106,22 @@ class Tokenizer(abc.ABC):
         Raises:
             DataError: under the "error" policy, naming the first unseen symbol and its position.
         """
+        ids, _, ends = self.encode_with_spans(text, unknown=unknown)
+        char_lengths = np.diff(ends, prepend=0)
+        if len(char_lengths):
+            char_lengths[-1] += len(text) - ends[-1]
+        return ids, char_lengths
+
+    def encode_with_spans(
+        self, text: str, *, unknown: UnknownPolicy | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids of ``text`` and the span ``text[start:end]`` each was read from.
+
+        Returns:
+            ids, starts, ends: (N,) int64 each.
+        Raises:
+            DataError: under the "error" policy, naming the first unseen symbol and its position.
+        """
         ids, starts, ends = self._tokenize(text)
         policy = self.unknown if unknown is None else _check_policy(unknown)
         if policy == "error" and self.unk_id is not None:
@@ -106,10 +129,12 @@ class Tokenizer(abc.ABC):
             if len(unseen):
                 first = unseen[0]
                 raise DataError(self._unseen_message(text, int(starts[first]), int(ends[first])))
-        char_lengths = np.diff(ends, prepend=0)
-        if len(char_lengths):
-            char_lengths[-1] += len(text) - ends[-1]
-        return ids, char_lengths
+        return ids, starts, ends
+
+    @property
+    def marker_ids(self) -> tuple[int, int] | None:
+        """The ids of ``<s>`` and ``</s>`` when the vocabulary holds both, else None."""
+        return None
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids``, ``unk_id`` written as ``<unk>``; DataError for an id outside."""
@@ -186,6 +211,11 @@ class VocabTokenizer(Tokenizer):
         ids = np.fromiter((id_of(piece, 0) for piece in pieces), dtype=np.int64, count=len(pieces))
         return ids, starts, ends
 
+    @property
+    def marker_ids(self) -> tuple[int, int] | None:
+        start, end = self._id_of.get(SENTENCE_START), self._id_of.get(SENTENCE_END)
+        return None if self.kind != "word" or start is None or end is None else (start, end)
+
     def _decode(self, ids: list[int]) -> str:
         return self._separator.join(map(self.vocab.__getitem__, ids))
 
@@ -222,7 +252,8 @@ class HFTokenizer(Tokenizer):
 
 
 def train_tokenizer(
-    kind: str, text: str, *, vocab_size: int | None = None, unknown: UnknownPolicy = "replace"
+    kind: str, text: str, *, vocab_size: int | None = None, unknown: UnknownPolicy = "replace",
+    markers: bool = False,
 ) -> Tokenizer:
     """Build a tokenizer of ``kind`` from ``text``.
 
@@ -231,16 +262,22 @@ def train_tokenizer(
         text: the training text.
         vocab_size: the most ids to use, ``<unk>`` included. ``char`` takes none (its vocabulary
             is every character of ``text``); ``word`` keeps all words when None, else the
-            ``vocab_size - 1`` most frequent (ties: first occurrence first); ``bpe`` and
-            ``unigram`` default to 1024 and may stop short on a small text.
+            ``vocab_size - 1`` most frequent (ties: first occurrence first; with ``markers``,
+            the ``vocab_size - 3`` most frequent); ``bpe`` and ``unigram`` default to 1024 and
+            may stop short on a small text.
         unknown: the default policy for unseen symbols, "replace" or "error".
+        markers: (``word`` only) add the sentence markers: ``<unk>``, ``</s>``, the words of
+            ``text`` (literal ``<s>`` and ``</s>`` left out), then ``<s>``.
     Raises:
-        ConfigError: an unknown kind or policy, or a vocab_size that does not apply or is too small.
+        ConfigError: an unknown kind or policy, a vocab_size that does not apply or is too small,
+            or markers for a kind other than word.
         DataError: empty text, or (``word``) text without a word.
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(KINDS)}")
     _check_policy(unknown)
+    if markers and kind != "word":
+        raise ConfigError(f"sentence markers are words: only the word tokenizer holds them, not {kind}")
     if not text:
         raise DataError(f"cannot train a {kind} tokenizer on empty text; pass a non-empty text")
     if kind == "char":
@@ -252,28 +289,32 @@ def train_tokenizer(
         return VocabTokenizer("char", [UNK, *sorted(set(text))], unknown=unknown)
     if vocab_size is None and kind != "word":
         vocab_size = DEFAULT_SUBWORD_VOCAB_SIZE
-    minimum = MIN_VOCAB_SIZE[kind]
+    minimum = MIN_MARKED_VOCAB_SIZE if markers else MIN_VOCAB_SIZE[kind]
     if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < minimum):
         raise ConfigError(
-            f"vocab_size of the {kind} tokenizer must be an integer >= {minimum}, "
-            f"got {vocab_size!r}"
+            f"vocab_size of the {kind} tokenizer{' with sentence markers' if markers else ''} must be "
+            f"an integer >= {minimum}, got {vocab_size!r}"
         )
     if kind == "word":
-        return VocabTokenizer("word", _word_vocab(text, vocab_size), unknown=unknown)
+        return VocabTokenizer("word", _word_vocab(text, vocab_size, markers), unknown=unknown)
     backend = (_train_bpe if kind == "bpe" else _train_unigram)(text, vocab_size)
     # HF's JSON reader can move a unigram score by one ulp; going through it once here makes the
     # trained tokenizer the very one that a save and load give back.
     return HFTokenizer(kind, hf.Tokenizer.from_str(backend.to_str()), unknown=unknown)
 
 
-def _word_vocab(text: str, vocab_size: int | None) -> list[str]:
-    """``<unk>``, then the words of ``text`` by falling count, ties in order of first occurrence."""
+def _word_vocab(text: str, vocab_size: int | None, markers: bool = False) -> list[str]:
+    """``<unk>``, then the words of ``text`` by falling count, ties in order of first occurrence;
+    with ``markers``, ``</s>`` before the words and ``<s>`` after them."""
     counts = Counter(WORD.findall(text))
-    counts.pop(UNK, None)
+    for special in (UNK, SENTENCE_START, SENTENCE_END) if markers else (UNK,):
+        counts.pop(special, None)
     if not counts:
         raise DataError("the word tokenizer's training text is all whitespace; pass some words")
-    most_common = counts.most_common(None if vocab_size is None else vocab_size - 1)
-    return [UNK, *(word for word, _ in most_common)]
+    reserved = 3 if markers else 1
+    most_common = counts.most_common(None if vocab_size is None else vocab_size - reserved)
+    words = [word for word, _ in most_common]
+    return [UNK, SENTENCE_END, *words, SENTENCE_START] if markers else [UNK, *words]
 
 
 def _train_bpe(text: str, vocab_size: int) -> hf.Tokenizer:

@@ -1,19 +1,45 @@
 """Language modelling: predict each token of a text from the tokens before it.
 
-The corpus is split by characters into contiguous train / valid / test blocks (90/5/5 by
-default), so no held-out text leaks into training through overlapping windows. The tokenizer
-is trained on the training block alone; held-out symbols it never saw become ``<unk>`` (a
-byte-level BPE has none). Training samples windows at random offsets; evaluation reads every
-held-out token exactly once, in non-overlapping windows.
+The text is read in one of two ways:
+
+- as a block (the default): the corpus is split by characters into contiguous train / valid /
+  test blocks (``split``, 90/5/5 by default), so no held-out text leaks into training through
+  overlapping windows;
+- one sentence per line (``sentences``), as KenLM and SRILM count: the token stream is
+  ``<s> w_1 .. w_n </s> <s> ...`` (``seqlab.data.sentences``; blank lines are skipped) and the
+  split is by lines, not characters. Only the ``word`` tokenizer reads sentences: the markers
+  are words of its vocabulary, as in an ARPA file, while a char or subword stream already holds
+  the line break that ends a sentence, and a marker there would be a piece no text can spell.
+
+``split`` "none" trains on the whole file and validates on a second one (``valid_data``); the
+test split is then that validation text too, unless ``seqlab eval RUN --data FILE`` names
+another (read in the run's mode: one sentence per line for a sentence run).
+
+The tokenizer is trained on the training text alone; held-out symbols it never saw become
+``<unk>`` (a byte-level BPE has none). Training samples windows at random offsets; evaluation
+reads every held-out token exactly once, in non-overlapping windows.
+
+Sentences. ``<s>`` is context only: a target that is ``<s>`` is never scored, neither by
+evaluation nor by the training loss (``F.cross_entropy(..., ignore_index=<s>)``; keeping the
+loss the mean over the tokens that evaluation scores makes training and validation losses
+comparable, and the softmax still learns to give ``<s>`` no mass). So perplexity and bits per
+character count exactly what KenLM counts: every word, out-of-vocabulary ones as ``<unk>``, and
+one ``</s>`` per sentence. Evaluation windows start at a ``<s>`` and hold whole sentences
+(``seqlab.data.batching.sentence_windows``), so a model predicts each token from its own
+sentence: n-gram scores equal KenLM's for every sentence of fewer than ``context`` words (a
+longer one is read in overlapping windows, which keep ``context // 2`` tokens of it as context).
+``model_defaults()`` gives ``sentence_start_id``, the id of ``<s>``, to the models that take it:
+the n-gram model and the Markov chain count each sentence apart and restart their context at
+it, as KenLM scores sentences independently; neural models read the markers as tokens.
 
 Metrics: loss in nats per token, perplexity, and bits per character counted over the
 characters that the predicted tokens cover (``seqlab.metrics.language``). Prediction continues
-each input line as a prompt (``seqlab generate`` is its alias).
+each input line as a prompt (``seqlab generate`` is its alias); in a sentence run each prompt
+starts a sentence.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,11 +50,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from seqlab.contracts import device_of
-from seqlab.data.batching import random_windows, sequential_windows
+from seqlab.data.batching import random_windows, sentence_windows, sequential_windows
 from seqlab.data.corpora import Corpus, load_corpus
+from seqlab.data.sentences import (
+    DEFAULT_SPLIT, NO_SPLIT, encode_sentences, parse_split, sentence_lines, sentence_markers, split_consecutive,
+)
 from seqlab.data.tokenizers import Tokenizer, TokenizerKind, load_tokenizer, train_tokenizer
 from seqlab.errors import ConfigError, DataError, SeqlabWarning
-from seqlab.metrics.language import language_metrics
+from seqlab.metrics.language import NONE_IGNORED, evaluate_windows
 from seqlab.report import Column, Curve
 from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
 
@@ -47,13 +76,42 @@ class LanguageModelingOptions:
         data: a UTF-8 text file; none: the built-in corpus (CPython's help topics, 465 KB).
         tokenizer: char, word, bpe or unigram, trained on the training split.
         context: the window length in tokens.
-        vocab_size: the vocabulary size of a word, bpe or unigram tokenizer (none: the kind's own).
+        vocab_size: the vocabulary size of a word, bpe or unigram tokenizer (none: the kind's own;
+            in sentence mode it counts <unk>, <s> and </s>).
+        sentences: read each line as a sentence between <s> and </s> (blank lines skipped), as
+            KenLM and SRILM count; needs the word tokenizer. <s> is context only, never scored.
+        split: the train/valid/test shares of data, as percentages or fractions ("90/5/5",
+            "0.8,0.1,0.1"), of characters, or of lines with sentences; or "none": train on all of
+            data and validate on valid_data, which is then the test split too.
+        valid_data: a second UTF-8 text file to validate on; required by split none, refused
+            otherwise.
     """
 
     data: str | None = None
     tokenizer: TokenizerKind = "char"
     context: int = 128
     vocab_size: int | None = None
+    sentences: bool = False
+    split: str = "90/5/5"
+    valid_data: str | None = None
+
+    def __post_init__(self) -> None:
+        check_data_options(self.split, self.sentences, self.tokenizer, self.valid_data is not None,
+                           "LanguageModelingOptions.")
+
+
+def check_data_options(split: Any, sentences: bool, tokenizer: str, has_valid: bool, where: str = "") -> None:
+    """Refuse options that do not go together, with a ``ConfigError`` naming the field."""
+    fractions = parse_split(split, where)
+    if fractions is None and not has_valid:
+        raise ConfigError(f"{where}split 'none' trains on the whole file and validates on a second one: "
+                          "give valid_data (--valid-data FILE)")
+    if fractions is not None and has_valid:
+        raise ConfigError(f"{where}valid_data is read only with split 'none' (--split none); "
+                          f"with split {split!r} the validation text is a share of data")
+    if sentences and tokenizer != "word":
+        raise ConfigError(f"{where}sentences needs tokenizer 'word', got {tokenizer!r}: <s> and </s> are words, "
+                          "as KenLM and SRILM count them (use --tokenizer word)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,10 +148,14 @@ class LanguageModeling(Task):
     Args:
         corpus: the text (see ``seqlab.data.corpora.load_corpus``).
         tokenizer: a trained ``Tokenizer``, or a kind ("char", "word", "bpe", "unigram") to
-            train on the training block.
+            train on the training text (with sentence markers under ``sentences``).
         context: window length T in tokens.
-        split: fractions of the characters for train, valid and test.
+        split: fractions of the characters (of the lines, under ``sentences``) for train, valid
+            and test, as a tuple or a string ``parse_split`` reads; or "none": all of ``corpus``
+            is the training text and ``valid_corpus`` the validation and test text.
         vocab_size: for a tokenizer trained here (subword and word kinds).
+        sentences: read each line as a sentence ``<s> w_1 .. w_n </s>`` (see the module docstring).
+        valid_corpus: the validation text, with split "none" only.
     """
 
     Options = LanguageModelingOptions
@@ -109,7 +171,7 @@ class LanguageModeling(Task):
     )
     default_budget_seconds = 90.0
     compare_defaults = {"context": 64}        # short windows: more steps in a CPU budget
-    matched_config_fields = ("vocab_size",)
+    matched_config_fields = ("vocab_size", "sentence_start_id")
     artifact_loaders = {"tokenizer": load_tokenizer}
 
     def __init__(
@@ -117,65 +179,94 @@ class LanguageModeling(Task):
         corpus: Corpus,
         tokenizer: Tokenizer | str = "char",
         context: int = 128,
-        split: tuple[float, float, float] = (0.9, 0.05, 0.05),
+        split: tuple[float, float, float] | str = DEFAULT_SPLIT,
         vocab_size: int | None = None,
+        *,
+        sentences: bool = False,
+        valid_corpus: Corpus | None = None,
     ):
-        if not isinstance(corpus, Corpus):
+        if not isinstance(corpus, Corpus) or not isinstance(valid_corpus, (Corpus, type(None))):
             raise ConfigError(f"LanguageModeling needs a Corpus (e.g. seqlab.load_corpus(path)), "
-                              f"got {type(corpus).__name__}")
+                              f"got {type(corpus if not isinstance(corpus, Corpus) else valid_corpus).__name__}")
         if not isinstance(tokenizer, (Tokenizer, str)):
             raise ConfigError(f"tokenizer must be a Tokenizer or a kind name, got {type(tokenizer).__name__}")
         if isinstance(context, bool) or not isinstance(context, int) or context < 1:
             raise ConfigError(f"context must be an int >= 1, got {context!r}")
-        if len(split) != 3 or min(split) <= 0 or not math.isclose(sum(split), 1.0):
-            raise ConfigError(f"split must be three positive fractions summing to 1, got {split}")
-        texts = _split_text(corpus.text, split)
+        kind = tokenizer if isinstance(tokenizer, str) else tokenizer.kind
+        check_data_options(split, sentences, kind, valid_corpus is not None)
+        fractions = parse_split(split)
+        read = _sentences if sentences else (lambda corpus: corpus.text)
+        texts = (split_consecutive(read(corpus), fractions) if valid_corpus is None else
+                 {"train": read(corpus), "valid": read(valid_corpus)})
         if isinstance(tokenizer, str):
-            tokenizer = train_tokenizer(tokenizer, texts["train"], vocab_size=vocab_size)
-        self._set_up(corpus, tokenizer, context, tuple(split), texts)
+            training_text = "\n".join(texts["train"]) if sentences else texts["train"]
+            tokenizer = train_tokenizer(tokenizer, training_text, vocab_size=vocab_size, markers=sentences)
+        self._set_up(corpus, tokenizer, context, fractions, sentences=sentences, valid_corpus=valid_corpus)
+        self._read_splits(texts, min_tokens=context + 1)
+        if valid_corpus is not None:
+            self.splits["test"] = self.splits["valid"]          # no test text: test on the validation text
 
-    def _set_up(self, corpus: Corpus, tokenizer: Tokenizer, context: int, split: tuple[float, ...],
-                texts: dict[str, str], min_tokens: int | None = None) -> None:
-        """Tokenize ``texts`` (split name -> text); each needs ``min_tokens`` (default: a window
-        and its target, ``context + 1``)."""
+    def _set_up(self, corpus: Corpus, tokenizer: Tokenizer, context: int,
+                fractions: tuple[float, float, float] | None, *, sentences: bool,
+                valid_corpus: Corpus | None = None) -> None:
+        """Everything but the splits, which ``_read_splits`` reads."""
         self.corpus = corpus
+        self.valid_corpus = valid_corpus
         self.tokenizer = tokenizer
         self.context = context
-        self.split_fractions = split
+        self.split_fractions = fractions
+        self.sentences = sentences
+        self.start_id = sentence_markers(tokenizer)[0] if sentences else None
         self.splits: dict[str, TokenSplit] = {}
+
+    def _read_splits(self, texts: dict[str, Any], min_tokens: int) -> None:
+        """Tokenize ``texts`` (split name -> a text, or its lines under ``sentences``). The
+        training split needs ``min_tokens`` (a window and its target), a held-out one as much in
+        block mode and a sentence in sentence mode."""
         for name, text in texts.items():
-            ids, lengths = tokenizer.encode_with_lengths(text, unknown="replace")
-            needed = context + 1 if min_tokens is None else min_tokens
-            if len(ids) < needed:
-                raise DataError(
-                    f"corpus {corpus.name!r} has {len(ids)} tokens in its {name} split, but "
-                    + (f"context {context} needs at least {needed}; use a longer text or a smaller context"
-                       if min_tokens is None else f"at least {needed} are needed")
-                )
-            self.splits[name] = TokenSplit(torch.as_tensor(ids), torch.as_tensor(lengths))
+            needed = min_tokens if name == "train" or not self.sentences else 2         # <s> </s>
+            self.splits[name] = self._tokenize(name, text, needed)
+
+    def _tokenize(self, name: str, text: str | list[str], needed: int) -> TokenSplit:
+        source = self.valid_corpus if name != "train" and self.valid_corpus is not None else self.corpus
+        if self.sentences:
+            ids, lengths = encode_sentences(self.tokenizer, text)
+        else:
+            ids, lengths = self.tokenizer.encode_with_lengths(text, unknown="replace")
+        if len(ids) < needed:
+            unit = f"{len(text)} sentences, {len(ids)} tokens" if self.sentences else f"{len(ids)} tokens"
+            raise DataError(
+                f"corpus {source.name!r} has {unit} in its {name} split, but "
+                + (f"context {self.context} needs at least {needed}; use a longer text or a smaller context"
+                   if needed == self.context + 1 else f"at least {needed} are needed")
+            )
+        return TokenSplit(torch.as_tensor(ids), torch.as_tensor(lengths))
 
     # ---- building ------------------------------------------------------------------------
 
     @classmethod
     def from_options(cls, options: LanguageModelingOptions) -> LanguageModeling:
-        return cls(load_corpus(options.data), options.tokenizer, options.context,
-                   vocab_size=options.vocab_size)
+        valid = load_corpus(options.valid_data) if options.valid_data is not None else None
+        return cls(load_corpus(options.data), options.tokenizer, options.context, options.split,
+                   options.vocab_size, sentences=options.sentences, valid_corpus=valid)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
                   with_data: bool = True) -> LanguageModeling:
         """The task a run was trained on, with its saved tokenizer. Over other ``data`` (a text
-        file) the whole file is the test split; without data there are no splits (to generate)."""
+        file, read as the run read its own: one sentence per line in a sentence run) the whole
+        file is the test split; without data there are no splits (to generate)."""
         tokenizer, context = artifacts["tokenizer"], spec["context"]
-        split = tuple(spec.get("split", (0.9, 0.05, 0.05)))
+        split, sentences = spec.get("split", DEFAULT_SPLIT), bool(spec.get("sentences", False))
         if data is None and with_data:
-            return cls(load_corpus(spec.get("data")), tokenizer, context, split=split)
+            valid = load_corpus(spec["valid_data"]) if spec.get("valid_data") is not None else None
+            return cls(load_corpus(spec.get("data")), tokenizer, context, split, sentences=sentences,
+                       valid_corpus=valid)
         task = cls.__new__(cls)
-        if not with_data:
-            task._set_up(Corpus("none", "", spec.get("data")), tokenizer, context, split, {})
-        else:
-            corpus = load_corpus(data)
-            task._set_up(corpus, tokenizer, context, split, {"test": corpus.text}, min_tokens=2)
+        corpus = load_corpus(data) if with_data else Corpus("none", "", spec.get("data"))
+        task._set_up(corpus, tokenizer, context, parse_split(split), sentences=sentences)
+        if with_data:
+            task._read_splits({"test": _sentences(corpus) if sentences else corpus.text}, min_tokens=2)
             task._check_vocabulary_coverage()
         return task
 
@@ -200,9 +291,11 @@ class LanguageModeling(Task):
 
     def spec(self) -> dict[str, Any]:
         """JSON description from which ``from_spec`` rebuilds the task (with the saved tokenizer)."""
+        valid = self.valid_corpus
         return {"task": self.name, "data": self.corpus.source, "context": self.context,
-                "split": list(self.split_fractions), "tokenizer": self.tokenizer.kind,
-                "vocab_size": self.vocab_size}
+                "split": NO_SPLIT if self.split_fractions is None else list(self.split_fractions),
+                "sentences": self.sentences, "valid_data": valid and (valid.source or valid.name),
+                "tokenizer": self.tokenizer.kind, "vocab_size": self.vocab_size}
 
     def artifacts(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer}
@@ -217,16 +310,26 @@ class LanguageModeling(Task):
         return len(self.splits["train"].ids) if "train" in self.splits else 0
 
     def model_defaults(self) -> dict[str, Any]:
-        """Config values a model for this task must take: its vocabulary and context."""
-        return {"vocab_size": self.vocab_size, "max_len": self.context}
+        """Config values a model for this task must take: its vocabulary and context, and the
+        id of ``<s>`` (None outside sentence mode), for models with ``sentence_start_id``."""
+        return {"vocab_size": self.vocab_size, "max_len": self.context, "sentence_start_id": self.start_id}
 
     @classmethod
     def example_model_defaults(cls) -> dict[str, Any]:
-        return {"vocab_size": 256, "max_len": 256}
+        return {"vocab_size": 256, "max_len": 256, "sentence_start_id": None}
+
+    @property
+    def _ignored(self) -> int:
+        """The target id no loss or metric counts: ``<s>``, or none (``NONE_IGNORED``) in block mode."""
+        return NONE_IGNORED if self.start_id is None else self.start_id
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Random windows of the training block: inputs and targets, (B, T) each."""
         return random_windows(self.splits["train"].ids, batch_size, self.context, generator)
+
+    def loss_items(self, batch: Sequence[Tensor]) -> int:
+        """The targets the loss averages over: every one but ``<s>``."""
+        return int((batch[1] != self._ignored).sum())
 
     def stream_windows(self, batch_size: int) -> int:
         """How many consecutive windows each of ``batch_size`` streams holds (truncated BPTT)."""
@@ -260,26 +363,40 @@ class LanguageModeling(Task):
         if state is None:
             state = model.init_state(inputs.shape[0])
         logits, state = model.forward_from(inputs, state)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()), state
+        return self._mean_loss(logits, targets), state
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """Mean cross-entropy in nats per target token."""
+        """Mean cross-entropy in nats per scored target token (every one but ``<s>``)."""
         inputs, targets = batch
-        logits = model(inputs)                                                  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return self._mean_loss(model(inputs), targets)                         # (B, T, V) logits
+
+    def _mean_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Summed cross-entropy over the scored targets, over their count (0 when there are none)."""
+        total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=self._ignored,
+                                reduction="sum")
+        return total / (targets != self._ignored).sum().clamp(min=1)          # no host sync
 
     def evaluate(self, model: nn.Module, split: str = "valid", *, max_batches: int | None = None,
                  details: bool = False, batch_size: int = 32) -> dict[str, float]:
         """loss, perplexity and bits per character over a held-out block.
 
-        Reads every token of the block once (or the first ``max_batches`` batches, a fixed
-        subset, for quick checks during training). ``details`` adds nothing here.
+        Reads every scored token of the block once (or the first ``max_batches`` batches, a
+        fixed subset, for quick checks during training): in block mode in consecutive windows,
+        in sentence mode in windows of whole sentences. ``details`` adds nothing here.
         """
         if split not in self.splits:
             raise ConfigError(f"unknown split {split!r}; this task has {', '.join(self.splits) or 'no data'}")
-        return evaluate_block(model, self.splits[split], self.context, batch_size, max_batches)
+        block = self.splits[split]
+        windows = (sequential_windows(block.ids, batch_size, self.context) if self.start_id is None
+                   else sentence_windows(block.ids, self.start_id, batch_size, self.context))
+        return evaluate_windows(model, windows, block.char_lengths, max_batches, ignored=self._ignored)
 
     # ---- use and reports -----------------------------------------------------------------
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's ids, after ``<s>`` in sentence mode (a prompt starts a sentence)."""
+        ids = self.tokenizer.encode(prompt, unknown="error")
+        return ids if self.start_id is None else [self.start_id, *ids]
 
     def predict(self, model: nn.Module, inputs: Sequence[str], options: GenerationOptions | None = None) -> list[str]:
         """Each prompt followed by the model's continuation of it.
@@ -293,7 +410,7 @@ class LanguageModeling(Task):
             if not prompt:
                 raise DataError("the prompt is empty; give at least one character")
             try:
-                ids = self.tokenizer.encode(prompt, unknown="error")
+                ids = self._prompt_ids(prompt)
             except DataError as error:
                 raise DataError(f"prompt rejected: {error}") from None
             tokens = torch.tensor([ids], device=device_of(model))
@@ -304,14 +421,16 @@ class LanguageModeling(Task):
 
     def describe(self) -> str:
         tokens = ", ".join(f"{split} {len(block.ids):,}" for split, block in self.splits.items())
-        return (f"corpus `{self.corpus.name}`, tokenizer `{self.tokenizer.kind}` (vocabulary "
+        mode = ", one sentence per line" if self.sentences else ""
+        valid = f", validated on `{self.valid_corpus.name}`" if self.valid_corpus is not None else ""
+        return (f"corpus `{self.corpus.name}`{mode}{valid}, tokenizer `{self.tokenizer.kind}` (vocabulary "
                 f"{self.vocab_size:,}), context {self.context}, tokens: {tokens}")
 
     def showcase(self, model: nn.Module) -> Showcase:
         """A sampled continuation of ``SAMPLE_PROMPT`` (or, when the vocabulary lacks it, of the
         test split's first tokens) at temperature 0.8, and the generation speed."""
         try:
-            prompt_ids = self.tokenizer.encode(SAMPLE_PROMPT, unknown="error")
+            prompt_ids = self._prompt_ids(SAMPLE_PROMPT)
         except DataError:
             prompt_ids = self.splits["test"].ids[: min(16, self.context // 2)].tolist()
         prompt = torch.tensor([prompt_ids], device=device_of(model))
@@ -323,33 +442,6 @@ class LanguageModeling(Task):
                         {"generate_tokens_per_second": (generated.shape[1] - prompt.shape[1]) / seconds})
 
 
-@torch.no_grad()
-def evaluate_block(
-    model: nn.Module, block: TokenSplit, context: int, batch_size: int, max_batches: int | None = None
-) -> dict[str, float]:
-    """Summed NLL over non-overlapping windows of ``block``, as language metrics.
-
-    The model is put in eval mode and restored to its previous mode.
-    """
-    device = device_of(model)
-    was_training = model.training
-    model.eval()
-    total_nll, n_tokens, n_chars = 0.0, 0, 0
-    for index, (inputs, targets, target_index) in enumerate(sequential_windows(block.ids, batch_size, context)):
-        if max_batches is not None and index >= max_batches:
-            break
-        logits = model(inputs.to(device)).float()                               # (B, T, V)
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), reduction="sum")
-        total_nll += nll.item()
-        n_tokens += targets.numel()
-        n_chars += int(block.char_lengths[target_index].sum())
-    model.train(was_training)
-    return language_metrics(total_nll, n_tokens, n_chars)
-
-
-def _split_text(text: str, fractions: tuple[float, float, float]) -> dict[str, str]:
-    """Contiguous blocks of ``text`` by character fractions."""
-    n = len(text)
-    first = round(n * fractions[0])
-    second = first + round(n * fractions[1])
-    return {"train": text[:first], "valid": text[first:second], "test": text[second:]}
+def _sentences(corpus: Corpus) -> list[str]:
+    """The sentences of ``corpus``, one per line that holds a word."""
+    return sentence_lines(corpus.text, repr(corpus.source or corpus.name))
