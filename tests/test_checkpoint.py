@@ -38,7 +38,7 @@ def checkpoint_dir(run_dir, which="best"):
 
 def test_a_run_holds_a_pointer_and_one_checkpoint(run):
     run_dir, model = run
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", POINTER_FILE]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "metrics.jsonl", POINTER_FILE]
     loaded = load_checkpoint(run_dir)
     assert loaded.task_name == "lm" and loaded.info["step"] == 0
     for name, tensor in model.state_dict().items():
@@ -77,12 +77,39 @@ def test_the_users_files_survive_training_and_overwriting(tmp_path, task):
     assert load_checkpoint(precious).info["step"] == 3
 
 
-@pytest.mark.parametrize("name", ["checkpoints", "metrics.jsonl"])
-def test_a_directory_holding_a_file_with_seqlabs_name_is_refused(tmp_path, name):
-    (tmp_path / name).write_text("the user's")
+@pytest.mark.parametrize("name", ["checkpoints", "metrics.jsonl", POINTER_FILE])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_holding_a_file_with_seqlabs_name_is_refused(tmp_path, name, overwrite):
+    (tmp_path / name).write_text('{"experiment": "the user\'s"}')
+    (tmp_path / "checkpoints-of-mine").mkdir()
     with pytest.raises(ConfigError, match="seqlab did not write"):
-        RunDirectory(tmp_path).prepare(resume=False, overwrite=False)
-    assert (tmp_path / name).read_text() == "the user's"
+        RunDirectory(tmp_path).prepare(resume=False, overwrite=overwrite)
+    assert (tmp_path / name).read_text() == '{"experiment": "the user\'s"}'
+
+
+def test_a_foreign_run_json_protects_a_checkpoints_directory_beside_it(tmp_path):
+    # A run.json seqlab did not write used to count as a run "with no checkpoint yet", and the
+    # user's checkpoints/step-0000001 beside it was pruned.
+    (tmp_path / "checkpoints" / "step-0000001").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-0000001" / "data.txt").write_text("precious")
+    (tmp_path / POINTER_FILE).write_text('{"experiment": "my notes"}')
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="seqlab did not write"):
+            RunDirectory(tmp_path).prepare(resume=False, overwrite=overwrite)
+    assert (tmp_path / "checkpoints" / "step-0000001" / "data.txt").read_text() == "precious"
+
+
+def test_overwriting_starts_afresh_and_never_mixes_two_runs(tmp_path, task):
+    # A failed --overwrite used to keep the old run's checkpoints beside the new run's log.
+    import seqlab
+
+    run = tmp_path / "run"
+    seqlab.fit(tiny_lstm(task), task, out_dir=run, steps=4, eval_every=2, log_every=1, progress=False, device="cpu")
+    RunDirectory(run).prepare(resume=False, overwrite=True)       # the new run starts; it saves nothing yet
+    assert json.loads((run / POINTER_FILE).read_text())["last"] is None
+    assert (run / "metrics.jsonl").read_text() == "" and not any((run / "checkpoints").iterdir())
+    with pytest.raises(CheckpointError, match="no checkpoint yet"):
+        load_checkpoint(run)
 
 
 def test_output_directory_rules(run, tmp_path):
@@ -134,7 +161,7 @@ def test_a_crash_at_any_stage_of_a_save_leaves_a_loadable_run(tmp_path, stage, t
     assert completed.returncode == 9, completed.stderr[-2000:]
     step = load_checkpoint(run_dir).info["step"]
     assert step == (7 if STAGES.index(stage) >= STAGES.index("switch") else 0)
-    RunDirectory(run_dir).prepare(resume=False, overwrite=True)        # the next start cleans up
+    RunDirectory(run_dir).clean()                                     # what every start runs
     leftovers = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert leftovers == [f"step-{step:07d}"]
     assert not (run_dir / f"{POINTER_FILE}.partial").exists()
@@ -205,9 +232,10 @@ def test_invalid_json_and_missing_files_are_reported(run):
     (checkpoint_dir(run_dir) / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(run_dir)
-    (run_dir / POINTER_FILE).write_text("{}")
-    with pytest.raises(CheckpointError, match="does not exist|no checkpoint"):
-        load_checkpoint(run_dir)
+    (run_dir / POINTER_FILE).write_text(json.dumps({"seqlab_run": 1, "last": "checkpoints/gone", "best": None}))
+    with pytest.raises(CheckpointError, match="names a last checkpoint that does not exist"):
+        load_checkpoint(run_dir, which="last")
+    RunDirectory(run_dir).prepare(resume=False, overwrite=True)      # such a run can still be replaced
 
 
 def test_weights_that_are_not_finite_are_never_saved(tmp_path, task):

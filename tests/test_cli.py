@@ -58,9 +58,13 @@ def test_resume_continues_the_schedule_and_extend_lengthens_it(trained_run, tmp_
     shutil.copytree(trained_run, copy)
     fails_cleanly(capsys, ["train", "--out", str(copy), "--resume", "--no-progress"], "has finished its 5 steps")
     fails_cleanly(capsys, ["train", "--out", str(copy), "--resume", "--steps", "8", "--no-progress"],
-                  "--resume continues the run's schedule (5 steps); it cannot change steps")
+                  "--resume continues the run as it was trained (5 steps); it cannot change --steps")
     fails_cleanly(capsys, ["train", "--out", str(copy), "--resume", "--extend", "--steps", "3", "--no-progress"],
                   "--extend needs --steps above the 5 steps")
+    fails_cleanly(capsys, ["train", "--out", str(copy), "--resume", "--lr", "0.1", "--no-progress"],
+                  "it cannot change --lr; start a new run")
+    fails_cleanly(capsys, ["train", "--out", str(copy), "--resume", "--weight-decay", "0.5", "--no-progress"],
+                  "it cannot change --weight-decay")
     assert main(["train", "--out", str(copy), "--resume", "--extend", "--steps", "8", "--no-progress"]) == 0
     assert "schedule extended from 5 to 8 steps" in capsys.readouterr().out
     assert load_checkpoint(copy, which="last").info["step"] == 8
@@ -195,9 +199,12 @@ def test_every_tasks_flags_build_and_document_their_defaults(command, capsys):
             main([command, "--task", task, "--help"])
         assert exit_status.value.code == 0
         help_text = capsys.readouterr().out
-        for field in dataclasses.fields(get_task(task).Options):
-            assert "--" + field.name.replace("_", "-") in help_text
-        assert help_text.count("(default") + help_text.count("(required") >= len(dataclasses.fields(get_task(task).Options))
+        section = help_text.split(f"options of the {task} task:")[1].split("\n\n")[0]
+        fields = dataclasses.fields(get_task(task).Options)
+        for field in fields:
+            assert "--" + field.name.replace("_", "-") in section
+        # Every one of the task's flags says its default (or that it is required).
+        assert section.count("(default") + section.count("(required") == len(fields), section
 
 
 def test_help_and_version_do_not_load_torch():
@@ -230,3 +237,11 @@ def test_version(capsys):
 def test_training_writes_the_metrics_log_as_it_goes(trained_run):
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert rows and rows[-1]["step"] == 5 and "valid_loss" in rows[-1]
+
+
+def test_predict_finds_the_run_among_its_flags(trained_run, capsys):
+    # A flag's value used to be taken for the run ("run directory '5' does not exist").
+    assert main(["predict", "--max-new", "5", "--seed", "1", str(trained_run), "--text", "The "]) == 0
+    flags_first = capsys.readouterr().out
+    assert main(["generate", str(trained_run), "--prompt", "The ", "--max-new", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == flags_first and flags_first.startswith("The ")

@@ -53,3 +53,23 @@ def test_bad_comparisons_fail_before_any_model_starts(calls, arguments, error, m
     with pytest.raises(error, match=message):
         compare_module.compare(**{"progress": False, **arguments})
     assert calls == []
+
+
+def test_a_report_never_replaces_the_users_files(calls, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("my own notes")
+    with pytest.raises(ConfigError, match="holds a report.md that seqlab did not write"):
+        compare_module.compare("lm", ["ngram"], {"context": 16}, out_dir=out, progress=False)
+    assert (out / "report.md").read_text() == "my own notes" and calls == []
+    again = tmp_path / "ours"
+    for _ in range(2):                       # seqlab's own report is replaced by the next one
+        compare_module.compare("lm", ["ngram"], {"context": 16}, out_dir=again, progress=False)
+    assert (again / "report.md").read_text().startswith("# seqlab compare")
+
+
+def test_reproduce_into_a_file_is_a_clear_error(tmp_path, capsys):
+    from helpers import fails_cleanly
+
+    (tmp_path / "a-file").write_text("x")
+    fails_cleanly(capsys, ["reproduce", "adding-problem", "--quick", "--out", str(tmp_path / "a-file")], "is a file")

@@ -61,7 +61,9 @@ def test_write_report_writes_exactly_the_three_files(written, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     assert make_report().write(tmp_path) == [tmp_path / n for n in ("report.md", "report.html", "curves.png")]
     assert (tmp_path / "keep.txt").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "keep.txt", "report.html", "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".seqlab-report", "curves.png", "keep.txt", "report.html",
+                                                          "report.md"]
+    assert (tmp_path / ".seqlab-report").read_text().split() == ["curves.png", "report.html", "report.md"]
 
 
 def test_html_is_self_contained(written):

@@ -165,6 +165,16 @@ def test_the_budget_bounds_the_wall_time_evaluations_included(task, reserve):
     assert clock.now + 0.5 * reserve > 10.0 - 1.0 - 0.5 * (1 + reserve), clock.now
 
 
+@pytest.mark.parametrize("step, evaluation, eval_every", [(1.0, 3.0, 10**6), (4.0, 0.5, 10**6), (0.25, 1.0, 7)])
+def test_the_budget_holds_however_long_steps_and_evaluations_take(task, step, evaluation, eval_every):
+    # Before, the closing evaluation was unknown until one had run, and the next step was not
+    # counted: a 10 s budget ended at 13 s with 3 s evaluations and none before the end.
+    clock = FakeClock()
+    Trainer(tiny_lstm(task), TimedTask(task, clock, step=step, evaluation=evaluation),
+            config(steps=10**6, eval_every=eval_every, budget_seconds=10.0), budget=Budget(10.0, clock=clock)).fit()
+    assert clock.now <= 10.0, clock.now
+
+
 def test_the_learning_rate_anneals_over_a_time_budget(task):
     clock = FakeClock()
     result = Trainer(tiny_lstm(task), TimedTask(task, clock, evaluation=0.0),

@@ -233,19 +233,42 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     from seqlab.tasks.base import get_task, task_names
 
-    run = next((arg for arg in argv[argv.index("predict") + 1:] if not arg.startswith("-")), None)
-    asking_help = any(arg in ("-h", "--help") for arg in argv)
+    run = _predict_run_argument(argv[argv.index("predict") + 1:])
     task_class = None
     if run is not None:
         try:
             task_class = get_task(_run_task(run))
         except SeqlabError:
-            if not asking_help:
+            if not any(arg in ("-h", "--help") for arg in argv):
                 raise
     aliases = ", ".join(f"`seqlab {get_task(t).predict_command}` ({t})" for t in task_names()
                         if get_task(t).predict_command)
     parser.epilog = f"Short names: {aliases}. The flags after --input depend on the run's task."
     _predict_arguments(parser, task_class, expected_task=None)
+
+
+def _predict_run_argument(arguments: list[str]) -> str | None:
+    """The RUN of a ``seqlab predict`` command line, wherever it stands among the flags: the
+    command line is read once with every task's prediction flags known, so that a flag's value
+    (``--max-new 5``) is never taken for the run."""
+    from seqlab.tasks.base import get_task, task_names
+
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("run", nargs="?")
+    probe.add_argument("--input")
+    probe.add_argument("--threads")
+    known = {"--input", "--threads"}
+    probe.add_argument("--text", action="append")
+    known.add("--text")
+    for task in map(get_task, task_names()):
+        if task.inline_flag not in known:
+            probe.add_argument(task.inline_flag, action="append")
+            known.add(task.inline_flag)
+        fresh = [field for field in _fields(task.PredictOptions) if "--" + field.name.replace("_", "-") not in known]
+        for field in fresh:
+            known.add("--" + field.name.replace("_", "-"))
+        add_flags(probe, task.PredictOptions, skip=tuple(f.name for f in _fields(task.PredictOptions) if f not in fresh))
+    return probe.parse_known_args(arguments)[0].run
 
 
 def _run_task(run: str) -> str:
@@ -260,7 +283,7 @@ def _predict_arguments(parser: argparse.ArgumentParser, task_class: Any, expecte
     parser.add_argument("run", help="a run directory (its best checkpoint) or one checkpoint directory")
     inline = getattr(task_class, "inline_flag", "--text") if task_class else "--text"
     parser.add_argument("--input", help="a UTF-8 file of inputs, one per line (default: standard input)")
-    parser.add_argument(inline, dest="text", action="append", metavar="TEXT",
+    parser.add_argument(*dict.fromkeys(["--text", inline]), dest="text", action="append", metavar="TEXT",
                         help="an input given on the command line instead (repeatable)")
     if task_class is not None:
         add_flags(parser.add_argument_group(f"options of {task_class.name} predictions"), task_class.PredictOptions)

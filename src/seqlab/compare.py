@@ -27,7 +27,7 @@ from seqlab import registry
 from seqlab.budget import Budget
 from seqlab.errors import ConfigError
 from seqlab.report import Column, ModelResult, Report
-from seqlab.rundir import RunDirectory
+from seqlab.report_render import check_report_directory
 from seqlab.tasks.base import get_task
 from seqlab.train_config import TrainConfig
 from seqlab.training import Trainer, fit
@@ -136,7 +136,7 @@ def run_one(task_name: str, options: Any, name: str, budget_seconds: float, star
                    "progress": progress, **getattr(model, "train_defaults", {}), **train_options,
                    "budget_seconds": budget_seconds}
         config = registry.make_config(TrainConfig, options)
-        result = Trainer(model, task, config, budget=clock, reserve_evaluations=1).fit()
+        result = Trainer(model, task, config, budget=clock, reserve_evaluations=2).fit()   # the test evaluation and the showcase
     test = task.evaluate(model, "test")
     shown = task.showcase(model)
     metrics = {**test, **shown.metrics, "parameters": registry.parameter_count(model), "steps": result.steps,
@@ -155,12 +155,11 @@ def run_in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
 
 
 def _check_report_directory(out_dir: Path) -> None:
-    """The report directory must be a directory seqlab can write, and not a run directory."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {str(out_dir)!r} is a file; give a directory for the report")
+    """The report directory must be one seqlab can write without replacing the user's files,
+    and not a run directory."""
     if (out_dir / "run.json").exists():
         raise ConfigError(f"--out {str(out_dir)!r} holds a training run; give another directory for the report")
-    RunDirectory(out_dir)._check_writable()
+    check_report_directory(out_dir)
 
 
 def _environment(threads: int | None, budget_seconds: float, train_options: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,14 @@ class ProcessGroup:
             raise value if isinstance(value, Exception) else TrainingError(str(value))
         return value
 
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every process, in rank order, on every process."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def sum_and_main_clock(self, value: float, clock: float) -> tuple[float, float]:
         """The sum of ``value`` over the processes and the first process's ``clock``, in one
         collective."""

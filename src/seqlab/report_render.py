@@ -20,9 +20,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from seqlab.errors import ConfigError
 from seqlab.report import Column, ModelResult, Report
 
 ARROWS = {"higher": "↑", "lower": "↓", None: ""}
+
+
+REPORT_FILES = ("report.md", "report.html", "curves.png")
+MARKER = ".seqlab-report"          # the names of the files seqlab wrote in a report directory
+
+
+def check_report_directory(out_dir: str | Path, names: tuple[str, ...] = REPORT_FILES) -> None:
+    """Refuse, before any work, a report directory where writing ``names`` would replace a file
+    seqlab did not write there (it records what it wrote in ``MARKER``), or that cannot be written.
+
+    Raises:
+        ConfigError: ``out_dir`` is a file, cannot be created or written, or holds one of
+            ``names`` that is the user's.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {str(out_dir)!r} is a file; give a directory for the report")
+    ours = set((out_dir / MARKER).read_text().split()) if (out_dir / MARKER).is_file() else set()
+    foreign = [name for name in names if (out_dir / name).exists() and name not in ours]
+    if foreign:
+        raise ConfigError(f"--out {str(out_dir)!r} holds a {foreign[0]} that seqlab did not write; it is left "
+                          "alone: choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MARKER).touch()
+    except OSError as error:
+        raise ConfigError(f"cannot write the report to {str(out_dir)!r} ({error.strerror}); choose another --out") from None
+
+
+def mark_written(out_dir: str | Path, names: tuple[str, ...]) -> None:
+    """Record that seqlab wrote ``names`` in ``out_dir`` (so a later report may replace them)."""
+    marker = Path(out_dir) / MARKER
+    ours = set(marker.read_text().split()) if marker.is_file() else set()
+    marker.write_text("\n".join(sorted(ours | set(names))) + "\n")
 
 
 def write_report(report: Report, out_dir: Path) -> list[Path]:
@@ -30,13 +65,16 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
 
     Returns:
         The three paths, in that order. Nothing else in ``out_dir`` is touched.
+    Raises:
+        ConfigError: one of the three exists there and seqlab did not write it.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md_path, html_path, png_path = out_dir / "report.md", out_dir / "report.html", out_dir / "curves.png"
+    check_report_directory(out_dir)
+    md_path, html_path, png_path = (out_dir / name for name in REPORT_FILES)
     plot_curves(report, png_path)
     md_path.write_text(to_markdown(report), encoding="utf-8")
     html_path.write_text(to_html(report, png_path.read_bytes()), encoding="utf-8")
+    mark_written(out_dir, REPORT_FILES)
     return [md_path, html_path, png_path]
 
 

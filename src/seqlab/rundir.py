@@ -82,40 +82,45 @@ class RunDirectory:
         self.checkpoints = self.path / CHECKPOINTS
         self.metrics_path = self.path / METRICS_FILE
 
-    def read_pointer(self) -> dict[str, Any] | None:
+    def read_pointer(self, *, verify: bool = True) -> dict[str, Any] | None:
         """run.json, checked; None when there is none. A run that has started but saved no
-        checkpoint yet has ``last`` and ``best`` None.
+        checkpoint yet has ``last`` and ``best`` None. ``verify`` also checks that the
+        checkpoints it names exist.
 
         Raises:
-            CheckpointError: run.json is unreadable or names a checkpoint that is not there.
+            ConfigError: a run.json that seqlab did not write (it is the user's).
+            CheckpointError: seqlab's run.json is unreadable or names a checkpoint that is not there.
         """
         if not self.pointer_path.is_file():
             return None
         try:
             pointer = json.loads(self.pointer_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{POINTER_FILE} in {str(self.path)!r} is not valid JSON ({error})") from None
-        if not isinstance(pointer, dict):
-            raise CheckpointError(f"{POINTER_FILE} in {str(self.path)!r} is not a seqlab run pointer")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pointer = None
+        if not isinstance(pointer, dict) or pointer.get("seqlab_run") != FORMAT:
+            raise ConfigError(f"{str(self.path)!r} holds a {POINTER_FILE} that seqlab did not write; it is left "
+                              "alone: choose another --out")
         for which in ("last", "best"):
             name = pointer.setdefault(which, None)
-            if name is not None and not (isinstance(name, str) and (self.path / name / CONFIG_FILE).is_file()):
+            if verify and name is not None and not (isinstance(name, str) and (self.path / name / CONFIG_FILE).is_file()):
                 raise CheckpointError(f"{POINTER_FILE} in {str(self.path)!r} names a {which} checkpoint that "
-                                      f"does not exist ({name!r})")
+                                      f"does not exist ({name!r}); --overwrite starts the run afresh")
         return pointer
 
     def has_checkpoint(self) -> bool:
-        pointer = self.read_pointer()
+        pointer = self.read_pointer(verify=False)
         return pointer is not None and pointer["last"] is not None
 
     # ---- starting ------------------------------------------------------------------------
 
     def prepare(self, *, resume: bool, overwrite: bool) -> None:
-        """``check``, then claim seqlab's names for a new run and remove what a crashed save left."""
+        """``check``, then claim seqlab's names for a new run, and remove what a crashed save
+        left. A new run (``overwrite`` included) starts with no checkpoint and an empty log: the
+        old run's checkpoints are removed then, so nothing of two runs is ever mixed."""
         self.check(resume=resume, overwrite=overwrite)
-        if not self.pointer_path.is_file():
-            # Claim seqlab's names before writing under them: a run with no checkpoint yet.
+        if not resume:
             self._write_pointer({"seqlab_run": FORMAT, "last": None, "best": None, "step": None})
+            self.restart_log()
         self.clean()
 
     def check(self, *, resume: bool, overwrite: bool) -> None:
@@ -134,20 +139,20 @@ class RunDirectory:
         where = str(self.path)
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"--out {where!r} is a file; give a directory")
+        pointer = self.read_pointer(verify=resume)          # a foreign run.json: ConfigError
         if resume:
-            if not self.has_checkpoint():
+            if pointer is None or pointer["last"] is None:
                 raise CheckpointError(f"cannot resume: {where!r} holds no seqlab run with a checkpoint")
-            last = self.path / self.read_pointer()["last"]
-            if not (last / TRAINER_FILE).is_file():
+            if not (self.path / pointer["last"] / TRAINER_FILE).is_file():
                 raise CheckpointError(f"cannot resume: the last checkpoint of {where!r} has no {TRAINER_FILE} "
                                       "(models that fit themselves are not resumed; train a new run)")
-        elif self.has_checkpoint() and not overwrite:
+        elif pointer is not None and pointer["last"] is not None and not overwrite:
             raise ConfigError(f"{where!r} already holds a seqlab run; pass --resume to continue it or "
                               "--overwrite to replace it")
-        elif (self.path / CONFIG_FILE).is_file() and not self.pointer_path.is_file():
+        elif (self.path / CONFIG_FILE).is_file() and pointer is None:
             raise ConfigError(f"{where!r} holds a checkpoint of an older seqlab (config.json at its top); "
                               "choose another --out")
-        elif not self.pointer_path.is_file():
+        elif pointer is None:
             foreign = [name for name in (CHECKPOINTS, METRICS_FILE) if (self.path / name).exists()]
             if foreign:
                 raise ConfigError(f"{where!r} holds a {foreign[0]!r} that seqlab did not write; "
@@ -171,7 +176,7 @@ class RunDirectory:
             partial_pointer.unlink()
         if not self.checkpoints.is_dir():
             return
-        pointer = self.read_pointer() or {}
+        pointer = self.read_pointer(verify=False) or {}
         named = {Path(pointer[which]).name for which in ("last", "best") if pointer.get(which)}
         for child in self.checkpoints.iterdir():
             ours = child.name.startswith(".partial-") or _CHECKPOINT_NAME.fullmatch(child.name)
@@ -196,7 +201,7 @@ class RunDirectory:
         partial.rename(self.checkpoints / name)
         fsync(self.checkpoints)
         _stage("rename")
-        previous = self.read_pointer() or {}
+        previous = self.read_pointer(verify=False) or {}
         relative = f"{CHECKPOINTS}/{name}"
         self._write_pointer({"seqlab_run": FORMAT, "last": relative,
                              "best": relative if best or not previous.get("best") else previous["best"],

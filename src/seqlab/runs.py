@@ -23,6 +23,7 @@ from seqlab.checkpoint import load_checkpoint
 from seqlab.errors import CheckpointError, ConfigError, DataError
 from seqlab.rundir import RunDirectory
 from seqlab.tasks.base import get_task
+from seqlab.train_config import time_progress
 from seqlab.training import TrainConfig, Trainer, TrainResult, fit, learning_rate
 
 
@@ -117,29 +118,44 @@ def train_run(
     return TrainedRun(result, result.history[-1] if result.history else {}, run_task.name, notes)
 
 
+# What a resumed run may change: how it is watched and where it runs. Everything else is the
+# run's recipe (schedule, optimizer, batch, precision); --extend may lengthen it in steps or time.
+CHANGEABLE_ON_RESUME = {"eval_every", "eval_batches", "eval_every_seconds", "patience", "target_loss", "log_every",
+                        "device", "progress"}
+EXTENDABLE = {"steps", "budget_seconds"}
+
+
 def _resumed_options(info: dict[str, Any], given: dict[str, Any], extend: bool) -> tuple[dict[str, Any], str | None]:
-    """The saved training options with ``given`` on top, keeping the schedule unless extended."""
+    """The saved training options with ``given`` on top, keeping the run's recipe unless extended."""
     saved = dict(info["train"])
     done, planned = info["step"], saved.get("steps")
-    schedule = {"steps", "lr", "warmup_steps", "min_lr_ratio"}
+    allowed = CHANGEABLE_ON_RESUME | (EXTENDABLE if extend else set())
+    changed = sorted(key for key in set(given) - allowed if given[key] != saved.get(key))
+    if changed:
+        flag = "--" + changed[0].replace("_", "-").replace("-seconds", "")
+        hint = (f"; to train past step {planned}, add --extend with a larger --steps (or --budget)"
+                if changed[0] in EXTENDABLE else "; start a new run (or --init-from this one) to change it")
+        raise ConfigError(f"--resume continues the run as it was trained ({planned} steps); it cannot change "
+                          f"{flag}{hint}")
     if not extend:
-        changed = sorted(key for key in schedule & set(given) if given[key] != saved.get(key))
-        if changed:
-            raise ConfigError(f"--resume continues the run's schedule ({planned} steps); it cannot change "
-                              f"{changed[0]}. To train past step {planned}, add --extend with a larger --steps")
         if done >= planned:
             raise ConfigError(f"the run has finished its {planned} steps; to train further, resume with "
                               f"--extend --steps N (N > {planned})")
         return {**saved, **given}, None
-    steps = given.get("steps")
-    if steps is None or int(steps) <= done:
+    if "steps" not in given and "budget_seconds" not in given:
+        raise ConfigError("--extend needs a larger --steps or --budget")
+    steps = int(given.get("steps", planned))
+    if steps <= done and "steps" in given:
         raise ConfigError(f"--extend needs --steps above the {done} steps the run has done, got {steps}")
     options = {**saved, **given}
     before = registry.make_config(TrainConfig, saved)
     after = registry.make_config(TrainConfig, options)
-    note = (f"schedule extended from {planned} to {after.steps} steps: the learning rate at step {done} "
-            f"becomes {learning_rate(after, done):.3g} (it was {learning_rate(before, done):.3g}) and decays "
-            f"to {after.lr * after.min_lr_ratio:.3g} at step {after.steps}")
+    spent = info["history"][-1]["train_seconds"] if info.get("history") else 0.0
+    rate_before, rate_after = (learning_rate(config, done, time_progress(config, done, spent))
+                               for config in (before, after))
+    budget = "" if after.budget_seconds is None else f" and {after.budget_seconds:g} s"
+    note = (f"schedule extended from {planned} to {after.steps} steps{budget}: the learning rate at step {done} "
+            f"becomes {rate_after:.3g} (it was {rate_before:.3g}) and decays to {after.lr * after.min_lr_ratio:.3g}")
     return options, note
 
 

@@ -130,3 +130,13 @@ def learning_rate(config: TrainConfig, step: int, progress: float | None = None)
     progress = min(max(progress, 0.0), 1.0)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
     return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def time_progress(config: TrainConfig, step: int, seconds: float) -> float | None:
+    """How far the schedule has gone at ``step`` after ``seconds`` of a time budget: the larger
+    of the step and time fractions (None without a budget, and during warm-up), so that a
+    time-limited run still decays its learning rate."""
+    if config.budget_seconds is None or step < config.warmup_steps:
+        return None
+    by_steps = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return max(by_steps, seconds / config.budget_seconds)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from seqlab.checkpoint import load_checkpoint, not_finite
 from seqlab.errors import CheckpointError, ConfigError, TrainingError
 from seqlab.progress import StepBar
 from seqlab.rundir import RunDirectory
-from seqlab.train_config import TrainConfig, TrainResult, learning_rate
+from seqlab.train_config import TrainConfig, TrainResult, learning_rate, time_progress
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "fit", "learning_rate", "parameter_groups"]
 
@@ -114,7 +115,10 @@ class Trainer:
         self.step = 0
         self._saved_step: int | None = None
         self._evals_without_improvement = 0
-        self._closing_seconds = 0.0                                # one evaluation and save, measured
+        self._closing_seconds = 0.0          # one evaluation and save, as measured (shared under DDP)
+        self._evaluation_seconds = 0.0       # all evaluations and saves of this fit (shared)
+        self._started_at = (0, 0.0)          # (step, train_seconds) when this fit began
+        self._rng_by_rank: list[dict[str, Any]] = []
         self._last: dict[str, float] = {}
         self._carried: list[Any] = [None] * config.grad_accum     # truncated-BPTT states
 
@@ -133,10 +137,20 @@ class Trainer:
             raise ConfigError("resume needs the output directory holding the run")
         if resume:
             self._restore()
-        elif self.run is not None and self.group.is_main:
-            self.run.restart_log()
         if self.budget is None:
             self.budget = Budget(self.config.budget_seconds, spent=self.result.train_seconds)
+        if self.budget.seconds is not None and self._closing_seconds == 0.0:
+            # Time one evaluation before the first step, so that the budget reserves it from
+            # the start (a save adds about a quarter to it).
+            self._closing_seconds = 1.25 * self.group.decide_on_main(self._time_an_evaluation)
+        # What the clock says now (data loading, the timing above), on the first process's clock.
+        self.result.train_seconds = self.group.sum_and_main_clock(0.0, self.budget.elapsed())[1]
+        self._started_at = (self.step, self.result.train_seconds)
+        if self.budget.seconds is not None:
+            if resume and self._out_of_time():
+                raise ConfigError(f"the run has used its {self.budget.seconds:g} s budget "
+                                  f"({self.result.train_seconds:.1f} s); to train further, resume with "
+                                  "--extend and a larger --budget")
 
     def _train(self, stop_at: int | None) -> TrainResult:
         loss_module = TaskLoss(self.task, self.model)
@@ -152,7 +166,8 @@ class Trainer:
                     self.result.stopped_by = "budget"
                     break
                 step_started = time.perf_counter()
-                lr = learning_rate(self.config, self.step, self._time_progress())
+                lr = learning_rate(self.config, self.step,
+                                   time_progress(self.config, self.step, self.result.train_seconds))
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 loss, n_tokens = self._accumulate_gradients(trained)
@@ -235,12 +250,21 @@ class Trainer:
     def _evaluate_and_checkpoint(self) -> str | None:
         """Evaluate, log and checkpoint on the first process and share its decision with the
         others; return why to stop (``"target"``, ``"patience"``) or None."""
+        self._rng_by_rank = self.group.gather(_rng_state())    # each process's dropout stream
         row, stop, error, self._closing_seconds = self.group.decide_on_main(self._evaluate_and_save)
+        self._evaluation_seconds += self._closing_seconds
+        self.result.train_seconds = self.group.sum_and_main_clock(0.0, self.budget.elapsed())[1]
         if error:
             raise TrainingError(error)
         if not self.group.is_main:
             self._record(row)
         return stop
+
+    def _time_an_evaluation(self) -> float:
+        started = self.budget.clock()
+        self.task.evaluate(self.model, "valid", max_batches=self.config.eval_batches)
+        self.model.train()
+        return self.budget.clock() - started
 
     def _evaluate_and_save(self) -> tuple[dict[str, Any], str | None, str | None, float]:
         """On the first process: the history row, the stop decision, an error message for a
@@ -303,19 +327,16 @@ class Trainer:
         return not self.result.history or self.result.history[-1]["step"] != self.step
 
     def _out_of_time(self) -> bool:
-        """Whether the time left (the first process's clock) would not cover the closing
-        evaluation and checkpoint, plus the evaluations the caller reserved."""
+        """Whether the time left (on the first process's clock, so every process agrees) would
+        not cover one more step, the closing evaluation and checkpoint, and the evaluations the
+        caller reserved."""
         if self.budget.seconds is None:
             return False
+        steps = self.step - self._started_at[0]
+        stepping = self.result.train_seconds - self._started_at[1] - self._evaluation_seconds
+        next_step = max(stepping, 0.0) / steps if steps else 0.0
         closing = self._closing_seconds * (1 + self.reserve_evaluations)
-        return self.result.train_seconds + closing >= self.budget.seconds
-
-    def _time_progress(self) -> float | None:
-        """How far a time budget has gone, as a decay fraction, when it runs ahead of the steps."""
-        if self.budget.seconds is None or self.step < self.config.warmup_steps:
-            return None
-        by_steps = (self.step - self.config.warmup_steps) / max(1, self.config.steps - self.config.warmup_steps)
-        return max(by_steps, self.result.train_seconds / self.budget.seconds)
+        return self.result.train_seconds + next_step + closing >= self.budget.seconds
 
     # ---- resuming ------------------------------------------------------------------------
 
@@ -327,10 +348,9 @@ class Trainer:
             "step_seconds": self.result.step_seconds,
             "evals_without_improvement": self._evals_without_improvement,
             "sampler_rng": self.generator.get_state(), "carried_state": self._carried,
-            "torch_rng": torch.get_rng_state(),
+            "closing_seconds": self._closing_seconds,
+            "torch_rng": self._rng_by_rank[0]["torch"], "rng_by_rank": self._rng_by_rank,
         }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
     def _restore(self) -> None:
@@ -353,14 +373,34 @@ class Trainer:
         self.result.history = list(loaded.info.get("history", []))
         self._evals_without_improvement = int(state["evals_without_improvement"])
         self.generator.set_state(state["sampler_rng"])
-        self._carried = list(state.get("carried_state", self._carried))
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._carried = [_to_device(part, self.group.device) for part in state.get("carried_state", self._carried)]
+        self._closing_seconds = float(state.get("closing_seconds", 0.0))
+        by_rank = state.get("rng_by_rank") or [{"torch": state["torch_rng"]}]
+        if len(by_rank) != self.group.world_size:
+            raise ConfigError(f"the run was trained by {len(by_rank)} process(es); resume it with as many (each "
+                              "one's random stream, e.g. for dropout, is part of the run)")
+        torch.set_rng_state(by_rank[self.group.rank]["torch"])
+        if by_rank[self.group.rank].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(by_rank[self.group.rank]["cuda"])
         self._last = {key: self.result.history[-1][key] for key in ("train_loss", "grad_norm", "lr")
                       if self.result.history and key in self.result.history[-1]}
         if self.group.is_main:
             self.run.restart_log(up_to_step=self.step)
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's random number generator states (CPU, and CUDA when present)."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    """A carried state (tensors in tuples and lists) moved to ``device``."""
+    if isinstance(state, Tensor):
+        return state.to(device)
+    if isinstance(state, (tuple, list)):
+        return type(state)(_to_device(part, device) for part in state)
+    return state
 
 
 def _detach(state: Any) -> Any:
@@ -393,10 +433,11 @@ def fit(model: nn.Module, task: Any, out_dir: str | Path | None = None, *, overw
     if ignored:
         raise ConfigError(f"{name} fits itself and takes no training option {ignored[0]!r}; set its config "
                           f"instead (`seqlab models {name}` lists it)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"{name} fits itself in one process; run it without torchrun")
     run = RunDirectory(out_dir) if out_dir is not None else None
     if run is not None:
         run.prepare(resume=False, overwrite=overwrite)
-        run.restart_log()
     budget = budget or Budget(options.get("budget_seconds"))
     started = time.monotonic()
     model.fit(task, progress=bool(options.get("progress", False)), deadline=budget.deadline)

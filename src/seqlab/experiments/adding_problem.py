@@ -33,12 +33,14 @@ import torch
 from seqlab.diagnostics import gradient_flow, plot_gradient_flow
 from seqlab.experiments import Claim, Evidence, StepBudget, finish_report
 from seqlab.models.recurrent_heads import ManyToOne, RecurrentHeadConfig
+from seqlab.report_render import check_report_directory, mark_written
 from seqlab.tasks.diagnostics import AddingProblem
 from seqlab.training import TrainConfig, Trainer
 
 CLAIM = ("Gated recurrent networks (LSTM, GRU) solve the adding problem at length 200, where a "
          "plain Elman network stays at the baseline (Hochreiter and Schmidhuber 1997).")
 CELLS = ("elman", "lstm", "gru")
+WRITTEN = ("report.md", "gradient_flow.png")            # what a run writes into its out_dir
 GATED_CELLS = ("lstm", "gru")
 LENGTHS = (50, 200)
 HIDDEN = 64
@@ -133,7 +135,7 @@ def run(out_dir: str | Path = "runs/adding-problem", quick: bool = False, progre
     """Train every cell at every length, plot the gradient flow, and return the report: the
     table, then one verdict line per claim (``not tested`` for a ``quick`` run)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_report_directory(out_dir, WRITTEN)
     budget = StepBudget(steps=QUICK_STEPS if quick else STEPS, quick=quick)
     measured = measure(budget.steps, progress)
     lines = [CLAIM, "", f"| cell | length | steps | seconds | test MSE | baseline | solved (< {SOLVED_MSE}) |",
@@ -144,4 +146,5 @@ def run(out_dir: str | Path = "runs/adding-problem", quick: bool = False, progre
     lines += ["", *gradient_flow_lines(out_dir)]
     report = finish_report(lines, CLAIMS, measured, budget, seed=SEED, device=DEVICE)
     (out_dir / "report.md").write_text(report + "\n")
+    mark_written(out_dir, WRITTEN)
     return report
