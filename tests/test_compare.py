@@ -33,7 +33,7 @@ def test_fitted_models_go_first_and_the_trained_share_what_is_left(calls, tmp_pa
     shares = dict(calls)
     assert shares["ngram"] == shares["markov"] == 10.0                       # at most a quarter each
     # The fitted ones took no time here, so the trained ones split nearly all of the 40 s.
-    assert shares["transformer"] == shares["lstm"] and 19.0 < shares["lstm"] <= 20.0   # halves of what is left
+    assert shares["transformer"] == shares["lstm"] and 18.0 < shares["lstm"] <= 19.0   # halves of what is left
     assert [result.name for result in report.results] == ["lstm", "ngram", "transformer", "markov"]
     assert report.environment["budget seconds"] == 40.0 and "torch" in report.environment
     assert "wall s" in report.table()

@@ -33,6 +33,7 @@ from seqlab.train_config import TrainConfig
 from seqlab.training import Trainer, fit
 
 EVALUATIONS_PER_CURVE = 15
+REPORT_SECONDS = 2.0           # kept from the budget for writing the report at the end
 
 
 def default_models(task: str = "lm") -> list[str]:
@@ -90,7 +91,7 @@ def compare(
     for index, entry in enumerate(ordered):
         share = budget_seconds / len(ordered)
         if entry.trains == "trainer":      # one equal share each, of what the fitted ones left
-            trained_share = trained_share or max(clock.remaining(), 1.0) / (len(ordered) - index)
+            trained_share = trained_share or max(clock.remaining() - REPORT_SECONDS, 1.0) / (len(ordered) - index)
             share = trained_share
         results[entry.name] = run_in_fresh_process(
             run_one, task, options, entry.name, share, time.monotonic(), train_options,
