@@ -14,17 +14,19 @@ would disagree about when time is up, and one would wait forever for the other.
 
 from __future__ import annotations
 
+import gc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from seqlab.errors import ConfigError, TrainingError
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProcessGroup:
     """This process's place in the job: ``rank`` of ``world_size``, and its device."""
 
@@ -32,6 +34,7 @@ class ProcessGroup:
     world_size: int
     device: torch.device
     owns_group: bool       # whether this object initialised the process group (and must end it)
+    wrapped: list[Any] = field(default_factory=list)     # the DDP modules made here
 
     @property
     def is_main(self) -> bool:
@@ -71,8 +74,23 @@ class ProcessGroup:
         dist.all_reduce(shared)
         return shared[0].item(), shared[1].item()
 
-    def close(self) -> None:
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` under ``DistributedDataParallel`` when there are several processes."""
+        if self.world_size == 1:
+            return module
+        wrapped = DistributedDataParallel(module)
+        self.wrapped.append(wrapped)
+        return wrapped
+
+    def close(self, clean: bool = True) -> None:
+        """Release the DDP modules, then, after a clean finish, wait for every process and end
+        the group (gloo's threads must not outlive it: a process that exits with them running
+        aborts). After an error nothing waits for the others, which may have stopped."""
+        self.wrapped.clear()
+        gc.collect()                   # DDP's reducer, in a reference cycle, holds gloo work
         if self.owns_group and dist.is_initialized():
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -126,9 +126,12 @@ class Trainer:
         """Train to ``config.steps`` (or ``stop_at``, checkpointing there), and return the result."""
         try:
             self._start(resume, overwrite)
-            return self._train(stop_at)
-        finally:
-            self.group.close()
+            result = self._train(stop_at)
+        except BaseException:
+            self.group.close(clean=False)
+            raise
+        self.group.close(clean=True)
+        return result
 
     def _start(self, resume: bool, overwrite: bool) -> None:
         if self.run is not None:
@@ -154,7 +157,7 @@ class Trainer:
 
     def _train(self, stop_at: int | None) -> TrainResult:
         loss_module = TaskLoss(self.task, self.model)
-        trained = DistributedDataParallel(loss_module) if self.group.world_size > 1 else loss_module
+        trained = self.group.wrap(loss_module)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         end = min(self.config.steps, stop_at) if stop_at is not None else self.config.steps
         bar = StepBar(self.config, self.step, end, self.result.train_seconds,
