@@ -98,6 +98,7 @@ BUDGET_SCRIPT = textwrap.dedent("""
     difference = max((g - gathered[0]).abs().max().item() for g in gathered)
     with open(f"{sys.argv[1]}/rank-{dist.get_rank()}.txt", "w") as report:   # stdout would interleave
         report.write(f"{result.steps} {result.stopped_by} {difference}")
+    dist.barrier()                           # gloo's threads must not outlive the group
     dist.destroy_process_group()
 """)
 
@@ -138,6 +139,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     trainer.fit(stop_at=10) if mode == "first" else trainer.fit(resume=mode == "resume")
     if dist.get_rank() == 0:
         torch.save(torch.cat([p.detach().flatten() for p in model.parameters()]), f"{out}/weights-{mode}.pt")
+    dist.barrier()                           # gloo's threads must not outlive the group
     dist.destroy_process_group()
 """)
 
