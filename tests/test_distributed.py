@@ -83,6 +83,7 @@ BUDGET_SCRIPT = textwrap.dedent("""
     from seqlab import registry
     from seqlab.data.corpora import Corpus, builtin_corpus
     from seqlab.tasks.lm import LanguageModeling
+    from seqlab.distributed import end_worker
     from seqlab.training import TrainConfig, Trainer
 
     task = LanguageModeling(Corpus("tiny", builtin_corpus().text[:20_000], None), "char", context=16)
@@ -100,6 +101,7 @@ BUDGET_SCRIPT = textwrap.dedent("""
         report.write(f"{result.steps} {result.stopped_by} {difference}")
     dist.barrier()                           # gloo's threads must not outlive the group
     dist.destroy_process_group()
+    end_worker(0)                            # gloo may abort the interpreter's teardown
 """)
 
 
@@ -126,6 +128,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     from seqlab import registry
     from seqlab.data.corpora import Corpus, builtin_corpus
     from seqlab.tasks.lm import LanguageModeling
+    from seqlab.distributed import end_worker
     from seqlab.training import TrainConfig, Trainer
 
     out, mode = sys.argv[1], sys.argv[2]
@@ -141,6 +144,7 @@ RESUME_SCRIPT = textwrap.dedent("""
         torch.save(torch.cat([p.detach().flatten() for p in model.parameters()]), f"{out}/weights-{mode}.pt")
     dist.barrier()                           # gloo's threads must not outlive the group
     dist.destroy_process_group()
+    end_worker(0)                            # gloo may abort the interpreter's teardown
 """)
 
 

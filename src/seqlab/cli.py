@@ -28,6 +28,14 @@ TRAIN_FLAGS_SKIPPED = ("budget_seconds", "progress")      # given as --budget an
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _run(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from seqlab.distributed import end_worker
+        end_worker(code)
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.showwarning = _show_warning
     try:
