@@ -9,6 +9,10 @@ A model is tested here the moment it is registered, by its task's suite:
   changes nothing.
 - taggers and classifiers: padding does not change a sequence's outputs, the order of a batch
   only permutes them, and a checkpoint round trip changes nothing.
+- encoder-decoders: the teacher-forced parallel view equals unrolling ``step``; padding of the
+  source or of the target does not change a pair's logits, and the order of a batch only
+  permutes them; ``select`` of a state then a step equals the step then ``select``; attention
+  weights are distributions over the real source tokens; a checkpoint round trip changes nothing.
 
 Every registered task must have a suite here (``test_every_task_has_a_contract_suite``).
 """
@@ -22,20 +26,23 @@ from hypothesis import given, settings, strategies as st
 
 from seqlab import registry
 from seqlab.checkpoint import load_checkpoint, save_checkpoint
-from seqlab.contracts import CausalLM
+from seqlab.contracts import CausalLM, EncoderDecoder
 from seqlab.data.conll import TaggedSentence
 from seqlab.data.corpora import Corpus
 from seqlab.data.tsv import LabeledText
 from seqlab.tasks.base import task_names
 from seqlab.tasks.classification import Classification
+from seqlab.data.transduction import generate_splits
 from seqlab.tasks.lm import LanguageModeling
+from seqlab.tasks.seq2seq import Seq2Seq, Seq2SeqOptions
 from seqlab.tasks.tagging import Tagging
 
-SUITES = ("lm", "tag", "classify")
+SUITES = ("lm", "tag", "classify", "seq2seq")
 VOCAB = 11
 LM_NAMES = [entry.name for entry in registry.entries("lm")]
 TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
 CLASSIFIER_NAMES = [entry.name for entry in registry.entries("classify")]
+SEQ2SEQ_NAMES = [entry.name for entry in registry.entries("seq2seq")]
 # Smaller than the defaults where the default would only make the suite slow (the contract
 # does not depend on the size): the feature CRF's 2^20 hash buckets.
 SMALL = {("tag", "crf"): {"n_buckets": 4096}}
@@ -364,3 +371,82 @@ def test_classifier_checkpoint_round_trip_gives_identical_outputs(name, classify
     texts = [example.text for example in classify_task.splits["test"]]
     assert again.predict(loaded, texts) == classify_task.predict(model, texts)
     assert torch.equal(classify_logits(loaded, again, texts), classify_logits(model, classify_task, texts))
+
+
+# ---- encoder-decoders ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def seq2seq_task():
+    """Reversal of 1 to 7 digits."""
+    options = Seq2SeqOptions(data="reverse", min_length=1, max_length=7, train_size=60, valid_size=8, test_size=8)
+    return Seq2Seq(generate_splits("reverse", {"train": 60, "valid": 8, "test": 8}, seed=3, min_length=1,
+                                   max_length=7), options)
+
+
+def seq2seq_batch(task, pairs):
+    return task.encode(pairs).batch(range(len(pairs)))
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ_NAMES)
+def test_teacher_forcing_equals_unrolling_step(name, seq2seq_task):
+    model = make_for_task(name, seq2seq_task)
+    src, src_mask, tgt_in, _ = seq2seq_batch(seq2seq_task, seq2seq_task.splits["test"])
+    with torch.no_grad():
+        relative_close(model(src, src_mask, tgt_in), EncoderDecoder.forward(model, src, src_mask, tgt_in))
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ_NAMES)
+def test_encoder_decoder_is_invariant_to_padding_and_batch_order(name, seq2seq_task):
+    model = make_for_task(name, seq2seq_task)
+    pairs = seq2seq_task.splits["test"]
+    with torch.no_grad():
+        src, src_mask, tgt_in, tgt_out = seq2seq_batch(seq2seq_task, pairs)
+        together = model(src, src_mask, tgt_in)                              # padded on both sides
+        for row, pair in enumerate(pairs):
+            alone = model(*seq2seq_batch(seq2seq_task, [pair])[:3])[0]
+            real = int((tgt_out[row] != 0).sum())
+            torch.testing.assert_close(together[row, :real], alone[:real], rtol=1e-5, atol=1e-6)
+        order = list(reversed(range(len(pairs))))
+        reordered = model(*seq2seq_batch(seq2seq_task, [pairs[i] for i in order])[:3])
+        mask = (tgt_out[order] != 0)[..., None].expand_as(reordered)
+        torch.testing.assert_close(reordered[mask], together[order][mask], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ_NAMES)
+def test_select_commutes_with_step(name, seq2seq_task):
+    model = make_for_task(name, seq2seq_task)
+    src, src_mask, tgt_in, _ = seq2seq_batch(seq2seq_task, seq2seq_task.splits["test"])
+    rows = torch.tensor([3, 0, 0, 5, 1])                                    # kept, repeated, reordered
+    with torch.no_grad():
+        state = model.init_state(len(src), model.encode(src, src_mask))
+        logits, after = model.step(tgt_in[:, 0], state)
+        selected_logits, _ = model.step(tgt_in[rows, 0], model.select(state, rows))
+        torch.testing.assert_close(selected_logits, logits[rows], rtol=1e-5, atol=1e-6)
+        again, _ = model.step(tgt_in[rows, 1], model.select(after, rows))
+        expected, _ = model.step(tgt_in[:, 1], after)
+        torch.testing.assert_close(again, expected[rows], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ_NAMES)
+def test_attention_weights_are_distributions_over_the_real_source(name, seq2seq_task):
+    model = make_for_task(name, seq2seq_task)
+    src, src_mask, tgt_in, _ = seq2seq_batch(seq2seq_task, seq2seq_task.splits["test"])
+    with torch.no_grad():
+        weights = model.attention_weights(src, src_mask, tgt_in)
+    if weights is None:
+        assert "bahdanau" not in name and "luong" not in name
+        return
+    assert weights.shape == (*tgt_in.shape, src.shape[1])
+    assert torch.all(weights[~src_mask[:, None, :].expand_as(weights)] == 0)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(tgt_in.shape), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ_NAMES)
+def test_seq2seq_checkpoint_round_trip_gives_identical_outputs(name, seq2seq_task, tmp_path):
+    model = make_for_task(name, seq2seq_task)
+    loaded, again = round_trip(model, seq2seq_task, tmp_path / "run")
+    sources = [pair.source for pair in seq2seq_task.splits["test"]]
+    assert again.predict(loaded, sources) == seq2seq_task.predict(model, sources)
+    src, src_mask, tgt_in, _ = seq2seq_batch(seq2seq_task, seq2seq_task.splits["test"])
+    with torch.no_grad():
+        assert torch.equal(loaded(src, src_mask, tgt_in), model(src, src_mask, tgt_in))

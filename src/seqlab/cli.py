@@ -293,6 +293,8 @@ def _predict_arguments(parser: argparse.ArgumentParser, task_class: Any, expecte
     parser.add_argument("--input", help="a UTF-8 file of inputs, one per line (default: standard input)")
     parser.add_argument(*dict.fromkeys(["--text", inline]), dest="text", action="append", metavar="TEXT",
                         help="an input given on the command line instead (repeatable)")
+    parser.add_argument("--output", help="write the outputs, one per line, to this new file (default: standard "
+                        "output); an existing file is never replaced")
     if task_class is not None:
         add_flags(parser.add_argument_group(f"options of {task_class.name} predictions"), task_class.PredictOptions)
         parser.set_defaults(predict_options=[f.name for f in _fields(task_class.PredictOptions)])
@@ -309,8 +311,18 @@ def _predict(args: argparse.Namespace) -> int:
         inputs = [line for line in _read_input(args.input).splitlines() if line.strip()]
     options = {name: getattr(args, name) for name in getattr(args, "predict_options", [])
                if getattr(args, name) is not None}
-    for output in predict_with_run(args.run, inputs, options, task=args.expected_task):
-        print(output)
+    if args.output is not None and Path(args.output).exists():
+        raise ConfigError(f"--output {args.output!r} exists; seqlab never replaces a file: choose a new name")
+    outputs = predict_with_run(args.run, inputs, options, task=args.expected_task)
+    if args.output is None:
+        for output in outputs:
+            print(output)
+        return 0
+    try:
+        with open(args.output, "x", encoding="utf-8") as file:
+            file.write("".join(output + "\n" for output in outputs))
+    except OSError as error:
+        raise ConfigError(f"cannot write --output {args.output!r}: {error.strerror}") from None
     return 0
 
 

@@ -9,8 +9,8 @@ A causal language model has two views of one computation:
   ``forward(tokens)[:, t]``.
 
 :class:`CausalLM` is the one shallow base class: it declares the two views and derives
-``prefill``, ``log_prob`` and ``generate`` from them. The other contracts are protocols; the
-families that implement them arrive with their issues.
+``prefill``, ``log_prob`` and ``generate`` from them. :class:`EncoderDecoder` extends the
+recurrent view to sequence-to-sequence models; the other contracts are protocols.
 """
 
 from __future__ import annotations
@@ -157,20 +157,82 @@ class Classifier(Protocol):
     def predict(self, tokens: Tensor, mask: Tensor) -> Tensor: ...
 
 
-@runtime_checkable
-class Seq2Seq(Protocol):
-    """Unsynchronised input and output sequences, through an encoder memory.
+class EncoderDecoder(nn.Module, abc.ABC):
+    """Base of every encoder-decoder (``seqlab.tasks.seq2seq``): unsynchronised input and
+    output sequences, through an encoder memory.
 
-    ``encode(src, src_mask) -> memory``; then the causal-LM recurrent view with the memory in
-    the state: ``init_state(batch_size, memory)`` and ``step(token, state) -> (logits, state)``;
-    ``select(state, rows)`` keeps or reorders the batch rows of a state (beam search). The
-    teacher-forced parallel view equals unrolling ``step``.
+    - ``encode(src, src_mask) -> memory``: reads the source once.
+    - The causal-LM recurrent view with the memory inside the state:
+      ``init_state(batch_size, memory)``, then ``step(token, state) -> (logits, state)``.
+    - ``select(state, rows)``: the state of the batch rows ``rows`` (kept, dropped, repeated or
+      reordered), which is all beam search needs to keep and drop hypotheses.
+    - The teacher-forced parallel view, ``forward(src, src_mask, tgt_in) -> logits``, equals
+      encoding then unrolling ``step`` over ``tgt_in`` (the contract test checks it); the
+      default does exactly that, and a model with a faster way overrides it.
+
+    Target ids 0, 1 and 2 are ``PAD``, ``BOS`` and ``EOS`` (``tgt_in`` starts with BOS); source
+    id 0 is padding. ``attention_weights`` gives, for inspection, each target position's
+    weights over the source (None for a model without attention).
+
+    A state is a dict of tensors (or of tuples of tensors); every tensor has its batch on dim
+    0, except those named in ``layer_major`` (a recurrent stack's (L, B, H) hidden states),
+    whose batch is on dim 1. The default ``select`` relies on that.
     """
 
-    def encode(self, src: Tensor, src_mask: Tensor) -> Any: ...
-    def init_state(self, batch_size: int, memory: Any) -> State: ...
-    def step(self, token: Tensor, state: State) -> tuple[Tensor, State]: ...
-    def select(self, state: State, rows: Tensor) -> State: ...
+    src_vocab_size: int
+    tgt_vocab_size: int
+    layer_major: ClassVar[tuple[str, ...]] = ()
+    train_defaults: ClassVar[dict[str, Any]] = {}
+
+    @abc.abstractmethod
+    def encode(self, src: Tensor, src_mask: Tensor) -> Any:
+        """The memory of a source batch.
+
+        Args:
+            src: (B, S) source ids, 0 at padding.
+            src_mask: (B, S) bool, true at real tokens (left-aligned, >= 1 per row).
+        """
+
+    @abc.abstractmethod
+    def init_state(self, batch_size: int, memory: Any) -> dict[str, Any]:
+        """The decoder state before the first target token, holding ``memory``."""
+
+    @abc.abstractmethod
+    def step(self, token: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """Read one target token per row: (B,) ids -> (B, V) next-token logits, new state."""
+
+    def select(self, state: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+        """The state of batch rows ``rows`` (B',) int64, in that order."""
+
+        def take(name: str, value: Any) -> Any:
+            if isinstance(value, tuple):
+                return tuple(take(name, part) for part in value)
+            if isinstance(value, Tensor):
+                return value.index_select(1 if name in self.layer_major else 0, rows)
+            return value
+
+        return {name: take(name, value) for name, value in state.items()}
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced next-token logits.
+
+        Args:
+            src, src_mask: as in ``encode``.
+            tgt_in: (B, T) target ids fed to the decoder: BOS, then the target but its last.
+        Returns:
+            (B, T, V) logits; ``[:, t]`` scores the target token after ``tgt_in[:, :t+1]``.
+        """
+        state = self.init_state(src.shape[0], self.encode(src, src_mask))
+        logits = []
+        for t in range(tgt_in.shape[1]):
+            step_logits, state = self.step(tgt_in[:, t], state)
+            logits.append(step_logits)
+        return torch.stack(logits, dim=1)
+
+    def attention_weights(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor | None:
+        """(B, T, S) attention of each target position over the source (rows sum to 1 over
+        real source tokens), or None for a model without attention."""
+        return None
 
 
 @runtime_checkable

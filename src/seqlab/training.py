@@ -173,6 +173,7 @@ class Trainer:
                                    time_progress(self.config, self.step, self.result.train_seconds))
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                scheduled = getattr(self.task, "training_schedule", lambda step: {})(self.step)
                 loss, n_tokens = self._accumulate_gradients(trained)
                 grad_norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.grad_clip or math.inf)
                 if self.config.grad_clip_value is not None:
@@ -190,7 +191,7 @@ class Trainer:
                 self.result.tokens_seen += n_tokens
                 self.result.train_seconds = elapsed
                 self.result.step_seconds += time.perf_counter() - step_started
-                self._last = {"train_loss": loss_value, "grad_norm": norm_value, "lr": lr}
+                self._last = {"train_loss": loss_value, "grad_norm": norm_value, "lr": lr, **scheduled}
                 bar.advance(self.step, elapsed, loss_value, self.result.tokens_per_second)
                 if self.step % self.config.log_every == 0:
                     self._log({"step": self.step, "train_seconds": elapsed, **self._last})

@@ -30,7 +30,8 @@ registration. What a task provides:
   counts the tokens it holds, for throughput; ``loss_items(batch)`` counts what the loss
   averages over.
 - ``loss(model, batch)``: the one training loss; the one place a model's auxiliary loss
-  (mixture-of-experts balancing) would be added.
+  (mixture-of-experts balancing) would be added. ``training_schedule(step)`` sets what the
+  loss varies with the step (scheduled sampling's probability) and returns it for the log.
 - ``evaluate(model, split, max_batches=None, details=False) -> metrics``, always with
   ``loss``; ``details`` adds what is not a number (a confusion summary) for ``seqlab eval``.
 - ``predict(model, inputs, options)``: parses the user's lines and formats one output each,
@@ -193,6 +194,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
         """The scalar training loss of ``model`` on a ``train_batch``."""
+
+    def training_schedule(self, step: int) -> dict[str, float]:
+        """Called before each training step with the steps done so far: set what ``loss``
+        varies with the step, and return it by name for the training log (none by default).
+        A function of ``step`` alone, so every process and a resumed run agree."""
+        return {}
 
     @abc.abstractmethod
     def evaluate(self, model: nn.Module, split: str = "valid", *, max_batches: int | None = None,

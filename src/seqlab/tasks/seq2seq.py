@@ -1,0 +1,403 @@
+"""Sequence-to-sequence transduction: a source sequence in, a target sequence of its own length
+out (many-to-many, unsynchronised): translation, and the synthetic tasks that test it.
+
+The data is one of:
+
+- a synthetic kind (``seqlab.data.transduction``): ``copy``, ``reverse``, ``sort``, ``addition``
+  (multi-digit sums written as text) or ``dates`` (date formats to ISO), with source lengths
+  drawn in ``[min_length, max_length]``, generated from ``data_seed`` with no source sentence in
+  two splits;
+- a TSV file of ``source<TAB>target`` lines (English-French: ``eng_fra/eng-fra.txt`` with
+  ``--filter tutorial``, the PyTorch tutorial's pairs), split by distinct source sentence, so a
+  source sentence with several translations is wholly in one split.
+
+Each side has its own tokenizer (char, word, bpe or unigram, trained on the training split),
+saved as ``source_tokenizer.json`` and ``target_tokenizer.json``. Model ids shift the
+tokenizer's: source id 0 is padding; target ids 0, 1, 2 are PAD, BOS and EOS. A batch is
+(src (B, S), src_mask (B, S), tgt_in (B, T) = BOS y_1 .. y_{T-1}, tgt_out (B, T) = y_1 .. EOS),
+padded with 0.
+
+Training is teacher forcing, optionally with scheduled sampling (``seqlab.teacher_forcing``,
+its sampling probability in the training log) and label smoothing (Szegedy et al. 2016: the
+gold token's target mass is 1 - e, the rest spread evenly over the vocabulary, as torch's
+``cross_entropy(label_smoothing=e)``).
+
+Metrics: loss (teacher-forced cross-entropy per target token, nats, without smoothing),
+token_accuracy (the teacher-forced next-token argmax's share of target tokens, EOS included),
+and over greedy decodings: exact_match (the share of outputs equal to the reference), BLEU and
+chrF, corpus-level, by ``sacrebleu`` (its signature is in ``describe()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import sacrebleu
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from seqlab.contracts import device_of
+from seqlab.data import transduction
+from seqlab.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from seqlab.data.transduction import Pair
+from seqlab.decoding import beam_search, decode_greedy
+from seqlab.errors import ConfigError, DataError
+from seqlab.fields import config_to_dict, make_config
+from seqlab.report import Column, Curve
+from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
+from seqlab.teacher_forcing import Decay, check_decay, scheduled_sampling_logits, teacher_forcing_probability
+
+PAD, BOS, EOS = 0, 1, 2
+TARGET_SHIFT = 3              # target id = tokenizer id + 3
+SOURCE_SHIFT = 1              # source id = tokenizer id + 1
+EVAL_BATCH = 64
+SHOWN_EXAMPLES = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class Seq2SeqOptions:
+    """The data and training objective of a sequence-to-sequence run.
+
+    Attributes:
+        data: a synthetic kind (copy, reverse, sort, addition, dates) or a TSV file of
+            source<TAB>target lines.
+        filter: none, or tutorial: the PyTorch tutorial's English-French pairs (ASCII-folded,
+            lower-cased, fewer than 10 words a side, English starting "i am", "he is", ...).
+        tokenizer: the source side's: char, word, bpe or unigram.
+        target_tokenizer: the target side's (none: as the source's).
+        vocab_size: the most ids of each trained word, bpe or unigram tokenizer (none: all
+            words; 1024 pieces).
+        min_length, max_length: source lengths of synthetic data, in symbols (both included;
+            for addition the digits of each operand; not for dates).
+        train_size, valid_size, test_size: synthetic pairs per split.
+        split_fractions: fractions of a TSV file's distinct source sentences for train, valid
+            and test.
+        data_seed: seeds the synthetic data and the TSV split.
+        label_smoothing: e in [0, 1): the gold token's target mass is 1 - e.
+        scheduled_sampling: none, linear, exponential or inverse_sigmoid decay of the
+            teacher-forcing probability (Bengio et al. 2015).
+        sampling_k, sampling_c, sampling_min: the decay's constants k and c and the least
+            teacher-forcing probability (linear: max(min, k - c i); exponential: k^i, k < 1;
+            inverse_sigmoid: k / (k + exp(i / k)), k >= 1; i the training step).
+        max_output_length: the most target tokens a decoding writes, EOS included (none: twice
+            the longest training target, plus 5).
+    """
+
+    data: str = "reverse"
+    filter: Literal["none", "tutorial"] = "none"
+    tokenizer: Literal["char", "word", "bpe", "unigram"] = "word"
+    target_tokenizer: Literal["char", "word", "bpe", "unigram"] | None = None
+    vocab_size: int | None = None
+    min_length: int = 5
+    max_length: int = 20
+    train_size: int = 10_000
+    valid_size: int = 500
+    test_size: int = 500
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    data_seed: int = 0
+    label_smoothing: float = 0.0
+    scheduled_sampling: Decay = "none"
+    sampling_k: float = 1.0
+    sampling_c: float = 0.0
+    sampling_min: float = 0.0
+    max_output_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check_decay(self.scheduled_sampling, self.sampling_k, self.sampling_c, self.sampling_min)
+        if self.max_output_length is not None and self.max_output_length < 1:
+            raise ConfigError(f"max_output_length must be >= 1 or none, got {self.max_output_length}")
+        if self.is_synthetic and self.filter != "none":
+            raise ConfigError(f"filter is for TSV files; {self.data} is generated")
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.data in transduction.SYNTHETIC_KINDS
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranslationOptions:
+    """How ``seqlab translate`` decodes.
+
+    Attributes:
+        beam_size: hypotheses kept at each step (1: greedy).
+        length_penalty: none, average (log P / |Y|^alpha) or gnmt (log P / ((5 + |Y|) / 6)^alpha).
+        alpha: the length penalty's exponent.
+        max_output_length: the most target tokens, EOS included (none: the task's).
+        batch_size: sources decoded at once.
+    """
+
+    beam_size: int = 5
+    length_penalty: Literal["none", "average", "gnmt"] = "gnmt"
+    alpha: float = 0.6
+    max_output_length: int | None = None
+    batch_size: int = 32
+
+
+@dataclass
+class EncodedPairs:
+    """Pairs as model ids: ``sources[i]`` (S_i,) and ``targets[i]`` (T_i,) ending in EOS (None to
+    translate); the pairs kept for their text."""
+
+    sources: list[Tensor]
+    targets: list[Tensor] | None
+    pairs: list[Pair]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def batch(self, rows: Sequence[int]) -> tuple[Tensor, ...]:
+        """(src, src_mask, tgt_in, tgt_out) of ``rows``, padded with 0 (the module docstring)."""
+        src = pad_sequence([self.sources[i] for i in rows], batch_first=True)
+        if self.targets is None:
+            return src, src != PAD
+        targets = pad_sequence([self.targets[i] for i in rows], batch_first=True)           # (B, T)
+        tgt_in = torch.cat([torch.full((len(rows), 1), BOS), targets[:, :-1]], dim=1)
+        tgt_in = tgt_in.masked_fill(tgt_in == EOS, PAD)           # nothing is read after EOS
+        return src, src != PAD, tgt_in, targets
+
+
+@register_task("seq2seq")
+class Seq2Seq(Task):
+    """Transduction over train / valid / test pairs (``read_splits``).
+
+    Args:
+        splits: pairs per split name; may be empty (a saved run, to translate).
+        options: the options the data came from.
+        source_tokenizer, target_tokenizer: a saved run's; None trains them on the training split.
+    """
+
+    Options = Seq2SeqOptions
+    PredictOptions = TranslationOptions
+    predict_command = "translate"
+    predict_help = "one source sentence per line; printed as its translation"
+    report = ReportSpec(
+        columns=(Column("exact %", "exact_match", "{:.2f}", "higher", 100.0),
+                 Column("BLEU", "bleu", "{:.2f}", "higher"),
+                 Column("chrF", "chrf", "{:.2f}", "higher"),
+                 Column("token acc %", "token_accuracy", "{:.2f}", "higher", 100.0)),
+        curve=Curve("valid_bleu", "validation BLEU", "higher"),
+        speed="train target tok/s",
+    )
+    default_budget_seconds = 300.0
+    matched_config_fields = ("src_vocab_size", "tgt_vocab_size")
+    artifact_loaders = {"source_tokenizer": load_tokenizer, "target_tokenizer": load_tokenizer}
+
+    def __init__(self, splits: dict[str, list[Pair]], options: Seq2SeqOptions | None = None,
+                 source_tokenizer: Tokenizer | None = None, target_tokenizer: Tokenizer | None = None):
+        self.options = options or Seq2SeqOptions()
+        if (source_tokenizer is None or target_tokenizer is None) and not splits.get("train"):
+            raise DataError("the seq2seq task needs training pairs")
+        self.splits = splits
+        train = splits.get("train", [])
+        vocab_size = None if self.options.tokenizer == "char" else self.options.vocab_size
+        self.source_tokenizer = source_tokenizer or train_tokenizer(
+            self.options.tokenizer, "\n".join(p.source for p in train), vocab_size=vocab_size)
+        target_kind = self.options.target_tokenizer or self.options.tokenizer
+        self.target_tokenizer = target_tokenizer or train_tokenizer(
+            target_kind, "\n".join(p.target for p in train), vocab_size=None if target_kind == "char" else vocab_size)
+        self._encoded = {split: self.encode(pairs) for split, pairs in splits.items() if pairs}
+        longest = max((len(t) for t in self._encoded["train"].targets), default=0) if "train" in self._encoded else 0
+        self.max_output_length = self.options.max_output_length or (2 * longest + 5 if longest else 200)
+        self._teacher_forcing = 1.0
+
+    # ---- building ------------------------------------------------------------------------
+
+    @classmethod
+    def from_options(cls, options: Seq2SeqOptions) -> Seq2Seq:
+        return cls(read_splits(options), options)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
+                  with_data: bool = True) -> Seq2Seq:
+        """The task a run was trained on, with its tokenizers: over its own data, over other
+        ``data`` (a TSV file, wholly the test split, filtered as the run's was), or none."""
+        options = make_config(Seq2SeqOptions, {key: value for key, value in spec.items() if key != "task"})
+        tokenizers = artifacts["source_tokenizer"], artifacts["target_tokenizer"]
+        if not with_data:
+            return cls({}, options, *tokenizers)
+        if data is not None:
+            options = dataclasses.replace(options, data=str(data))
+            if Path(data).is_file():
+                return cls({"test": read_pairs(options)}, options, *tokenizers)
+        return cls(read_splits(options), options, *tokenizers)
+
+    def spec(self) -> dict[str, Any]:
+        options = {**config_to_dict(self.options), "max_output_length": self.max_output_length}   # as resolved
+        if not self.options.is_synthetic:
+            options["data"] = str(Path(options["data"]).resolve())
+        return {"task": self.name, **options}
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"source_tokenizer": self.source_tokenizer, "target_tokenizer": self.target_tokenizer}
+
+    def model_defaults(self) -> dict[str, Any]:
+        return {"src_vocab_size": self.source_tokenizer.vocab_size + SOURCE_SHIFT,
+                "tgt_vocab_size": self.target_tokenizer.vocab_size + TARGET_SHIFT}
+
+    @classmethod
+    def example_model_defaults(cls) -> dict[str, Any]:
+        return {"src_vocab_size": 11, "tgt_vocab_size": 13}          # ten digits, <unk>; PAD, BOS, EOS
+
+    def encode(self, pairs: Sequence[Pair], with_targets: bool = True, unknown: str = "replace") -> EncodedPairs:
+        """Model ids of ``pairs``; with ``unknown="error"`` an unseen symbol is a DataError
+        naming the pair."""
+        sources, targets = [], []
+        for pair in pairs:
+            try:
+                sources.append(torch.tensor(self.source_tokenizer.encode(pair.source, unknown=unknown)) + SOURCE_SHIFT)
+                if with_targets:
+                    ids = self.target_tokenizer.encode(pair.target, unknown=unknown)
+                    targets.append(torch.tensor([*(i + TARGET_SHIFT for i in ids), EOS]))
+            except DataError as error:
+                raise DataError(f"{pair.where}: {error}") from None
+            if len(sources[-1]) == 0:
+                raise DataError(f"{pair.where}: the source has no tokens")
+        return EncodedPairs(sources, targets if with_targets else None, list(pairs))
+
+    # ---- training and evaluation ---------------------------------------------------------
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        encoded = self._split("train")
+        return encoded.batch(torch.randint(0, len(encoded), (batch_size,), generator=generator).tolist())
+
+    def batch_tokens(self, batch: Sequence[Tensor]) -> int:
+        return int((batch[3] != PAD).sum())
+
+    def loss_items(self, batch: Sequence[Tensor]) -> int:
+        return int((batch[3] != PAD).sum())
+
+    def training_schedule(self, step: int) -> dict[str, float]:
+        options = self.options
+        self._teacher_forcing = teacher_forcing_probability(
+            options.scheduled_sampling, step, k=options.sampling_k, c=options.sampling_c, minimum=options.sampling_min)
+        return {} if options.scheduled_sampling == "none" else {"sampling_probability": 1.0 - self._teacher_forcing}
+
+    def loss(self, model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
+        """Mean cross-entropy per target token, label-smoothed, under scheduled sampling."""
+        src, src_mask, tgt_in, tgt_out = batch
+        logits = scheduled_sampling_logits(model, src, src_mask, tgt_in, self._teacher_forcing)
+        return F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD,
+                               label_smoothing=self.options.label_smoothing)
+
+    def evaluate(self, model: nn.Module, split: str = "valid", *, max_batches: int | None = None,
+                 details: bool = False) -> dict[str, Any]:
+        """loss, token_accuracy, exact_match, bleu, chrf and pairs (module docstring), over
+        ``split`` (its first ``max_batches`` batches of 64 when given)."""
+        encoded = self._split(split)
+        rows = list(range(len(encoded) if max_batches is None else min(len(encoded), max_batches * EVAL_BATCH)))
+        device = device_of(model)
+        total_loss, correct, tokens = 0.0, 0, 0
+        outputs: list[list[int]] = []
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(rows), EVAL_BATCH):
+                src, src_mask, tgt_in, tgt_out = (part.to(device) for part in encoded.batch(rows[start:start + EVAL_BATCH]))
+                logits = model(src, src_mask, tgt_in).float()
+                real = tgt_out != PAD
+                total_loss += F.cross_entropy(logits[real], tgt_out[real], reduction="sum").item()
+                correct += int((logits.argmax(dim=-1) == tgt_out)[real].sum())
+                tokens += int(real.sum())
+                outputs += decode_greedy(model, src, src_mask, max_length=self.max_output_length).sequences
+        model.train(was_training)
+        hypotheses = [self.target_text(ids) for ids in outputs]
+        references = [encoded.pairs[i].target for i in rows]   # the text itself: an unseen word stays a miss
+        return {
+            "loss": total_loss / tokens,
+            "token_accuracy": correct / tokens,
+            "exact_match": sum(h == r for h, r in zip(hypotheses, references)) / len(rows),
+            "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+            "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+            "pairs": float(len(rows)),
+        }
+
+    def target_text(self, ids: Sequence[int]) -> str:
+        """The text of model target ids, up to the first EOS (PAD and BOS dropped)."""
+        ids = list(ids)
+        if EOS in ids:
+            ids = ids[:ids.index(EOS)]
+        return self.target_tokenizer.decode([i - TARGET_SHIFT for i in ids if i >= TARGET_SHIFT])
+
+    def _split(self, split: str) -> EncodedPairs:
+        if split not in self._encoded:
+            raise ConfigError(f"unknown or empty split {split!r}; this task has {', '.join(self._encoded) or 'no data'}")
+        return self._encoded[split]
+
+    # ---- use and reports -----------------------------------------------------------------
+
+    def predict(self, model: nn.Module, inputs: Sequence[str], options: TranslationOptions | None = None) -> list[str]:
+        """The translation of each source line, by beam search.
+
+        Raises:
+            DataError: an empty line, or a symbol the source tokenizer never saw, naming the line.
+        """
+        options = options or TranslationOptions()
+        pairs = []
+        for number, line in enumerate(inputs, start=1):
+            if not line.strip():
+                raise DataError(f"input line {number} is empty; give one source sentence per line")
+            pairs.append(Pair(line.strip(), "", f"input line {number}"))
+        encoded = self.encode(pairs, with_targets=False, unknown="error")
+        device, translations = device_of(model), []
+        max_length = options.max_output_length or self.max_output_length
+        for start in range(0, len(encoded), options.batch_size):
+            src, src_mask = (part.to(device) for part in encoded.batch(range(start, min(start + options.batch_size,
+                                                                                       len(encoded)))))
+            decoded = beam_search(model, src, src_mask, beam_size=options.beam_size, max_length=max_length,
+                                  length_penalty=options.length_penalty, alpha=options.alpha)
+            translations += [self.target_text(ids) for ids in decoded.sequences]
+        return translations
+
+    def describe(self) -> str:
+        options = self.options
+        if options.is_synthetic:
+            lengths = "" if options.data == "dates" else f", source lengths {options.min_length}-{options.max_length}"
+            source = f"synthetic `{options.data}`{lengths} (seed {options.data_seed})"
+        else:
+            source = f"`{options.data}`" + (" (the PyTorch tutorial's filter)" if options.filter == "tutorial" else "")
+        sizes = ", ".join(f"{split} {len(encoded):,}" for split, encoded in self._encoded.items())
+        return (f"{source}; tokenizers `{self.source_tokenizer.kind}` ({self.source_tokenizer.vocab_size:,}) -> "
+                f"`{self.target_tokenizer.kind}` ({self.target_tokenizer.vocab_size:,}); pairs: {sizes}; "
+                f"BLEU and chrF by sacrebleu, `{sacrebleu.BLEU().get_signature()}`, `{sacrebleu.CHRF().get_signature()}`")
+
+    def showcase(self, model: nn.Module) -> Showcase:
+        """The first test sources with their reference and greedy output."""
+        test = self._split("test")
+        shown = [test.pairs[i] for i in range(min(SHOWN_EXAMPLES, len(test)))]
+        outputs = self.predict(model, [pair.source for pair in shown], TranslationOptions(beam_size=1))
+        lines = [f"source: {pair.source}\nreference: {pair.target}\noutput: {output}\n"
+                 for pair, output in zip(shown, outputs)]
+        return Showcase({"Test examples (greedy)": "\n".join(lines)})
+
+
+# ---- reading the data ------------------------------------------------------------------------
+
+def read_pairs(options: Seq2SeqOptions) -> list[Pair]:
+    """The pairs of the TSV file ``options.data``, filtered as ``options.filter`` says."""
+    path = Path(options.data)
+    if not path.is_file():
+        raise DataError(f"--data {options.data!r} is neither a synthetic kind "
+                        f"({', '.join(transduction.SYNTHETIC_KINDS)}) nor a TSV file")
+    pairs = transduction.read_parallel_tsv(path)
+    if options.filter == "tutorial":
+        pairs = transduction.tutorial_filter(pairs)
+        if not pairs:
+            raise DataError(f"{path} has no pairs left after the tutorial's filter (English sides starting "
+                            "'i am', 'he is', ... of fewer than 10 words); use --filter none")
+    return pairs
+
+
+def read_splits(options: Seq2SeqOptions) -> dict[str, list[Pair]]:
+    """Train, valid and test pairs of ``options.data`` (module docstring)."""
+    if options.is_synthetic:
+        sizes = {"train": options.train_size, "valid": options.valid_size, "test": options.test_size}
+        return transduction.generate_splits(options.data, sizes, seed=options.data_seed,
+                                            min_length=options.min_length, max_length=options.max_length)
+    return transduction.split_by_source(read_pairs(options), options.split_fractions, seed=options.data_seed)
