@@ -164,3 +164,36 @@ def test_importing_the_renderer_does_not_import_matplotlib():
     code = "import sys, seqlab.report_render; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_breakdowns_and_figures_are_tabulated_plotted_embedded_and_never_replace_the_users(tmp_path):
+    from seqlab.report import Breakdown
+    from seqlab.report_render import report_file_names
+
+    report = make_report()
+    lstm = next(result for result in report.results if result.name == "lstm")
+    gru = next(result for result in report.results if result.name == "gru")
+    lstm.breakdown = Breakdown("exact match (%) by source length", "source length", {"1-5": 90.0, "6-10": 60.0})
+    gru.breakdown = Breakdown("exact match (%) by source length", "source length", {"1-5": 95.0, "11-15": 40.0})
+    figure = (tmp_path / "probe.png")
+    plot_curves(report, figure)
+    lstm.figures = {"attention": figure.read_bytes()}
+    out_dir = tmp_path / "out"
+    names = [path.name for path in write_report(report, out_dir)]
+    assert names == ["report.md", "report.html", "curves.png", "breakdown.png", "lstm-attention.png"]
+    assert set(names) <= set(report_file_names(["lstm", "gru"], ("attention",), True))
+    markdown = (out_dir / "report.md").read_text()
+    # Best model first; a group a model lacks is an empty cell; groups in order of appearance.
+    assert "| model | 1-5 | 6-10 | 11-15 |\n|---|---|---|---|\n| lstm | 90.0 | 60.0 |  |\n| gru | 95.0 |  | 40.0 |" \
+        in markdown
+    assert "![lstm attention](lstm-attention.png)" in markdown
+    page = (out_dir / "report.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3 and "breakdown.png" not in page
+    assert matplotlib.image.imread(out_dir / "breakdown.png").shape[0] > 100
+    # A figure name that is the user's file is refused before anything is written.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "lstm-attention.png").write_bytes(b"my own picture")
+    with pytest.raises(Exception, match="lstm-attention.png that seqlab did not write"):
+        write_report(report, mine)
+    assert (mine / "lstm-attention.png").read_bytes() == b"my own picture" and not (mine / "report.md").exists()

@@ -308,7 +308,9 @@ def _predict(args: argparse.Namespace) -> int:
     if args.text is not None:
         inputs = args.text
     else:
-        inputs = [line for line in _read_input(args.input).splitlines() if line.strip()]
+        inputs = _read_input(args.input).splitlines()
+        while inputs and not inputs[-1].strip():      # trailing blank lines only: one output per input
+            inputs.pop()
     options = {name: getattr(args, name) for name in getattr(args, "predict_options", [])
                if getattr(args, name) is not None}
     if args.output is not None and Path(args.output).exists():
@@ -373,7 +375,7 @@ def _compare(args: argparse.Namespace) -> int:
     report = compare(args.task, models, task_options, budget_seconds=args.budget, train_options=train_options,
                      out_dir=args.out, progress=not args.no_progress, threads=args.threads)
     print(report.table())
-    print(f"report written to {Path(args.out) / 'report.md'}, report.html and curves.png")
+    print(f"report written to {Path(args.out) / 'report.md'}, with report.html (self-contained) and its plots")
     return 0
 
 

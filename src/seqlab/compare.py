@@ -27,7 +27,7 @@ from seqlab import registry
 from seqlab.budget import Budget
 from seqlab.errors import ConfigError
 from seqlab.report import Column, ModelResult, Report
-from seqlab.report_render import check_report_directory
+from seqlab.report_render import check_report_directory, report_file_names
 from seqlab.tasks.base import get_task
 from seqlab.train_config import TrainConfig
 from seqlab.training import Trainer, fit
@@ -81,7 +81,8 @@ def compare(
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     if out_dir is not None:
-        _check_report_directory(Path(out_dir))
+        _check_report_directory(Path(out_dir), report_file_names(models, task_class.report.figures,
+                                                                  task_class.report.breakdown))
     options = task_class.options(task_options, for_compare=True)
     clock = Budget(budget_seconds)
     shared_task = task_class.from_options(options)     # fail here, once, on bad data
@@ -144,7 +145,8 @@ def run_one(task_name: str, options: Any, name: str, budget_seconds: float, star
                "train_seconds": result.train_seconds, "train_tokens_per_second": result.tokens_per_second,
                "peak_memory_mb": memory.peak_mb(), "wall_seconds": clock.elapsed()}
     return ModelResult(name=name, trains=registry.trains_by(model), metrics=metrics, history=result.history,
-                       sections=shown.sections, config=registry.config_to_dict(model.config),
+                       sections=shown.sections, breakdown=shown.breakdown, figures=shown.figures,
+                       config=registry.config_to_dict(model.config),
                        train_options={key: value for key, value in options.items() if key != "progress"})
 
 
@@ -155,12 +157,12 @@ def run_in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
         return pool.submit(function, *args).result()
 
 
-def _check_report_directory(out_dir: Path) -> None:
-    """The report directory must be one seqlab can write without replacing the user's files,
-    and not a run directory."""
+def _check_report_directory(out_dir: Path, names: tuple[str, ...]) -> None:
+    """The report directory must be one seqlab can write ``names`` in without replacing the
+    user's files, and not a run directory."""
     if (out_dir / "run.json").exists():
         raise ConfigError(f"--out {str(out_dir)!r} holds a training run; give another directory for the report")
-    check_report_directory(out_dir)
+    check_report_directory(out_dir, names)
 
 
 def _environment(threads: int | None, budget_seconds: float, train_options: dict[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,22 @@ class Curve:
     scale: float = 1.0
 
 
+@dataclass(frozen=True)
+class Breakdown:
+    """One test metric of a model over groups of the inputs (exact match by source length): the
+    report tabulates and plots it for every model that has one.
+
+    Attributes:
+        title: what is shown, e.g. "exact match (%) by source length".
+        group_label: what the groups are, e.g. "source length (tokens)".
+        values: each group's value, in the groups' order.
+    """
+
+    title: str
+    group_label: str
+    values: dict[str, float]
+
+
 @dataclass
 class ModelResult:
     """What one model did in a comparison.
@@ -69,6 +85,8 @@ class ModelResult:
             train_seconds, wall_seconds, peak_memory_mb, train_tokens_per_second, ...).
         history: one row per validation evaluation (step, train_seconds, valid_<metric>, ...).
         sections: what the model shows of itself (heading -> preformatted text), e.g. a sample.
+        breakdown: a test metric by groups of the inputs, or None.
+        figures: images the model shows of itself (figure name -> PNG bytes), e.g. attention.
         config: the model's config.
         train_options: the training options it ran with.
     """
@@ -78,6 +96,8 @@ class ModelResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     sections: dict[str, str] = field(default_factory=dict)
+    breakdown: Breakdown | None = None
+    figures: dict[str, bytes] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     train_options: dict[str, Any] = field(default_factory=dict)
 
@@ -121,7 +141,8 @@ class Report:
         return "\n".join(lines)
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        """Write report.md, report.html and curves.png into ``out_dir``; return their paths."""
+        """Write report.md, report.html, curves.png and the models' figures into ``out_dir``;
+        return their paths."""
         from seqlab.report_render import write_report
 
         return write_report(self, Path(out_dir))

@@ -1,4 +1,6 @@
-"""Rendering a ``Report``: ``report.md``, a self-contained ``report.html`` and ``curves.png``.
+"""Rendering a ``Report``: ``report.md``, a self-contained ``report.html``, ``curves.png``, and,
+when models give them, ``breakdown.png`` (a test metric by groups of the inputs, one line per
+model) and each model's figures as ``MODEL-NAME.png``.
 
 The HTML page is meant to be mailed: the plot is embedded as a ``data:image/png`` URI, the CSS
 and the few lines of table-sorting JavaScript are inline, and nothing is fetched from elsewhere.
@@ -27,7 +29,27 @@ ARROWS = {"higher": "↑", "lower": "↓", None: ""}
 
 
 REPORT_FILES = ("report.md", "report.html", "curves.png")
+BREAKDOWN_FILE = "breakdown.png"
 MARKER = ".seqlab-report"          # the names of the files seqlab wrote in a report directory
+
+
+def figure_file(model: str, figure: str) -> str:
+    """The file name of a model's figure."""
+    return f"{model}-{figure}.png"
+
+
+def report_file_names(models: list[str] | tuple[str, ...], figures: tuple[str, ...] = (),
+                      breakdown: bool = False) -> tuple[str, ...]:
+    """Every file a report of ``models`` may write, when each may draw ``figures`` and a breakdown."""
+    return (*REPORT_FILES, *((BREAKDOWN_FILE,) if breakdown else ()),
+            *(figure_file(model, figure) for model in models for figure in figures))
+
+
+def written_file_names(report: Report) -> tuple[str, ...]:
+    """The files ``write_report`` writes for ``report``."""
+    breakdown = any(result.breakdown is not None for result in report.results)
+    return (*REPORT_FILES, *((BREAKDOWN_FILE,) if breakdown else ()),
+            *(figure_file(result.name, figure) for result in report.results for figure in result.figures))
 
 
 def check_report_directory(out_dir: str | Path, names: tuple[str, ...] = REPORT_FILES) -> None:
@@ -61,21 +83,31 @@ def mark_written(out_dir: str | Path, names: tuple[str, ...]) -> None:
 
 
 def write_report(report: Report, out_dir: Path) -> list[Path]:
-    """Write report.md, report.html and curves.png into ``out_dir`` (created if absent).
+    """Write report.md, report.html, curves.png, and breakdown.png and the models' figures when
+    there are any, into ``out_dir`` (created if absent).
 
     Returns:
-        The three paths, in that order. Nothing else in ``out_dir`` is touched.
+        The paths written, the three first. Nothing else in ``out_dir`` is touched.
     Raises:
-        ConfigError: one of the three exists there and seqlab did not write it.
+        ConfigError: one of them exists there and seqlab did not write it.
     """
     out_dir = Path(out_dir)
-    check_report_directory(out_dir)
+    names = written_file_names(report)
+    check_report_directory(out_dir, names)
     md_path, html_path, png_path = (out_dir / name for name in REPORT_FILES)
     plot_curves(report, png_path)
+    images = {REPORT_FILES[2]: png_path.read_bytes()}
+    if BREAKDOWN_FILE in names:
+        plot_breakdown(report, out_dir / BREAKDOWN_FILE)
+        images[BREAKDOWN_FILE] = (out_dir / BREAKDOWN_FILE).read_bytes()
+    for result in report.results:
+        for figure, png in result.figures.items():
+            (out_dir / figure_file(result.name, figure)).write_bytes(png)
+            images[figure_file(result.name, figure)] = png
     md_path.write_text(to_markdown(report), encoding="utf-8")
-    html_path.write_text(to_html(report, png_path.read_bytes()), encoding="utf-8")
-    mark_written(out_dir, REPORT_FILES)
-    return [md_path, html_path, png_path]
+    html_path.write_text(to_html(report, images), encoding="utf-8")
+    mark_written(out_dir, names)
+    return [out_dir / name for name in names]
 
 
 # ---- what both documents show ------------------------------------------------------------
@@ -110,6 +142,14 @@ def to_markdown(report: Report) -> str:
     """The report in markdown: title, description, table, plot, sections, environment, models."""
     parts = [f"# {report.title}", "", report.description, "", report.table(), "",
              f"![{curve_title(report)}](curves.png)", ""]
+    breakdown = breakdown_table(report)
+    if breakdown is not None:
+        title, header, rows = breakdown
+        parts += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        parts += ["| " + " | ".join(row) + " |" for row in rows] + ["", f"![{title}]({BREAKDOWN_FILE})", ""]
+    for result in report.ranked():
+        for figure in result.figures:
+            parts += [f"## {result.name}: {figure}", "", f"![{result.name} {figure}]({figure_file(result.name, figure)})", ""]
     for heading, entries in sections_by_heading(report).items():
         parts += [f"## {heading}", ""]
         for name, text in entries:
@@ -194,12 +234,25 @@ def html_table(report: Report) -> str:
             f'<p class="note">{note}</p>')
 
 
-def to_html(report: Report, png: bytes) -> str:
-    """The report as one self-contained HTML page; ``png`` is the plot, embedded as a data URI."""
-    image = base64.b64encode(png).decode("ascii")
+def to_html(report: Report, images: dict[str, bytes]) -> str:
+    """The report as one self-contained HTML page; ``images`` (file name -> PNG bytes: the
+    curves, the breakdown, the models' figures) are embedded as data URIs."""
+    def image(name: str, alt: str) -> str:
+        data = base64.b64encode(images[name]).decode("ascii")
+        return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
+
     parts = [f'<h1>{inline_code(report.title)}</h1>', f"<p>{inline_code(report.description)}</p>",
-             html_table(report),
-             f'<p><img alt="{html.escape(curve_title(report))}" src="data:image/png;base64,{image}"></p>']
+             html_table(report), image(REPORT_FILES[2], curve_title(report))]
+    breakdown = breakdown_table(report)
+    if breakdown is not None:
+        title, header, rows = breakdown
+        cells = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+        parts += [f"<h2>{html.escape(title)}</h2><table><tr>{cells}</tr>{body}</table>", image(BREAKDOWN_FILE, title)]
+    for result in report.ranked():
+        for figure in result.figures:
+            parts += [f"<h2>{html.escape(result.name)}: {html.escape(figure)}</h2>",
+                      image(figure_file(result.name, figure), f"{result.name} {figure}")]
     for heading, entries in sections_by_heading(report).items():
         parts.append(f"<h2>{inline_code(heading)}</h2>")
         parts += [f"<h3>{html.escape(name)}</h3><pre>{html.escape(text)}</pre>" for name, text in entries]
@@ -328,3 +381,44 @@ def plot_curves(report: Report, path: Path) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+# ---- the breakdown -----------------------------------------------------------------------
+
+def breakdown_table(report: Report) -> tuple[str, list[str], list[list[str]]] | None:
+    """The title, header and rows (a model each, best first) of the models' breakdowns, or None
+    when no model has one. The groups are the union of every model's, in order of appearance."""
+    shown = [result for result in report.ranked() if result.breakdown is not None]
+    if not shown:
+        return None
+    groups = list(dict.fromkeys(group for result in shown for group in result.breakdown.values))
+    first = shown[0].breakdown
+    rows = [[result.name, *(f"{result.breakdown.values[g]:.1f}" if g in result.breakdown.values else ""
+                            for g in groups)] for result in shown]
+    return first.title, ["model", *groups], rows
+
+
+def plot_breakdown(report: Report, path: Path) -> None:
+    """One line per model: its breakdown's value in each group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    title, header, _ = breakdown_table(report)
+    groups = header[1:]
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for result in report.ranked():
+        if result.breakdown is None:
+            continue
+        points = [(groups.index(group), value) for group, value in result.breakdown.values.items()]
+        axis.plot([x for x, _ in points], [y for _, y in points], marker="o", label=result.name)
+    axis.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 8 else 0)
+    first = next(result.breakdown for result in report.ranked() if result.breakdown is not None)
+    axis.set_xlabel(first.group_label)
+    axis.set_title(textwrap.shorten(title[:1].upper() + title[1:], 70))
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from seqlab.errors import CheckpointError, ConfigError
 from seqlab.fields import make_config
-from seqlab.report import Column, Curve
+from seqlab.report import Breakdown, Column, Curve
 
 
 @dataclass(frozen=True)
@@ -69,20 +69,28 @@ class ReportSpec:
             showcase measures); the first ranks the models.
         curve: the validation metric the learning-curve plot shows against training time.
         speed: the label of the training-throughput column, in the task's unit.
+        figures: the names of the figures a model's showcase may draw (each written as
+            ``MODEL-NAME.png``, so a report directory is checked for them before training).
+        breakdown: whether a showcase may give a ``Breakdown`` (plotted as ``breakdown.png``).
     """
 
     columns: tuple[Column, ...]
     curve: Curve
     speed: str = "train tok/s"
+    figures: tuple[str, ...] = ()
+    breakdown: bool = False
 
 
 @dataclass
 class Showcase:
-    """What a report shows of one model: preformatted sections (heading -> text), and any
-    metric measured while making them (e.g. generation tokens per second)."""
+    """What a report shows of one model: preformatted sections (heading -> text), any metric
+    measured while making them (e.g. generation tokens per second), a test metric by groups of
+    the inputs, and figures (name from ``ReportSpec.figures`` -> PNG bytes)."""
 
     sections: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    breakdown: Breakdown | None = None
+    figures: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

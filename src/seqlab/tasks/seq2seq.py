@@ -31,6 +31,7 @@ chrF, corpus-level, by ``sacrebleu`` (its signature is in ``describe()``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -48,7 +49,7 @@ from seqlab.data.transduction import Pair
 from seqlab.decoding import beam_search, decode_greedy
 from seqlab.errors import ConfigError, DataError
 from seqlab.fields import config_to_dict, make_config
-from seqlab.report import Column, Curve
+from seqlab.report import Breakdown, Column, Curve
 from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
 from seqlab.teacher_forcing import Decay, check_decay, scheduled_sampling_logits, teacher_forcing_probability
 
@@ -68,7 +69,8 @@ class Seq2SeqOptions:
             source<TAB>target lines.
         filter: none, or tutorial: the PyTorch tutorial's English-French pairs (ASCII-folded,
             lower-cased, fewer than 10 words a side, English starting "i am", "he is", ...).
-        tokenizer: the source side's: char, word, bpe or unigram.
+        tokenizer: the source side's: char, word, bpe or unigram (none: char for dates, whose
+            target is one ISO word, word otherwise).
         target_tokenizer: the target side's (none: as the source's).
         vocab_size: the most ids of each trained word, bpe or unigram tokenizer (none: all
             words; 1024 pieces).
@@ -90,7 +92,7 @@ class Seq2SeqOptions:
 
     data: str = "reverse"
     filter: Literal["none", "tutorial"] = "none"
-    tokenizer: Literal["char", "word", "bpe", "unigram"] = "word"
+    tokenizer: Literal["char", "word", "bpe", "unigram"] | None = None
     target_tokenizer: Literal["char", "word", "bpe", "unigram"] | None = None
     vocab_size: int | None = None
     min_length: int = 5
@@ -184,6 +186,8 @@ class Seq2Seq(Task):
                  Column("token acc %", "token_accuracy", "{:.2f}", "higher", 100.0)),
         curve=Curve("valid_bleu", "validation BLEU", "higher"),
         speed="train target tok/s",
+        figures=("attention",),
+        breakdown=True,
     )
     default_budget_seconds = 300.0
     matched_config_fields = ("src_vocab_size", "tgt_vocab_size")
@@ -196,12 +200,15 @@ class Seq2Seq(Task):
             raise DataError("the seq2seq task needs training pairs")
         self.splits = splits
         train = splits.get("train", [])
-        vocab_size = None if self.options.tokenizer == "char" else self.options.vocab_size
+        source_kind = self.options.tokenizer or ("char" if self.options.data == "dates" else "word")
+        vocab_size = None if source_kind == "char" else self.options.vocab_size
+        # Texts are joined by a space, not a newline: a newline in the vocabulary would let a
+        # translation break its line (and subword pieces span two texts).
         self.source_tokenizer = source_tokenizer or train_tokenizer(
-            self.options.tokenizer, "\n".join(p.source for p in train), vocab_size=vocab_size)
-        target_kind = self.options.target_tokenizer or self.options.tokenizer
+            source_kind, " ".join(p.source for p in train), vocab_size=vocab_size)
+        target_kind = self.options.target_tokenizer or source_kind
         self.target_tokenizer = target_tokenizer or train_tokenizer(
-            target_kind, "\n".join(p.target for p in train), vocab_size=None if target_kind == "char" else vocab_size)
+            target_kind, " ".join(p.target for p in train), vocab_size=None if target_kind == "char" else vocab_size)
         self._encoded = {split: self.encode(pairs) for split, pairs in splits.items() if pairs}
         longest = max((len(t) for t in self._encoded["train"].targets), default=0) if "train" in self._encoded else 0
         self.max_output_length = self.options.max_output_length or (2 * longest + 5 if longest else 200)
@@ -289,34 +296,59 @@ class Seq2Seq(Task):
     def evaluate(self, model: nn.Module, split: str = "valid", *, max_batches: int | None = None,
                  details: bool = False) -> dict[str, Any]:
         """loss, token_accuracy, exact_match, bleu, chrf and pairs (module docstring), over
-        ``split`` (its first ``max_batches`` batches of 64 when given)."""
+        ``split`` (its first ``max_batches`` batches of 64 when given); with ``details``, also
+        ``by_source_length`` (``by_source_length``'s rows)."""
         encoded = self._split(split)
         rows = list(range(len(encoded) if max_batches is None else min(len(encoded), max_batches * EVAL_BATCH)))
+        hypotheses, (total_loss, correct, tokens) = self._decode(model, encoded, rows)
+        references = [encoded.pairs[i].target for i in rows]   # the text itself: an unseen word stays a miss
+        metrics: dict[str, Any] = {
+            "loss": total_loss / tokens,
+            "token_accuracy": correct / tokens,
+            **translation_scores(hypotheses, references),
+            "pairs": float(len(rows)),
+        }
+        if details:
+            metrics["by_source_length"] = self.by_source_length(model, split)
+        return metrics
+
+    def by_source_length(self, model: nn.Module, split: str = "test", n_buckets: int = 8) -> list[dict[str, Any]]:
+        """Exact match, BLEU and chrF of greedy decodings by source length (in tokens), in up to
+        ``n_buckets`` ranges of equal width: a list of {"lengths": "5-9", "pairs", "exact_match",
+        "bleu", "chrf"}, shortest first."""
+        encoded = self._split(split)
+        lengths = [len(source) for source in encoded.sources]
+        low, high = min(lengths), max(lengths)
+        width = max(1, math.ceil((high - low + 1) / n_buckets))
+        hypotheses, _ = self._decode(model, encoded, list(range(len(encoded))))
+        buckets = []
+        for start in range(low, high + 1, width):
+            rows = [i for i, length in enumerate(lengths) if start <= length < start + width]
+            if rows:
+                scores = translation_scores([hypotheses[i] for i in rows], [encoded.pairs[i].target for i in rows])
+                label = str(start) if width == 1 else f"{start}-{min(start + width - 1, high)}"
+                buckets.append({"lengths": label, "pairs": len(rows), **scores})
+        return buckets
+
+    @torch.no_grad()
+    def _decode(self, model: nn.Module, encoded: EncodedPairs, rows: list[int]) -> tuple[list[str], tuple[float, int, int]]:
+        """The greedy decoding's text of each row, and the teacher-forced summed loss, correct
+        next-token argmaxes and target tokens over them (eval mode; the model's mode restored)."""
         device = device_of(model)
         total_loss, correct, tokens = 0.0, 0, 0
         outputs: list[list[int]] = []
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            for start in range(0, len(rows), EVAL_BATCH):
-                src, src_mask, tgt_in, tgt_out = (part.to(device) for part in encoded.batch(rows[start:start + EVAL_BATCH]))
-                logits = model(src, src_mask, tgt_in).float()
-                real = tgt_out != PAD
-                total_loss += F.cross_entropy(logits[real], tgt_out[real], reduction="sum").item()
-                correct += int((logits.argmax(dim=-1) == tgt_out)[real].sum())
-                tokens += int(real.sum())
-                outputs += decode_greedy(model, src, src_mask, max_length=self.max_output_length).sequences
+        for start in range(0, len(rows), EVAL_BATCH):
+            src, src_mask, tgt_in, tgt_out = (part.to(device) for part in encoded.batch(rows[start:start + EVAL_BATCH]))
+            logits = model(src, src_mask, tgt_in).float()
+            real = tgt_out != PAD
+            total_loss += F.cross_entropy(logits[real], tgt_out[real], reduction="sum").item()
+            correct += int((logits.argmax(dim=-1) == tgt_out)[real].sum())
+            tokens += int(real.sum())
+            outputs += decode_greedy(model, src, src_mask, max_length=self.max_output_length).sequences
         model.train(was_training)
-        hypotheses = [self.target_text(ids) for ids in outputs]
-        references = [encoded.pairs[i].target for i in rows]   # the text itself: an unseen word stays a miss
-        return {
-            "loss": total_loss / tokens,
-            "token_accuracy": correct / tokens,
-            "exact_match": sum(h == r for h, r in zip(hypotheses, references)) / len(rows),
-            "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-            "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
-            "pairs": float(len(rows)),
-        }
+        return [self.target_text(ids) for ids in outputs], (total_loss, correct, tokens)
 
     def target_text(self, ids: Sequence[int]) -> str:
         """The text of model target ids, up to the first EOS (PAD and BOS dropped)."""
@@ -333,7 +365,8 @@ class Seq2Seq(Task):
     # ---- use and reports -----------------------------------------------------------------
 
     def predict(self, model: nn.Module, inputs: Sequence[str], options: TranslationOptions | None = None) -> list[str]:
-        """The translation of each source line, by beam search.
+        """The translation of each source line, by beam search (a run on the tutorial's pairs
+        first normalises each line as its training sources were: ``I'm cold.`` -> ``i m cold .``).
 
         Raises:
             DataError: an empty line, or a symbol the source tokenizer never saw, naming the line.
@@ -343,7 +376,8 @@ class Seq2Seq(Task):
         for number, line in enumerate(inputs, start=1):
             if not line.strip():
                 raise DataError(f"input line {number} is empty; give one source sentence per line")
-            pairs.append(Pair(line.strip(), "", f"input line {number}"))
+            source = transduction.normalize_tutorial(line) if self.options.filter == "tutorial" else line.strip()
+            pairs.append(Pair(source, "", f"input line {number}"))
         encoded = self.encode(pairs, with_targets=False, unknown="error")
         device, translations = device_of(model), []
         max_length = options.max_output_length or self.max_output_length
@@ -365,16 +399,78 @@ class Seq2Seq(Task):
         sizes = ", ".join(f"{split} {len(encoded):,}" for split, encoded in self._encoded.items())
         return (f"{source}; tokenizers `{self.source_tokenizer.kind}` ({self.source_tokenizer.vocab_size:,}) -> "
                 f"`{self.target_tokenizer.kind}` ({self.target_tokenizer.vocab_size:,}); pairs: {sizes}; "
-                f"BLEU and chrF by sacrebleu, `{sacrebleu.BLEU().get_signature()}`, `{sacrebleu.CHRF().get_signature()}`")
+                f"BLEU and chrF by sacrebleu, `{sacrebleu_signature(sacrebleu.BLEU())}`, "
+                f"`{sacrebleu_signature(sacrebleu.CHRF())}`")
 
     def showcase(self, model: nn.Module) -> Showcase:
-        """The first test sources with their reference and greedy output."""
+        """The first test sources with their reference and greedy output; exact match (synthetic
+        data) or BLEU (text) by source length; the attention of the first test example."""
         test = self._split("test")
         shown = [test.pairs[i] for i in range(min(SHOWN_EXAMPLES, len(test)))]
         outputs = self.predict(model, [pair.source for pair in shown], TranslationOptions(beam_size=1))
         lines = [f"source: {pair.source}\nreference: {pair.target}\noutput: {output}\n"
                  for pair, output in zip(shown, outputs)]
-        return Showcase({"Test examples (greedy)": "\n".join(lines)})
+        key, label = ("exact_match", "exact match (%)") if self.options.is_synthetic else ("bleu", "BLEU")
+        scale = 100.0 if key == "exact_match" else 1.0
+        buckets = self.by_source_length(model, "test")
+        breakdown = Breakdown(f"{label} by source length", "source length (tokens)",
+                              {bucket["lengths"]: scale * bucket[key] for bucket in buckets})
+        figure = self.attention_figure(model, test.pairs[0])
+        return Showcase({"Test examples (greedy)": "\n".join(lines)}, breakdown=breakdown,
+                        figures={} if figure is None else {"attention": figure})
+
+    @torch.no_grad()
+    def attention_figure(self, model: nn.Module, pair: Pair) -> bytes | None:
+        """A heatmap (PNG) of the attention of each greedily decoded token over the source
+        tokens of ``pair``, or None for a model without attention."""
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        encoded = self.encode([pair], with_targets=False)
+        device = device_of(model)
+        src, src_mask = (part.to(device) for part in encoded.batch([0]))
+        was_training = model.training
+        model.eval()
+        output = decode_greedy(model, src, src_mask, max_length=min(self.max_output_length, 60)).sequences[0]
+        weights = model.attention_weights(src, src_mask, torch.tensor([[BOS, *output[:-1]]], device=device))
+        model.train(was_training)
+        if weights is None:
+            return None
+        source_tokens = [self.source_tokenizer.decode([i - SOURCE_SHIFT]) for i in encoded.sources[0].tolist()]
+        output_tokens = [self.target_tokenizer.decode([i - TARGET_SHIFT]) if i >= TARGET_SHIFT else "</s>"
+                         for i in output]
+        figure, axis = plt.subplots(figsize=(1.2 + 0.32 * len(source_tokens), 1.0 + 0.32 * len(output_tokens)))
+        axis.imshow(weights[0].float().cpu().numpy(), cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
+        axis.set_xticks(range(len(source_tokens)), source_tokens, rotation=90)
+        axis.set_yticks(range(len(output_tokens)), output_tokens)
+        axis.set_xlabel("source")
+        axis.set_ylabel("output")
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        plt.close(figure)
+        return buffer.getvalue()
+
+
+def sacrebleu_signature(metric: Any) -> str:
+    """The signature of a sacrebleu metric with one reference per hypothesis (sacrebleu knows
+    the number of references only after scoring, so it scores a one-line corpus first)."""
+    metric.corpus_score(["x"], [["x"]])
+    return str(metric.get_signature())
+
+
+def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """exact_match (the share of hypotheses equal to their reference), and corpus BLEU and chrF
+    by sacrebleu with its defaults (13a tokenisation, one reference). Text that is already
+    tokenised (the tutorial's pairs split off their final ``.``) is scored as it is: sacrebleu's
+    warning about it is silenced (``force``), its number unchanged."""
+    return {"exact_match": sum(h == r for h, r in zip(hypotheses, references)) / len(references),
+            "bleu": sacrebleu.corpus_bleu(list(hypotheses), [list(references)], force=True).score,
+            "chrf": sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score}
 
 
 # ---- reading the data ------------------------------------------------------------------------
