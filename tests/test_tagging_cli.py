@@ -54,12 +54,17 @@ def tagger_run(treebank, tmp_path_factory):
 
 def test_train_tag_eval(treebank, tagger_run, tmp_path, capsys, monkeypatch):
     sentences = tmp_path / "sentences.txt"
-    sentences.write_text("the big dog sees a cat .\n\nevery zebra likes this river .\n")
+    sentences.write_text("the big dog sees a cat .\nevery zebra likes this river .\n\n")
     assert main(["tag", str(tagger_run), "--input", str(sentences)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "the/DET big/ADJ dog/NOUN sees/VERB a/DET cat/NOUN ./PUNCT"
     assert lines[1].startswith("every/DET zebra/NOUN likes/VERB")      # an unseen word, from its context
-    assert len(lines) == 2
+    assert len(lines) == 2                                             # trailing blank lines are no input
+    # One output line per input line: a blank line inside is an error naming it, not skipped
+    # (which would misalign the outputs with the inputs).
+    sentences.write_text("the big dog sees a cat .\n\nevery zebra likes this river .\n")
+    assert main(["tag", str(tagger_run), "--input", str(sentences)]) == 2
+    assert capsys.readouterr().err == "seqlab: error: input line 2 has no words; give one sentence per line\n"
 
     import io
     monkeypatch.setattr("sys.stdin", io.StringIO("a red house keeps the idea .\n"))
