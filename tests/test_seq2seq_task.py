@@ -593,3 +593,7 @@ def test_compare_reports_bleu_and_exact_match(tmp_path, capsys, monkeypatch):
     assert any(line.startswith("| seq2seq-luong |") for line in table)
     markdown = (out / "report.md").read_text()
     assert "## Test examples (greedy)" in markdown and "reference:" in markdown
+    # Exact match by source length for both models, and the attention of the model that has one.
+    assert "## exact match (%) by source length" in markdown and (out / "breakdown.png").is_file()
+    assert (out / "seq2seq-luong-attention.png").read_bytes().startswith(b"\x89PNG")
+    assert not (out / "seq2seq-attention.png").exists()
