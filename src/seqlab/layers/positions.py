@@ -1,0 +1,277 @@
+"""Position schemes for Transformer blocks: sinusoidal, learned, rotary (RoPE) and ALiBi.
+
+Self-attention is blind to order, so every Transformer adds positions somewhere. The schemes
+here differ in *where* they act, and that decides how an attention block uses them:
+
+* **On the input** (``SinusoidalPositions``, ``LearnedPositions``): ``x + P[p]`` before the
+  first block, ``forward(x, offset) -> x``. Absolute positions.
+* **On queries and keys** (``RotaryPositions``): each pair of head features is rotated by an
+  angle proportional to the position, ``forward(q, k, offset) -> (q, k)``, applied after the
+  q/k projections and before the keys go into the cache. The score ``q_m . k_n`` then depends
+  on the positions only through ``m - n``.
+* **On the scores** (``ALiBi``): a per-head bias linear in the distance is added to
+  ``Q K^T / sqrt(E)`` before the softmax, ``bias(T, S, offset) -> (H, T, S)``.
+
+Each is a small ``nn.Module`` that a block receives (``Attention(positions=RotaryPositions(E))``)
+rather than a string it branches on. Every one takes ``offset``, the number of positions already
+in the key/value cache, so that the T new positions are the absolute positions
+``offset .. offset + T - 1`` and cached decoding gives the same numbers as a full recompute.
+
+The math:
+
+* Sinusoidal (Vaswani et al. 2017, "Attention is all you need", sec. 3.5)::
+
+      PE[p, 2i] = sin(p / 10000^(2i / D)),   PE[p, 2i + 1] = cos(p / 10000^(2i / D)).
+
+* Learned (Gehring et al. 2017; GPT, BERT): a trainable table ``P`` of ``max_len`` rows.
+* Rotary (Su et al. 2021, "RoFormer", eq. 13-15): with ``theta_i = base^(-2i / E)``, the pair
+  ``(x_a, x_b)`` belonging to frequency i is rotated at position p by the angle ``p theta_i``::
+
+      [x_a']   [cos p theta_i   -sin p theta_i] [x_a]
+      [x_b'] = [sin p theta_i    cos p theta_i] [x_b],
+
+  so ``<R_m q, R_n k> = <q, R_{n-m} k>``. Two layouts pair the features differently: ``"half"``
+  pairs ``(i, i + E/2)`` (GPT-NeoX, HF Llama's ``rotate_half``), ``"interleaved"`` pairs
+  ``(2i, 2i + 1)`` (the paper, GPT-J). They are the same rotation up to a permutation of the
+  head features, but weights trained with one layout are wrong under the other.
+* ALiBi (Press, Smith and Lewis 2021, "Train short, test long", sec. 3): head h adds
+  ``-m_h (i - j)`` to the score of query position i on key position j <= i, with slopes
+  ``m_h = 2^(-8 h / H)``, h = 1..H, for H a power of two (see :func:`alibi_slopes` otherwise).
+
+Shapes: B batch, H heads, T new positions, S key positions (S = offset + T with a cache),
+E head dim, D model width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from seqlab.errors import ConfigError, DataError
+
+RotaryLayout = Literal["half", "interleaved"]
+
+
+def _check_offset(offset: int) -> None:
+    if offset < 0:
+        raise DataError(f"position offset {offset} is negative; pass the number of cached positions (>= 0)")
+
+
+def sinusoidal_table(length: int, d_model: int, dtype: torch.dtype = torch.float64,
+                     device: torch.device | str | None = None) -> Tensor:
+    """The (length, D) table ``PE[p, 2i] = sin(p / 10000^(2i/D))``, ``PE[p, 2i+1] = cos(...)``.
+
+    Computed in float64 and cast to ``dtype``. An odd D keeps the last sine column.
+    """
+    positions = torch.arange(length, dtype=torch.float64, device=device)[:, None]        # (P, 1)
+    even = torch.arange(0, d_model, 2, dtype=torch.float64, device=device)               # 2i
+    angles = positions / 10000.0 ** (even / d_model)                                     # (P, ceil(D/2))
+    table = torch.empty(length, d_model, dtype=torch.float64, device=device)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
+    return table.to(dtype)
+
+
+class SinusoidalPositions(nn.Module):
+    """Adds the fixed sinusoidal encoding of positions ``offset .. offset + T - 1`` to ``x``.
+
+    Any length works: the table is a non-persistent float32 buffer (it follows ``.to(dtype)``),
+    computed in float64 and recomputed, at least doubled, when a longer one is asked for;
+    checkpoints do not depend on it.
+
+    Args:
+        d_model: D, the model width.
+        max_len: rows to precompute; None starts small and grows on demand.
+    """
+
+    def __init__(self, d_model: int, max_len: int | None = None):
+        super().__init__()
+        if d_model < 1:
+            raise ConfigError(f"d_model must be positive, got {d_model}")
+        self.d_model = d_model
+        self.register_buffer("table", sinusoidal_table(max_len or 0, d_model, torch.float32),
+                             persistent=False)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """Args: x (B, T, D); offset, the number of earlier positions. Returns (B, T, D)."""
+        _check_offset(offset)
+        end = offset + x.shape[1]
+        if end > self.table.shape[0] or self.table.device != x.device:
+            length = max(end, 2 * self.table.shape[0])
+            self.table = sinusoidal_table(length, self.d_model, self.table.dtype, x.device)
+        return x + self.table[offset:end].to(x.dtype)
+
+
+class LearnedPositions(nn.Module):
+    """Adds a trainable embedding of positions ``offset .. offset + T - 1`` to ``x``.
+
+    Args:
+        d_model: D, the model width.
+        max_len: rows of the table; a position at or beyond it raises :class:`DataError`.
+    """
+
+    def __init__(self, d_model: int, max_len: int):
+        super().__init__()
+        if max_len < 1:
+            raise ConfigError(f"max_len must be positive for learned positions, got {max_len}")
+        self.max_len = max_len
+        self.embedding = nn.Embedding(max_len, d_model)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """Args: x (B, T, D); offset, the number of earlier positions. Returns (B, T, D)."""
+        _check_offset(offset)
+        end = offset + x.shape[1]
+        if end > self.max_len:
+            raise DataError(
+                f"a sequence of length {end} (positions 0..{end - 1}) does not fit the learned "
+                f"position table of size max_len={self.max_len}; raise max_len, shorten the "
+                f"sequences, or use a scheme without a table (sinusoidal, rotary, alibi)")
+        positions = torch.arange(offset, end, device=x.device)
+        return x + self.embedding(positions).to(x.dtype)                              # (T, D) broadcast
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class RotaryPositions(nn.Module):
+    """Rotary position embedding (RoFormer): rotates q and k by position-dependent angles.
+
+    Angles and their cos/sin are computed in float32 (float64 for float64 inputs) on every call,
+    from ``base`` rather than from a buffer, so ``model.half()`` cannot round the frequencies;
+    the rotated tensors are cast back to the input dtype.
+
+    Args:
+        head_dim: E, even.
+        base: theta_i = base^(-2i / E).
+        layout: ``"half"`` pairs features (i, i + E/2), ``"interleaved"`` pairs (2i, 2i + 1).
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0, layout: RotaryLayout = "half"):
+        super().__init__()
+        if head_dim < 2 or head_dim % 2:
+            raise ConfigError(f"head_dim must be even and positive for rotary positions, got {head_dim}")
+        if layout not in ("half", "interleaved"):
+            raise ConfigError(f"layout must be 'half' or 'interleaved', got {layout!r}")
+        if base <= 0:
+            raise ConfigError(f"base must be positive, got {base}")
+        self.head_dim = head_dim
+        self.base = float(base)
+        self.layout = layout
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, base={self.base}, layout={self.layout!r}"
+
+    def _rotate(self, x: Tensor, offset: int) -> Tensor:
+        if x.shape[-1] != self.head_dim:
+            raise DataError(f"rotary positions expect head dim {self.head_dim}, got a tensor of shape "
+                            f"{tuple(x.shape)}; pass (B, H, T, E) queries and keys")
+        work = _work_dtype(x)
+        length = x.shape[-2]
+        positions = torch.arange(offset, offset + length, dtype=work, device=x.device)
+        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=work, device=x.device)
+                                 / self.head_dim)                                        # (E/2,)
+        angles = positions[:, None] * inv_freq                                           # (T, E/2)
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        xw = x.to(work)
+        if self.layout == "half":
+            first, second = xw.chunk(2, dim=-1)                                          # (..., T, E/2)
+            rotated = torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+        else:
+            first, second = xw[..., 0::2], xw[..., 1::2]                                 # (..., T, E/2)
+            rotated = torch.stack([first * cos - second * sin, second * cos + first * sin], dim=-1)
+            rotated = rotated.flatten(-2)                                                # (..., T, E)
+        return rotated.to(x.dtype)
+
+    def forward(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+        """Rotate queries and keys at positions ``offset .. offset + T - 1``.
+
+        Args:
+            q: (B, Hq, T, E) queries.
+            k: (B, Hk, T, E) keys of the new positions (Hk may differ from Hq, e.g. GQA).
+            offset: the number of cached positions; cached keys are already rotated.
+        Returns:
+            the rotated (q, k), same shapes and dtypes.
+        """
+        _check_offset(offset)
+        return self._rotate(q, offset), self._rotate(k, offset)
+
+
+def rotary_ref(x: Tensor, positions: Sequence[int] | Tensor, base: float = 10000.0,
+               layout: RotaryLayout = "half") -> Tensor:
+    """The specification of RoPE: an explicit 2x2 rotation per position and frequency, by loops.
+
+    Args:
+        x: (..., T, E) features, E even.
+        positions: (T,) absolute positions of the T rows.
+        base: theta_i = base^(-2i / E).
+        layout: which features form pair i: (i, i + E/2) for ``"half"``, (2i, 2i + 1) otherwise.
+    Returns:
+        (..., T, E) rotated features, computed in x's dtype.
+    """
+    head_dim = x.shape[-1]
+    out = x.clone()
+    for t, position in enumerate(torch.as_tensor(positions).tolist()):
+        for i in range(head_dim // 2):
+            a, b = (i, i + head_dim // 2) if layout == "half" else (2 * i, 2 * i + 1)
+            angle = position * base ** (-2 * i / head_dim)
+            rotation = torch.tensor([[math.cos(angle), -math.sin(angle)],
+                                     [math.sin(angle), math.cos(angle)]], dtype=x.dtype, device=x.device)
+            pair = torch.stack([x[..., t, a], x[..., t, b]], dim=-1)                     # (..., 2)
+            turned = pair @ rotation.T
+            out[..., t, a], out[..., t, b] = turned[..., 0], turned[..., 1]
+    return out
+
+
+def alibi_slopes(n_heads: int) -> list[float]:
+    """ALiBi head slopes, the rule of the authors' reference code.
+
+    For n a power of two: 2^(-8/n), 2^(-16/n), ..., 2^(-8) (start 2^(-8/n), ratio 2^(-8/n)).
+    Otherwise, with c the largest power of two below n: the c slopes for c heads, then every
+    other slope of the 2c-head sequence, ``slopes(c) + slopes(2c)[0::2][:n - c]``.
+    """
+    if n_heads < 1:
+        raise ConfigError(f"n_heads must be positive for ALiBi, got {n_heads}")
+    if n_heads & (n_heads - 1) == 0:
+        return [2.0 ** (-8.0 * h / n_heads) for h in range(1, n_heads + 1)]
+    closest = 2 ** math.floor(math.log2(n_heads))
+    return alibi_slopes(closest) + alibi_slopes(2 * closest)[0::2][: n_heads - closest]
+
+
+class ALiBi(nn.Module):
+    """Attention with Linear Biases: a per-head additive score bias, linear in the distance.
+
+    Args:
+        n_heads: H; the slopes are a (H,) float32 buffer, recomputed on construction.
+    """
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads), dtype=torch.float32),
+                             persistent=False)
+
+    def bias(self, query_length: int, key_length: int, offset: int = 0) -> Tensor:
+        """The bias to add to the (B, H, T, S) scores, before the softmax and with the causal mask.
+
+        Query i (absolute position offset + i) and key j get ``-slope_h * (offset + i - j)`` when
+        j <= offset + i. Future keys (j > offset + i) get 0: finite, but not a mask — the block
+        must still mask them.
+
+        Args:
+            query_length: T, the new positions.
+            key_length: S, the key positions 0 .. S - 1; S = offset + T with a cache.
+            offset: the number of cached positions.
+        Returns:
+            (H, T, S) bias in the slopes' dtype and device.
+        """
+        _check_offset(offset)
+        device = self.slopes.device
+        query_positions = torch.arange(offset, offset + query_length, device=device)
+        key_positions = torch.arange(key_length, device=device)
+        distance = (query_positions[:, None] - key_positions[None, :]).clamp(min=0)      # (T, S)
+        return -self.slopes[:, None, None] * distance.to(self.slopes.dtype)             # (H, T, S)
