@@ -128,10 +128,11 @@ class RecurrentEncoderDecoder(EncoderDecoder):
 
     cell: ClassVar[CellKind]
     bidirectional: ClassVar[bool] = False
-    decoder_extra_input: ClassVar[int] = 0          # multiples of d_model fed beside e(y_{t-1})
     layer_major = ("hidden",)
 
-    def __init__(self, config: Seq2SeqConfig):
+    def __init__(self, config: Seq2SeqConfig, decoder_extra_input: int = 0):
+        """``decoder_extra_input``: what each decoder step reads beside e(y_{t-1}), in multiples
+        of ``d_model`` (a context vector, an attentional state)."""
         super().__init__()
         self.config = config
         self.src_vocab_size, self.tgt_vocab_size = config.src_vocab_size, config.tgt_vocab_size
@@ -139,7 +140,7 @@ class RecurrentEncoderDecoder(EncoderDecoder):
         self.source_embedding = nn.Embedding(config.src_vocab_size, width, padding_idx=0)
         self.target_embedding = nn.Embedding(config.tgt_vocab_size, width, padding_idx=0)
         self.encoder = Recurrent(self.cell, width, width, layers, config.dropout, bidirectional=self.bidirectional)
-        self.decoder = Recurrent(self.cell, width * (1 + self.decoder_extra_input), width, layers, config.dropout)
+        self.decoder = Recurrent(self.cell, width * (1 + decoder_extra_input), width, layers, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
     def encode(self, src: Tensor, src_mask: Tensor, reverse: bool = False) -> dict[str, Tensor]:
@@ -154,19 +155,16 @@ class RecurrentEncoderDecoder(EncoderDecoder):
         return self.dropout(self.target_embedding(token))
 
     def attention_weights(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor | None:
-        """(B, T, S) weights of every decoder step, from unrolling ``step``."""
-        if not isinstance(self, AttentionDecoder):
-            return None
+        """(B, T, S) weights of every decoder step, from unrolling ``step``; None for a model
+        whose state holds no ``attention``."""
         state = self.init_state(src.shape[0], self.encode(src, src_mask))
+        if "attention" not in state:
+            return None
         weights = []
         for t in range(tgt_in.shape[1]):
             _, state = self.step(tgt_in[:, t], state)
             weights.append(state["attention"])
         return torch.stack(weights, dim=1)
-
-
-class AttentionDecoder:
-    """Marks a model whose steps attend over the source (``state["attention"]``)."""
 
 
 @register("seq2seq", task="seq2seq", config=SutskeverConfig)
@@ -199,10 +197,9 @@ class Cho(RecurrentEncoderDecoder):
     """GRU encoder-decoder with the source summary at every step (Cho et al. 2014)."""
 
     cell = "gru"
-    decoder_extra_input = 1
 
     def __init__(self, config: ChoConfig):
-        super().__init__(config)
+        super().__init__(config, decoder_extra_input=1)            # the summary c
         width = config.d_model
         self.summary = nn.Linear(width, width)                      # c = tanh(V h_S)
         self.bridge = nn.Linear(width, width * config.n_layers)     # s_0 = tanh(V' c), every layer
@@ -232,16 +229,15 @@ class Cho(RecurrentEncoderDecoder):
 
 
 @register("seq2seq-bahdanau", task="seq2seq", config=BahdanauConfig)
-class Bahdanau(RecurrentEncoderDecoder, AttentionDecoder):
+class Bahdanau(RecurrentEncoderDecoder):
     """Bidirectional GRU encoder, additive attention from the previous decoder state
     (Bahdanau, Cho and Bengio 2014)."""
 
     cell = "gru"
     bidirectional = True
-    decoder_extra_input = 2                                         # the context c_t is 2D wide
 
     def __init__(self, config: BahdanauConfig):
-        super().__init__(config)
+        super().__init__(config, decoder_extra_input=2)            # the context c_t is 2D wide
         width = config.d_model
         self.attention = RecurrentAttention("additive", width, 2 * width, width)
         self.bridge = nn.Linear(2 * width, width)                   # s_0 = tanh(W [h_fwd; h_bwd])
@@ -264,15 +260,14 @@ class Bahdanau(RecurrentEncoderDecoder, AttentionDecoder):
 
 
 @register("seq2seq-luong", task="seq2seq", config=LuongConfig)
-class Luong(RecurrentEncoderDecoder, AttentionDecoder):
+class Luong(RecurrentEncoderDecoder):
     """Deep LSTM with global attention from the current decoder state and input feeding
     (Luong, Pham and Manning 2015)."""
 
     cell = "lstm"
 
     def __init__(self, config: LuongConfig):
-        self.decoder_extra_input = 1 if config.input_feeding else 0
-        super().__init__(config)
+        super().__init__(config, decoder_extra_input=1 if config.input_feeding else 0)   # h~_{t-1}
         width = config.d_model
         self.attention = RecurrentAttention(config.score, width, width, width)
         self.combine = nn.Linear(2 * width, width, bias=False)      # h~_t = tanh(W_c [c_t; h_t])
