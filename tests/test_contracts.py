@@ -40,6 +40,19 @@ from seqlab.tasks.tagging import Tagging
 SUITES = ("lm", "tag", "classify", "seq2seq")
 VOCAB = 11
 LM_NAMES = [entry.name for entry in registry.entries("lm")]
+# Every registered language model, plus the Transformer's other position schemes and shapes:
+# "name[key=value,...]" builds ``name`` with those config overrides. The windowed cases read
+# sequences longer than their window (max_len), so sliding-window attention is held to the
+# contract too.
+TRANSFORMER_VARIANTS = [
+    "transformer[positions=sinusoidal]",
+    "transformer[positions=rope_interleaved,n_kv_heads=1]",
+    "transformer[positions=alibi,n_heads=3,d_model=24]",
+    "transformer[positions=alibi,max_len=8]",
+    "transformer[positions=sinusoidal,max_len=8,norm_position=post]",
+    "llama[max_len=8]",
+]
+LM_CASES = LM_NAMES + TRANSFORMER_VARIANTS
 TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
 CLASSIFIER_NAMES = [entry.name for entry in registry.entries("classify")]
 SEQ2SEQ_NAMES = [entry.name for entry in registry.entries("seq2seq")]
@@ -86,11 +99,22 @@ def task_with_vocabulary(vocab_size: int) -> LanguageModeling:
     return task
 
 
-def make(name: str, vocab_size: int = VOCAB) -> CausalLM:
+def parse_case(case: str) -> tuple[str, dict[str, object]]:
+    """``"name[key=value,...]"`` -> the registered name and its config overrides."""
+    name, _, spec = case.rstrip("]").partition("[")
+    overrides: dict[str, object] = {}
+    for item in filter(None, spec.split(",")):
+        key, value = item.split("=")
+        overrides[key] = int(value) if value.isdigit() else value
+    return name, overrides
+
+
+def make(case: str, vocab_size: int = VOCAB) -> CausalLM:
     """The model for a small task; models that fit themselves are fitted to it first."""
     torch.manual_seed(0)
     task = task_with_vocabulary(vocab_size)
-    model = registry.build_for_task(name, {**task.model_defaults(), "max_len": 64}, {}, task="lm")
+    name, overrides = parse_case(case)
+    model = registry.build_for_task(name, {**task.model_defaults(), "max_len": 64}, overrides, task="lm")
     if registry.trains_by(model) == "fit":
         model.fit(task)
     return model.eval()
@@ -104,7 +128,7 @@ def test_registry_has_language_models():
     assert {"lstm", "transformer", "ngram"} <= set(LM_NAMES)
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
 def test_step_reproduces_forward(name):
     model = make(name)
     tokens = random_tokens(3, 24)
@@ -119,7 +143,7 @@ def test_step_reproduces_forward(name):
     relative_close(torch.stack(stepped, dim=1), parallel)
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
 def test_forward_from_in_pieces_continues_one_pass(name):
     # Chunked continuation from a non-empty state: prompt read in three pieces == one pass,
     # logits and the state they leave (probed by the next step).
@@ -135,7 +159,23 @@ def test_forward_from_in_pieces_continues_one_pass(name):
         relative_close(model.step(tokens[:, -1], state)[0], model.step(tokens[:, -1], whole_state)[0])
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_forward_from_in_chunks_equals_one_pass(name, chunk):
+    # A prompt read chunk by chunk (each chunk's queries follow the cached positions) gives the
+    # logits of one pass over it.
+    model = make(name)
+    tokens = random_tokens(2, 21, seed=9)
+    with torch.no_grad():
+        whole = model(tokens)
+        state, pieces = model.init_state(2), []
+        for start in range(0, 21, chunk):
+            logits, state = model.forward_from(tokens[:, start: start + chunk], state)
+            pieces.append(logits)
+    relative_close(torch.cat(pieces, dim=1), whole)
+
+
+@pytest.mark.parametrize("name", LM_CASES)
 def test_prefill_then_step_reproduces_forward(name):
     model = make(name)
     tokens = random_tokens(2, 20, seed=1)
@@ -148,7 +188,7 @@ def test_prefill_then_step_reproduces_forward(name):
             relative_close(logits, parallel[:, t])
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
 @settings(max_examples=15, deadline=None)
 @given(position=st.integers(0, 14), seed=st.integers(0, 10_000))
 def test_no_future_leakage(name, position, seed):
@@ -174,7 +214,7 @@ def test_fitted_models_return_normalised_log_probabilities(name):
                                rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
 def test_log_prob_sums_to_one_over_continuations(name):
     # Brute force: p(a, b | prefix) summed over every pair of next tokens is one. This holds for
     # any logits only if log_prob scores each token with the logits of the position before it.
@@ -188,7 +228,7 @@ def test_log_prob_sums_to_one_over_continuations(name):
     torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
 def test_log_prob_matches_forward_by_hand(name):
     model = make(name)
     tokens = random_tokens(2, 10, seed=3)
@@ -198,7 +238,7 @@ def test_log_prob_matches_forward_by_hand(name):
         relative_close(model.log_prob(tokens), by_hand)
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
 def test_batch_rows_are_independent(name):
     model = make(name)
     tokens = random_tokens(4, 12, seed=4)
@@ -208,7 +248,7 @@ def test_batch_rows_are_independent(name):
     relative_close(together, alone)
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
 def test_greedy_generation_equals_full_recompute(name):
     # Cached decoding (prefill + step) picks the same tokens as re-running forward each time.
     model = make(name)
@@ -222,7 +262,7 @@ def test_greedy_generation_equals_full_recompute(name):
     assert torch.equal(generated, recomputed)
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
 def test_lm_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
     task = task_with_vocabulary(VOCAB)
     model = make(name)
@@ -234,7 +274,7 @@ def test_lm_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
     assert again.tokenizer.encode("jihgfedcba") == task.tokenizer.encode("jihgfedcba")
 
 
-@pytest.mark.parametrize("name", LM_NAMES)
+@pytest.mark.parametrize("name", LM_CASES)
 def test_generation_runs_past_a_finite_context(name):
     model = make(name)
     limit = model.max_context or 64

@@ -100,6 +100,10 @@ class Trainer:
                               f"({self.group.world_size} x {config.grad_accum})")
         if config.tbptt and not hasattr(task, "stream_batch"):
             raise ConfigError(f"--tbptt needs a task with contiguous streams (lm); the {task.name} task has none")
+        if config.tbptt and getattr(model, "max_context", None) is not None:
+            raise ConfigError(f"--tbptt carries the state along the whole stream, but this model reads at most "
+                              f"{model.max_context} positions (learned positions); train without --tbptt, "
+                              "or use positions=rope, alibi or sinusoidal (a sliding window)")
         if config.tbptt and self.group.world_size > 1:
             raise ConfigError("tbptt runs in one process; launch without torchrun or drop --tbptt")
         self.micro_batch_size = per_process
@@ -409,11 +413,9 @@ def _to_device(state: Any, device: torch.device) -> Any:
 
 def _detach(state: Any) -> Any:
     """The state with every tensor cut from the graph (the truncation of truncated BPTT)."""
-    if isinstance(state, Tensor):
-        return state.detach()
     if isinstance(state, (tuple, list)):
         return type(state)(_detach(part) for part in state)
-    return state
+    return state.detach() if hasattr(state, "detach") else state   # a tensor, a key/value cache
 
 
 def fit(model: nn.Module, task: Any, out_dir: str | Path | None = None, *, overwrite: bool = False,

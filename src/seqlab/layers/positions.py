@@ -271,7 +271,19 @@ class ALiBi(nn.Module):
         """
         _check_offset(offset)
         device = self.slopes.device
-        query_positions = torch.arange(offset, offset + query_length, device=device)
-        key_positions = torch.arange(key_length, device=device)
-        distance = (query_positions[:, None] - key_positions[None, :]).clamp(min=0)      # (T, S)
+        return self.bias_at(torch.arange(offset, offset + query_length, device=device),
+                            torch.arange(key_length, device=device))
+
+    def bias_at(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+        """The bias between queries and keys at the given absolute positions (any order, e.g.
+        the slots of a ring-buffer cache): ``-slope_h * max(0, query_position - key_position)``.
+
+        Args:
+            query_positions: (T,) long.
+            key_positions: (S,) long.
+        Returns:
+            (H, T, S) bias in the slopes' dtype, on the slopes' device.
+        """
+        device = self.slopes.device
+        distance = (query_positions.to(device)[:, None] - key_positions.to(device)[None, :]).clamp(min=0)
         return -self.slopes[:, None, None] * distance.to(self.slopes.dtype)             # (H, T, S)

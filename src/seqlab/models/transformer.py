@@ -1,13 +1,29 @@
-"""Decoder-only Transformer language model (GPT; Radford et al. 2018, 2019).
+"""Decoder-only Transformer language models: GPT (Radford et al. 2018, 2019), Llama (Touvron
+et al. 2023) and everything between, by config.
 
-Pre-norm blocks (Xiong et al. 2020), each
+A stack of :class:`~seqlab.layers.block.TransformerBlock` over token embeddings:
 
-    x = x + Attention(LayerNorm(x))
-    x = x + MLP(LayerNorm(x)),       MLP(x) = W2 GELU(W1 x),  W1: D -> 4D,
+    x_0 = Embed(tokens) [+ P(positions)],   x_l = Block_l(x_{l-1}),   logits = W_out Norm(x_L),
 
-over token embeddings plus learned absolute position embeddings, a final LayerNorm and an
-output layer tied to the token embeddings. The recurrent view carries a key/value cache per
-layer; position t reads position embedding t, so the model cannot step past ``max_len``.
+each block built from parts chosen by the config: causal self-attention with ``n_kv_heads``
+key/value heads (grouped-query attention, Ainslie et al. 2023), a position scheme, LayerNorm or
+RMSNorm before (or after) each sublayer, and a plain or gated feed-forward. The output layer
+may share the token embedding's weights (Press and Wolf 2017).
+
+Positions, and how far the model reads:
+
+* ``learned``: a table of ``max_len`` rows; the model reads at most ``max_len`` positions
+  (``max_context``), so generation past it re-reads the last tokens (``seqlab.decoding``) and
+  truncated BPTT is refused.
+* ``sinusoidal``, ``rope``, ``rope_interleaved``, ``alibi``: no table; every layer attends to
+  the ``max_len`` most recent positions (sliding-window attention, Beltagy et al. 2020), its
+  cache a ring buffer of ``max_len`` slots. Within ``max_len`` this is plain causal attention;
+  beyond, the parallel view and stepping agree at every length, generation runs on without
+  re-reading anything, and truncated BPTT carries at most ``max_len`` keys per layer.
+
+Presets are registered names: ``gpt`` (learned positions, LayerNorm, GELU, biases, tied
+embeddings: the defaults of ``transformer``) and ``llama`` (RoPE in the half-rotation layout,
+RMSNorm, SwiGLU, no biases, grouped-query attention, untied output layer).
 
 Shapes: B batch, T time, D ``d_model``, V ``vocab_size``.
 """
@@ -16,14 +32,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from seqlab.contracts import CausalLM
-from seqlab.errors import ConfigError, DataError
-from seqlab.layers.attention import CausalSelfAttention, KVCache
+from seqlab.errors import ConfigError
+from seqlab.layers.attention import MultiHeadAttention
+from seqlab.layers.block import NormPosition, TransformerBlock
+from seqlab.layers.feedforward import ACTIVATIONS, GATED_ACTIVATIONS, Activation, FeedForward
+from seqlab.layers.kv_cache import KeyValueCache
+from seqlab.layers.norms import NORM_KINDS, NormKind, make_norm
+from seqlab.layers.positions import ALiBi, LearnedPositions, RotaryPositions, SinusoidalPositions
 from seqlab.registry import register
+
+PositionScheme = Literal["learned", "sinusoidal", "rope", "rope_interleaved", "alibi"]
+POSITION_SCHEMES = ("learned", "sinusoidal", "rope", "rope_interleaved", "alibi")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,12 +58,28 @@ class TransformerConfig:
 
     Attributes:
         vocab_size: number of token ids.
-        max_len: longest sequence (number of learned positions).
+        max_len: learned positions: the table's size, the longest sequence; other schemes: the
+            attention window (each position sees the max_len most recent ones).
         d_model: residual stream width.
         n_layers: Transformer blocks.
-        n_heads: attention heads; must divide d_model.
-        dropout: dropout on embeddings, attention weights and residual branches (0 by default,
-            as for the LSTM: raise it for long runs on small corpora).
+        n_heads: attention (query) heads; must divide d_model.
+        n_kv_heads: key/value heads, dividing n_heads (grouped-query attention; 1 is
+            multi-query); none means n_heads.
+        positions: learned, sinusoidal, rope (half-rotation layout, as HF Llama),
+            rope_interleaved (GPT-J layout) or alibi.
+        rope_base: RoPE's theta base.
+        norm: layernorm or rmsnorm.
+        norm_position: pre (normalise each sublayer's input) or post (each sublayer's sum).
+        activation: feed-forward activation: gelu, gelu_tanh, relu, or gated swiglu, geglu,
+            geglu_tanh.
+        d_ff: feed-forward hidden width; none means 4 d_model, or for a gated activation
+            8/3 d_model rounded up to a multiple of 32 (about the same parameters).
+        bias: biases in the attention and feed-forward projections (and LayerNorm).
+        tie_embeddings: the output layer shares the token embedding's weights.
+        dropout: on embeddings, attention weights and residual branches (0 by default: raise
+            it for long runs on small corpora).
+        gradient_checkpointing: recompute each block's activations in the backward pass (less
+            memory, about a third more time).
     """
 
     vocab_size: int
@@ -45,95 +87,172 @@ class TransformerConfig:
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
+    n_kv_heads: int | None = None
+    positions: PositionScheme = "learned"
+    rope_base: float = 10000.0
+    norm: NormKind = "layernorm"
+    norm_position: NormPosition = "pre"
+    activation: Activation = "gelu"
+    d_ff: int | None = None
+    bias: bool = True
+    tie_embeddings: bool = True
     dropout: float = 0.0
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        name = type(self).__name__
+        for field in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads"):
+            if getattr(self, field) < 1:
+                raise ConfigError(f"{name}.{field} must be >= 1, got {getattr(self, field)}")
         if self.d_model % self.n_heads:
-            raise ConfigError(
-                f"TransformerConfig.n_heads ({self.n_heads}) must divide d_model ({self.d_model})"
-            )
+            raise ConfigError(f"{name}.n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ConfigError(f"{name}.n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+        choices = {"positions": POSITION_SCHEMES, "norm": NORM_KINDS, "activation": ACTIVATIONS,
+                   "norm_position": ("pre", "post")}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"{name}.{field} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}")
+        if self.positions.startswith("rope") and (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"{name}: rotary positions need an even head width, "
+                              f"d_model / n_heads = {self.d_model // self.n_heads}")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise ConfigError(f"{name}.d_ff must be >= 1, got {self.d_ff}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def hidden_width(self) -> int:
+        """The feed-forward hidden width (``d_ff``, or its default)."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.activation in GATED_ACTIVATIONS:
+            return 32 * math.ceil(8 * self.d_model / 3 / 32)
+        return 4 * self.d_model
 
 
-class Block(nn.Module):
-    """One pre-norm Transformer block: attention then MLP, each on a residual branch."""
+@dataclass(frozen=True, kw_only=True)
+class GPTConfig(TransformerConfig):
+    """The GPT preset: learned positions, pre-LayerNorm, GELU, biases, tied embeddings."""
 
-    def __init__(self, config: TransformerConfig):
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(config.d_model)
-        self.attention = CausalSelfAttention(config.d_model, config.n_heads, config.dropout)
-        self.mlp_norm = nn.LayerNorm(config.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(config.d_model, 4 * config.d_model),
-            nn.GELU(),
-            nn.Linear(4 * config.d_model, config.d_model),
-            nn.Dropout(config.dropout),
-        )
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
-        attended, cache = self.attention(self.attention_norm(x), cache)
-        x = x + attended
-        return x + self.mlp(self.mlp_norm(x)), cache
+@dataclass(frozen=True, kw_only=True)
+class LlamaConfig(TransformerConfig):
+    """The Llama preset: RoPE (half layout), RMSNorm, SwiGLU, no biases, grouped-query
+    attention (2 key/value heads), an untied output layer."""
+
+    n_kv_heads: int | None = 2
+    positions: PositionScheme = "rope"
+    norm: NormKind = "rmsnorm"
+    activation: Activation = "swiglu"
+    bias: bool = False
+    tie_embeddings: bool = False
+
+
+def attention_positions(config: TransformerConfig) -> nn.Module | None:
+    """The position module the attention layers share (RoPE, ALiBi), or None."""
+    head_dim = config.d_model // config.n_heads
+    if config.positions == "rope":
+        return RotaryPositions(head_dim, config.rope_base, "half")
+    if config.positions == "rope_interleaved":
+        return RotaryPositions(head_dim, config.rope_base, "interleaved")
+    if config.positions == "alibi":
+        return ALiBi(config.n_heads)
+    return None
+
+
+def input_positions(config: TransformerConfig) -> nn.Module | None:
+    """The position module added to the embeddings (learned, sinusoidal), or None."""
+    if config.positions == "learned":
+        return LearnedPositions(config.d_model, config.max_len)
+    if config.positions == "sinusoidal":
+        return SinusoidalPositions(config.d_model)
+    return None
+
+
+def build_block(config: TransformerConfig, positions: nn.Module | None, feedforward: nn.Module) -> TransformerBlock:
+    """One causal block of the config; ``positions`` is shared by every block."""
+    window = None if config.positions == "learned" else config.max_len
+    attention = MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads, causal=True,
+                                   positions=positions, dropout=config.dropout, bias=config.bias,
+                                   window=window)
+    norm = partial(make_norm, config.norm, config.d_model, bias=config.bias)
+    return TransformerBlock(attention, feedforward, norm, norm_position=config.norm_position,
+                            dropout=config.dropout, checkpoint=config.gradient_checkpointing)
+
+
+def build_feedforward(config: TransformerConfig) -> nn.Module:
+    return FeedForward(config.d_model, config.hidden_width, config.activation, config.dropout, config.bias)
+
+
+def gpt2_init(model: nn.Module, n_layers: int) -> None:
+    """GPT-2's initialisation: N(0, 0.02) for every matrix and embedding, zero biases, and the
+    residual output projections (attention ``out_proj``, feed-forward ``down``) scaled by
+    1/sqrt(2 n_layers) so that the residual stream's variance does not grow with depth."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for name, parameter in model.named_parameters():
+        if name.endswith(("out_proj.weight", "down.weight")):
+            nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * n_layers))
 
 
 @register("transformer", task="lm", config=TransformerConfig)
 class TransformerLanguageModel(CausalLM):
-    """Decoder-only pre-norm Transformer with learned positions and a key/value cache."""
+    """Decoder-only Transformer; positions, norms, feed-forward and heads set by config."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = config
         self.vocab_size = config.vocab_size
-        self.max_context = config.max_len
+        self.max_context = config.max_len if config.positions == "learned" else None
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.position_embedding = nn.Embedding(config.max_len, config.d_model)
+        self.input_positions = input_positions(config)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.d_model)
+        shared_positions = attention_positions(config)
+        self.blocks = nn.ModuleList(build_block(config, shared_positions, build_feedforward(config))
+                                    for _ in range(config.n_layers))
+        self.final_norm = (make_norm(config.norm, config.d_model, bias=config.bias)
+                           if config.norm_position == "pre" else nn.Identity())
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.head.weight = self.token_embedding.weight
-        self._init_weights()
+        gpt2_init(self, config.n_layers)
+        if config.tie_embeddings:
+            self.head.weight = self.token_embedding.weight
 
-    def _init_weights(self) -> None:
-        # GPT-2: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 n_layers)
-        # so the residual stream's variance does not grow with depth.
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        for block in self.blocks:
-            for projection in (block.attention.out, block.mlp[2]):
-                nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
+    def init_state(self, batch_size: int) -> tuple[KeyValueCache, ...]:
+        """One empty key/value cache per block (a ring of ``max_len`` slots unless positions are
+        learned). The caches are written in place: a state is consumed by the step that reads it."""
+        return tuple(block.attention.make_cache(batch_size, self.config.max_len) for block in self.blocks)
 
-    def init_state(self, batch_size: int) -> tuple[KVCache, ...]:
-        config = self.config
-        empty = self.token_embedding.weight.new_zeros(
-            batch_size, config.n_heads, 0, config.d_model // config.n_heads
-        )                                                                     # (B, H, 0, E)
-        return tuple((empty, empty) for _ in self.blocks)
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(B, T) token ids -> (B, T, V) logits, without a cache (training, scoring)."""
+        return self._logits(tokens, None)
 
-    def forward_from(
-        self, tokens: Tensor, cache: tuple[KVCache, ...] | None
-    ) -> tuple[Tensor, tuple[KVCache, ...]]:
-        """Tokens (B, T) after the cached positions -> logits (B, T, V) and the extended cache.
+    def forward_from(self, tokens: Tensor, state: tuple[KeyValueCache, ...] | None
+                     ) -> tuple[Tensor, tuple[KeyValueCache, ...]]:
+        """Tokens (B, T) after the cached positions -> logits (B, T, V) and the caches, extended
+        in place. None means a fresh state."""
+        state = self.init_state(tokens.shape[0]) if state is None else state
+        return self._logits(tokens, state), state
 
-        An empty cache (from ``init_state``) and None both mean no earlier positions."""
-        start = 0 if cache is None else cache[0][0].shape[2]
-        end = start + tokens.shape[1]
-        if end > self.config.max_len:
-            raise DataError(
-                f"sequence of {end} tokens exceeds the transformer's max_len {self.config.max_len}; "
-                "use a shorter context or build it with a larger max_len"
-            )
-        positions = torch.arange(start, end, device=tokens.device)
-        x = self.dropout(self.token_embedding(tokens) + self.position_embedding(positions))  # (B, T, D)
-        new_cache = []
+    def _logits(self, tokens: Tensor, caches: tuple[KeyValueCache, ...] | None) -> Tensor:
+        offset = 0 if caches is None else caches[0].length
+        x = self.token_embedding(tokens)                                            # (B, T, D)
+        if self.input_positions is not None:
+            x = self.input_positions(x, offset)
+        x = self.dropout(x)
         for index, block in enumerate(self.blocks):
-            x, layer_cache = block(x, None if cache is None else cache[index])
-            new_cache.append(layer_cache)
-        return self.head(self.final_norm(x)), tuple(new_cache)
+            x = block(x, cache=None if caches is None else caches[index])
+        return self.head(self.final_norm(x))                                        # (B, T, V)
+
+
+@register("gpt", task="lm", config=GPTConfig, in_default_compare=False)
+class GPT(TransformerLanguageModel):
+    """Decoder-only Transformer, GPT preset: learned positions, LayerNorm, GELU, tied embeddings."""
+
+
+@register("llama", task="lm", config=LlamaConfig, in_default_compare=False)
+class Llama(TransformerLanguageModel):
+    """Decoder-only Transformer, Llama preset: RoPE, RMSNorm, SwiGLU, no biases, grouped-query heads."""
