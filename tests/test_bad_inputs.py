@@ -35,6 +35,8 @@ def files(tmp_path_factory):
         (treebank / f"toy-ud-{split}.conllu").write_text(conllu_text([generated_sentence(rng) for _ in range(count)]))
     assert main(["train", "bilstm", "--task", "tag", "--data", str(treebank), *TAG_TINY, "--steps", "2",
                  "--eval-every", "2", "--out", str(root / "tagger")]) == 0
+    assert main(["train", "transformer", "--data", str(text), *TINY, "--steps", "2", "--eval-every", "2",
+                 "--out", str(root / "gpt")]) == 0
     (root / "a-file").write_text("not a directory")
     (root / "other.txt").write_text("ΑΒΓΔ ΕΖΗΘ ΙΚΛΜ " * 40)     # letters the run never saw
     return root
@@ -57,6 +59,7 @@ def edit(run, change):
 
 
 TRAIN = ["train", "lstm", "--data", "{root}/text.txt", *TINY, "--steps", "2", "--out", "{root}/new-run"]
+TRANSFORMER = ["train", "transformer", "--data", "{root}/text.txt", *TINY, "--steps", "2", "--out", "{root}/new-tf"]
 
 CASES = {
     "vocab_size below the tokenizer's": ([*TRAIN, "--set", "vocab_size=5"], "vocab_size is 5 but"),
@@ -78,6 +81,14 @@ CASES = {
     "eval --data outside the vocabulary": (["eval", "{root}/lm", "--data", "{root}/other.txt"],
                                            "outside the run's vocabulary"),
     "resume of a run that finished": (["train", "--resume", "--out", "{root}/lm"], "has finished its 2 steps"),
+    "heads that do not divide the width": ([*TRANSFORMER, "--set", "n_heads=3"], "n_heads (3) must divide d_model (16)"),
+    "kv heads that do not divide the heads": ([*TRANSFORMER, "--set", "n_kv_heads=3"],
+                                              "n_kv_heads (3) must divide n_heads (4)"),
+    "a context longer than the position table": ([*TRANSFORMER, "--set", "max_len=8"],
+                                                 "reads at most 8 positions (max_len) but the task's context is 16"),
+    "tbptt with learned positions": ([*TRANSFORMER, "--tbptt"], "reads at most 16 positions (learned positions)"),
+    "a prompt longer than the context": (["generate", "{root}/gpt", "--prompt", "x" * 40],
+                                         "the prompt has 40 tokens but the model reads at most 16"),
     "init-from a run that shares nothing": (["train", "lstm", "--data", "{root}/text.txt", *TINY,
                                              "--init-from", "{root}/tagger", "--out", "{root}/init"],
                                             "no parameter of"),

@@ -318,6 +318,15 @@ class LanguageModeling(Task):
     def example_model_defaults(cls) -> dict[str, Any]:
         return {"vocab_size": 256, "max_len": 256, "sentence_start_id": None}
 
+    def check_model(self, model: nn.Module) -> None:
+        """Also refuse a model that cannot read a whole window of this task (learned positions
+        with a table shorter than the context), before training rather than at its first step."""
+        super().check_model(model)
+        limit = getattr(model, "max_context", None)
+        if limit is not None and limit < self.context:
+            raise ConfigError(f"the model reads at most {limit} positions (max_len) but the task's context is "
+                              f"{self.context}; raise max_len or lower --context")
+
     @property
     def _ignored(self) -> int:
         """The target id no loss or metric counts: ``<s>``, or none (``NONE_IGNORED``) in block mode."""
@@ -413,6 +422,10 @@ class LanguageModeling(Task):
                 ids = self._prompt_ids(prompt)
             except DataError as error:
                 raise DataError(f"prompt rejected: {error}") from None
+            limit = getattr(model, "max_context", None)
+            if limit is not None and len(ids) > limit:
+                raise DataError(f"the prompt has {len(ids)} tokens but the model reads at most {limit} "
+                                "(its learned position table); shorten the prompt")
             tokens = torch.tensor([ids], device=device_of(model))
             generated = model.generate(tokens, options.max_new, temperature=options.temperature,
                                        top_k=options.top_k, top_p=options.top_p, seed=options.seed)
