@@ -89,6 +89,8 @@ CASES = {
     "tbptt with learned positions": ([*TRANSFORMER, "--tbptt"], "reads at most 16 positions (learned positions)"),
     "a prompt longer than the context": (["generate", "{root}/gpt", "--prompt", "x" * 40],
                                          "the prompt has 40 tokens but the model reads at most 16"),
+    "an MoE top-k above the experts": ([*TRANSFORMER, "--set", "n_experts=2", "--set", "experts_top_k=3"],
+                                       "experts_top_k (3) must be between 1 and n_experts (2)"),
     "init-from a run that shares nothing": (["train", "lstm", "--data", "{root}/text.txt", *TINY,
                                              "--init-from", "{root}/tagger", "--out", "{root}/init"],
                                             "no parameter of"),

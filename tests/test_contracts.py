@@ -51,6 +51,8 @@ TRANSFORMER_VARIANTS = [
     "transformer[positions=alibi,max_len=8]",
     "transformer[positions=sinusoidal,max_len=8,norm_position=post]",
     "llama[max_len=8]",
+    "transformer[n_experts=4,experts_top_k=2,capacity_factor=1]",
+    "transformer[n_experts=3,experts_top_k=1,positions=rope]",
 ]
 LM_CASES = LM_NAMES + TRANSFORMER_VARIANTS
 TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
@@ -198,7 +200,9 @@ def test_no_future_leakage(name, position, seed):
     changed[:, position + 1:] = (changed[:, position + 1:] + 1 + seed % (VOCAB - 1)) % VOCAB
     with torch.no_grad():
         before, after = model(tokens), model(changed)
-    torch.testing.assert_close(after[:, :position + 1], before[:, :position + 1], rtol=0, atol=0)
+    # Equal to rounding: a mixture of experts batches each expert's tokens, and a matmul's
+    # rounding depends on how many rows it multiplies; a leak moves logits by far more.
+    relative_close(after[:, :position + 1], before[:, :position + 1], rtol=1e-6)
     if position < 14:
         assert not torch.equal(after[:, position + 1:], before[:, position + 1:])
 

@@ -25,6 +25,7 @@ import torch
 
 from seqlab import registry
 from seqlab.budget import Budget
+from seqlab.contracts import model_statistics
 from seqlab.errors import ConfigError
 from seqlab.report import Column, ModelResult, Report
 from seqlab.report_render import check_report_directory, report_file_names
@@ -139,9 +140,12 @@ def run_one(task_name: str, options: Any, name: str, budget_seconds: float, star
                    "budget_seconds": budget_seconds}
         config = registry.make_config(TrainConfig, options)
         result = Trainer(model, task, config, budget=clock, reserve_evaluations=2).fit()   # the test evaluation and the showcase
+    statistics = model_statistics(model)            # of the last training step (e.g. experts' load)
     test = task.evaluate(model, "test")
     shown = task.showcase(model)
-    metrics = {**test, **shown.metrics, "parameters": registry.parameter_count(model), "steps": result.steps,
+    if statistics:
+        shown.sections["Last training step"] = "\n".join(f"{name}: {value:.4g}" for name, value in statistics.items())
+    metrics = {**test, **shown.metrics, **statistics, "parameters": registry.parameter_count(model), "steps": result.steps,
                "train_seconds": result.train_seconds, "train_tokens_per_second": result.tokens_per_second,
                "peak_memory_mb": memory.peak_mb(), "wall_seconds": clock.elapsed()}
     return ModelResult(name=name, trains=registry.trains_by(model), metrics=metrics, history=result.history,

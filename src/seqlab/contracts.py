@@ -32,6 +32,34 @@ def device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu") if tensor is None else tensor.device
 
 
+def auxiliary_loss(model: nn.Module) -> Tensor | None:
+    """The sum of the auxiliary losses ``model``'s modules left in their last training forward
+    (a mixture of experts' balancing and z losses), each then cleared; None if there are none.
+
+    A module takes part by setting ``self.auxiliary_loss`` (a scalar tensor) in its forward.
+    The task's training loss adds this sum (``Task.training_loss``), so it reaches the optimiser
+    the same way for every task and model.
+    """
+    total = None
+    for module in model.modules():
+        loss = getattr(module, "auxiliary_loss", None)
+        if isinstance(loss, Tensor):
+            total = loss if total is None else total + loss
+            module.auxiliary_loss = None
+    return total
+
+
+def model_statistics(model: nn.Module) -> dict[str, float]:
+    """What ``model``'s modules report of their last forward (``statistics() -> dict``, e.g. the
+    experts' load), averaged over the modules that report each name; for the training log."""
+    values: dict[str, list[float]] = {}
+    for module in model.modules():
+        if module is not model and callable(getattr(module, "statistics", None)):
+            for name, value in module.statistics().items():
+                values.setdefault(name, []).append(value)
+    return {name: sum(items) / len(items) for name, items in values.items()}
+
+
 class CausalLM(nn.Module, abc.ABC):
     """Base of every causal language model: a parallel view and a recurrent view.
 

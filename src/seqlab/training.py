@@ -15,7 +15,8 @@ it. Then:
   one, and the best one by validation loss; training stops early after ``patience``
   evaluations without improvement, or at ``target_loss``.
 
-The loss is the task's (``task.loss(model, batch)``), computed inside one module so that under
+The loss is the task's (``task.loss(model, batch)``, plus any auxiliary loss the model's modules
+leave, ``tasks.base.with_auxiliary_loss``), computed inside one module so that under
 DDP whatever the task calls on the model (``model.loss``, ``forward_from``) runs through the
 wrapper. Under DDP every decision (stop, evaluate, save, the learning rate of a time budget) is
 taken once, by the first process, and shared: the processes never disagree about the time.
@@ -45,9 +46,11 @@ from torch.nn.parallel import DistributedDataParallel
 from seqlab import distributed, registry
 from seqlab.budget import Budget
 from seqlab.checkpoint import load_checkpoint, not_finite
+from seqlab.contracts import model_statistics
 from seqlab.errors import CheckpointError, ConfigError, TrainingError
 from seqlab.progress import StepBar
 from seqlab.rundir import RunDirectory
+from seqlab.tasks.base import with_auxiliary_loss
 from seqlab.train_config import TrainConfig, TrainResult, learning_rate, time_progress
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "fit", "learning_rate", "parameter_groups"]
@@ -75,8 +78,9 @@ class TaskLoss(nn.Module):
 
     def forward(self, batch: Any, state: Any = None, stream: bool = False) -> Any:
         if stream:
-            return self.task.stream_loss(self.model, batch, state)
-        return self.task.loss(self.model, batch)
+            loss, state = self.task.stream_loss(self.model, batch, state)
+            return with_auxiliary_loss(loss, self.model), state
+        return with_auxiliary_loss(self.task.loss(self.model, batch), self.model)
 
 
 class Trainer:
@@ -195,7 +199,8 @@ class Trainer:
                 self.result.tokens_seen += n_tokens
                 self.result.train_seconds = elapsed
                 self.result.step_seconds += time.perf_counter() - step_started
-                self._last = {"train_loss": loss_value, "grad_norm": norm_value, "lr": lr, **scheduled}
+                self._last = {"train_loss": loss_value, "grad_norm": norm_value, "lr": lr, **scheduled,
+                              **model_statistics(self.model)}
                 bar.advance(self.step, elapsed, loss_value, self.result.tokens_per_second)
                 if self.step % self.config.log_every == 0:
                     self._log({"step": self.step, "train_seconds": elapsed, **self._last})

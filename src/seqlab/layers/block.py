@@ -45,7 +45,8 @@ class TransformerBlock(nn.Module):
 
     Args:
         attention: the self-attention sublayer, ``attention(x, key_padding_mask=, cache=)``.
-        feedforward: the position-wise sublayer, (B, T, D) -> (B, T, D).
+        feedforward: the position-wise sublayer, ``feedforward(x, mask=)`` (B, T, D) -> (B, T, D),
+            with the (B, T) real-token mask (a mixture of experts routes only real tokens).
         norm: builds one normalisation layer (called once per sublayer).
         cross_attention: optional attention over an encoder memory, ``(x, memory, key_padding_mask)``.
         norm_position: ``"pre"`` or ``"post"``.
@@ -81,7 +82,8 @@ class TransformerBlock(nn.Module):
         if self.cross_attention is not None:
             x = self._sublayer(x, self.cross_attention_norm,
                                lambda h: self.cross_attention(h, memory, key_padding_mask=memory_padding_mask))
-        return self._sublayer(x, self.feedforward_norm, self.feedforward)
+        token_mask = None if key_padding_mask is None else key_padding_mask[:, -x.shape[1]:]
+        return self._sublayer(x, self.feedforward_norm, lambda h: self.feedforward(h, mask=token_mask))
 
     def forward(self, x: Tensor, *, memory: Tensor | None = None, key_padding_mask: Tensor | None = None,
                 memory_padding_mask: Tensor | None = None, cache: KeyValueCache | None = None) -> Tensor:

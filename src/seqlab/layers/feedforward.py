@@ -101,11 +101,13 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self._act = _activation_fn(activation)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Apply the network to every position independently.
 
         Args:
             x: (*, d_model) inputs.
+            mask: ignored (every position is independent); accepted so that a block calls any
+                feed-forward, a mixture of experts included, the same way.
         Returns:
             (*, d_model) outputs.
         """

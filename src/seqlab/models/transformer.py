@@ -44,6 +44,7 @@ from seqlab.layers.attention import MultiHeadAttention
 from seqlab.layers.block import NormPosition, TransformerBlock
 from seqlab.layers.feedforward import ACTIVATIONS, GATED_ACTIVATIONS, Activation, FeedForward
 from seqlab.layers.kv_cache import KeyValueCache
+from seqlab.layers.moe import MixtureOfExperts
 from seqlab.layers.norms import NORM_KINDS, NormKind, make_norm
 from seqlab.layers.positions import ALiBi, LearnedPositions, RotaryPositions, SinusoidalPositions
 from seqlab.registry import register
@@ -80,6 +81,14 @@ class TransformerConfig:
             it for long runs on small corpora).
         gradient_checkpointing: recompute each block's activations in the backward pass (less
             memory, about a third more time).
+        n_experts: 0 for a dense feed-forward; N >= 1 for a mixture of N experts of width
+            d_ff each (``seqlab.layers.moe``).
+        experts_top_k: experts per token (1: Switch, the raw router probability as the gate;
+            2: Mixtral, the gates renormalised over the chosen two).
+        capacity_factor: in training, each expert takes at most capacity_factor x k x tokens / N
+            tokens and drops the rest (they pass through the residual); none: no limit.
+        balance_weight: alpha of the load-balancing loss alpha N sum_i f_i P_i.
+        z_loss_weight: weight of the router z-loss.
     """
 
     vocab_size: int
@@ -98,6 +107,11 @@ class TransformerConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     gradient_checkpointing: bool = False
+    n_experts: int = 0
+    experts_top_k: int = 2
+    capacity_factor: float | None = None
+    balance_weight: float = 0.01
+    z_loss_weight: float = 1e-3
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -120,6 +134,13 @@ class TransformerConfig:
             raise ConfigError(f"{name}.d_ff must be >= 1, got {self.d_ff}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+        if self.n_experts < 0:
+            raise ConfigError(f"{name}.n_experts must be >= 0 (0: dense), got {self.n_experts}")
+        if self.n_experts and not 1 <= self.experts_top_k <= self.n_experts:
+            raise ConfigError(f"{name}.experts_top_k ({self.experts_top_k}) must be between 1 and "
+                              f"n_experts ({self.n_experts})")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ConfigError(f"{name}.capacity_factor must be positive, got {self.capacity_factor}")
 
     @property
     def hidden_width(self) -> int:
@@ -182,6 +203,12 @@ def build_block(config: TransformerConfig, positions: nn.Module | None, feedforw
 
 
 def build_feedforward(config: TransformerConfig) -> nn.Module:
+    """A dense feed-forward, or a mixture of ``n_experts`` of them."""
+    if config.n_experts:
+        return MixtureOfExperts(config.d_model, config.hidden_width, config.n_experts, config.experts_top_k,
+                                config.activation, config.dropout, config.bias,
+                                capacity_factor=config.capacity_factor, balance_weight=config.balance_weight,
+                                z_loss_weight=config.z_loss_weight)
     return FeedForward(config.d_model, config.hidden_width, config.activation, config.dropout, config.bias)
 
 

@@ -29,9 +29,9 @@ registration. What a task provides:
   batch (the Trainer slices rows for processes and micro-batches); ``batch_tokens(batch)``
   counts the tokens it holds, for throughput; ``loss_items(batch)`` counts what the loss
   averages over.
-- ``loss(model, batch)``: the one training loss; the one place a model's auxiliary loss
-  (mixture-of-experts balancing) would be added. ``training_schedule(step)`` sets what the
-  loss varies with the step (scheduled sampling's probability) and returns it for the log.
+- ``loss(model, batch)``: the one training loss; the Trainer adds a model's auxiliary losses
+  (mixture-of-experts balancing) to it, for every task alike (``with_auxiliary_loss``), so no
+  task special-cases them. ``training_schedule(step)`` sets what the loss varies with the step (scheduled sampling's probability) and returns it for the log.
 - ``evaluate(model, split, max_batches=None, details=False) -> metrics``, always with
   ``loss``; ``details`` adds what is not a number (a confusion summary) for ``seqlab eval``.
 - ``predict(model, inputs, options)``: parses the user's lines and formats one output each,
@@ -55,6 +55,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from seqlab.contracts import auxiliary_loss
 from seqlab.errors import CheckpointError, ConfigError
 from seqlab.fields import make_config
 from seqlab.report import Breakdown, Column, Curve
@@ -237,6 +238,14 @@ class Task(abc.ABC):
     def showcase(self, model: nn.Module) -> Showcase:
         """What a report shows of ``model`` (a sample, a tagged sentence, a prediction)."""
         return Showcase()
+
+
+def with_auxiliary_loss(loss: Tensor, model: nn.Module) -> Tensor:
+    """What the Trainer minimises: the task's ``loss`` plus the auxiliary losses the model's
+    modules left in this forward (``seqlab.contracts.auxiliary_loss``: mixture-of-experts
+    balancing), the one mechanism by which any model's auxiliary loss reaches the optimiser."""
+    extra = auxiliary_loss(model)
+    return loss if extra is None else loss + extra.to(loss.dtype)
 
 
 # ---- the registry ------------------------------------------------------------------------
