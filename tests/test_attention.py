@@ -8,18 +8,23 @@ from torch import Tensor
 
 from seqlab.errors import ConfigError, DataError
 from seqlab.layers.attention import KeyValueCache, MultiHeadAttention, attention_ref
-from seqlab.layers.positions import ALiBi, RotaryPositions
+from seqlab.layers.positions import ALiBi, RelativePositionBias, RotaryPositions
 
 D_MODEL, N_HEADS = 16, 4
 HEAD_DIM = D_MODEL // N_HEADS
 TOL = dict(rtol=1e-10, atol=1e-10)
 
 
-def make_positions(kind: str | None):
+def make_positions(kind: str | None, causal: bool = True):
     if kind == "rope":
         return RotaryPositions(HEAD_DIM)
     if kind == "alibi":
         return ALiBi(N_HEADS)
+    if kind == "t5":
+        torch.manual_seed(3)
+        bias = RelativePositionBias(N_HEADS, bidirectional=not causal, n_buckets=8, max_distance=16)
+        torch.nn.init.normal_(bias.embedding.weight)
+        return bias
     return None
 
 
@@ -27,7 +32,7 @@ def make_layer(kind: str | None = None, n_kv_heads: int | None = None, causal: b
                cross: bool = False, seed: int = 0) -> MultiHeadAttention:
     torch.manual_seed(seed)
     layer = MultiHeadAttention(D_MODEL, N_HEADS, n_kv_heads, causal=causal,
-                               positions=make_positions(kind), cross=cross)
+                               positions=make_positions(kind, causal), cross=cross)
     return layer.double().eval()
 
 
@@ -46,8 +51,8 @@ def reference_forward(layer: MultiHeadAttention, x: Tensor, memory: Tensor | Non
     bias = None
     if isinstance(layer.positions, RotaryPositions):
         q, k = layer.positions(q, k, 0)
-    elif isinstance(layer.positions, ALiBi):
-        bias = layer.positions.bias(length, k.shape[2], 0)
+    elif isinstance(layer.positions, (ALiBi, RelativePositionBias)):
+        bias = layer.positions.bias_at(torch.arange(length), torch.arange(k.shape[2]))
     y = attention_ref(q, k, v, causal=layer.causal, key_padding_mask=key_padding_mask, bias=bias)
     return layer.out_proj(y.transpose(1, 2).reshape(batch, length, -1))
 
@@ -81,7 +86,7 @@ def test_attention_ref_row_without_visible_key_is_zero_not_nan():
 # --- fast path equals the reference ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [None, "rope", "alibi"])
+@pytest.mark.parametrize("kind", [None, "rope", "alibi", "t5"])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("n_kv_heads", [None, 2, 1])
 def test_sdpa_path_equals_reference(kind, causal, n_kv_heads):
@@ -90,7 +95,7 @@ def test_sdpa_path_equals_reference(kind, causal, n_kv_heads):
     torch.testing.assert_close(layer(x), reference_forward(layer, x), **TOL)
 
 
-@pytest.mark.parametrize("kind", [None, "rope", "alibi"])
+@pytest.mark.parametrize("kind", [None, "rope", "alibi", "t5"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_sdpa_path_equals_reference_with_key_padding(kind, causal):
     layer = make_layer(kind, 2, causal)
@@ -112,7 +117,7 @@ def test_padding_changes_the_output():
 # --- causality and padding properties -------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [None, "rope", "alibi"])
+@pytest.mark.parametrize("kind", [None, "rope", "alibi", "t5"])
 def test_causal_no_future_leakage(kind):
     layer = make_layer(kind, 2)
     x = inputs(length=8)
@@ -139,7 +144,7 @@ def test_cross_attention_ignores_padded_memory():
 # --- cached decoding equals a full pass -----------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [None, "rope", "alibi"])
+@pytest.mark.parametrize("kind", [None, "rope", "alibi", "t5"])
 @pytest.mark.parametrize("chunk", [1, 3])
 @pytest.mark.parametrize("n_kv_heads", [None, 1])
 def test_cached_decoding_equals_full_pass(kind, chunk, n_kv_heads):
@@ -205,7 +210,7 @@ def test_cache_rejects_wrong_shapes_and_dtypes():
         cache.append(torch.zeros(2, 2, 1, 4), torch.zeros(2, 2, 1, 4))
 
 
-@pytest.mark.parametrize("kind", [None, "rope", "alibi"])
+@pytest.mark.parametrize("kind", [None, "rope", "alibi", "t5"])
 def test_select_then_continue_equals_continue_then_select(kind):
     layer = make_layer(kind, 2)
     x = inputs(batch=3, length=6)
@@ -239,7 +244,7 @@ def test_bad_head_counts_raise_config_error(d_model, n_heads, n_kv_heads, match)
 def test_bad_positions_and_cross_settings_raise_config_error():
     with pytest.raises(ConfigError, match="head_dim"):
         MultiHeadAttention(16, 4, causal=True, positions=RotaryPositions(8))
-    with pytest.raises(ConfigError, match="slopes"):
+    with pytest.raises(ConfigError, match="ALiBi has 8 heads, the attention has n_heads=4"):
         MultiHeadAttention(16, 4, causal=True, positions=ALiBi(8))
     with pytest.raises(ConfigError, match="never causal"):
         MultiHeadAttention(16, 4, causal=True, cross=True)

@@ -57,7 +57,12 @@ TRANSFORMER_VARIANTS = [
 LM_CASES = LM_NAMES + TRANSFORMER_VARIANTS
 TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
 CLASSIFIER_NAMES = [entry.name for entry in registry.entries("classify")]
-SEQ2SEQ_NAMES = [entry.name for entry in registry.entries("seq2seq")]
+SEQ2SEQ_NAMES = [entry.name for entry in registry.entries("seq2seq")] + [
+    "transformer-encdec[positions=learned,norm_position=post,norm=layernorm]",
+    "transformer-encdec[positions=rope,n_kv_heads=2,activation=swiglu]",
+    "transformer-encdec[positions=alibi]",
+    "transformer-encdec[positions=sinusoidal]",
+]
 # Smaller than the defaults where the default would only make the suite slow (the contract
 # does not depend on the size): the feature CRF's 2^20 hash buckets.
 SMALL = {("tag", "crf"): {"n_buckets": 4096}}
@@ -315,7 +320,9 @@ def tagging_task() -> Tagging:
 def make_for_task(name: str, task) -> torch.nn.Module:
     """``name`` built for ``task`` (``SMALL`` overrides), fitted first if it fits itself."""
     torch.manual_seed(0)
-    model = registry.build_for_task(name, task.model_defaults(), SMALL.get((task.name, name), {}), task=task.name)
+    name, overrides = parse_case(name)
+    model = registry.build_for_task(name, task.model_defaults(), {**SMALL.get((task.name, name), {}), **overrides},
+                                    task=task.name)
     if registry.trains_by(model) == "fit":
         model.fit(task)
     return model.eval()
@@ -462,9 +469,14 @@ def test_select_commutes_with_step(name, seq2seq_task):
     src, src_mask, tgt_in, _ = seq2seq_batch(seq2seq_task, seq2seq_task.splits["test"])
     rows = torch.tensor([3, 0, 0, 5, 1])                                    # kept, repeated, reordered
     with torch.no_grad():
-        state = model.init_state(len(src), model.encode(src, src_mask))
-        logits, after = model.step(tgt_in[:, 0], state)
-        selected_logits, _ = model.step(tgt_in[rows, 0], model.select(state, rows))
+        # A state is consumed by the step that reads it (a Transformer's caches grow in place),
+        # so each path starts from its own; ``select`` returns a new state and leaves its input
+        # usable, which the second half relies on.
+        def fresh():
+            return model.init_state(len(src), model.encode(src, src_mask))
+
+        selected_logits, _ = model.step(tgt_in[rows, 0], model.select(fresh(), rows))
+        logits, after = model.step(tgt_in[:, 0], fresh())
         torch.testing.assert_close(selected_logits, logits[rows], rtol=1e-5, atol=1e-6)
         again, _ = model.step(tgt_in[rows, 1], model.select(after, rows))
         expected, _ = model.step(tgt_in[:, 1], after)

@@ -163,3 +163,32 @@ def test_alibi_bias_with_offset_equals_rows_of_the_full_bias():
     full = alibi.bias(10, 10)
     torch.testing.assert_close(alibi.bias(3, 10, offset=7), full[:, 7:], rtol=0, atol=0)
     torch.testing.assert_close(alibi.bias(1, 10, offset=9), full[:, 9:], rtol=0, atol=0)
+
+
+# --- T5's relative position buckets -----------------------------------------------------------
+
+
+def test_t5_buckets_by_hand():
+    # 32 buckets, max distance 128. Bidirectional: 16 per direction, exact below 8, then
+    # 8 + floor(log(n / 8) / log(16) * 8): n=16 -> 10, n=200 -> min(15, 17) = 15; later keys + 16.
+    from seqlab.layers.positions import relative_position_bucket
+
+    offsets = torch.tensor([0, -1, 1, -7, -8, -16, -127, -200, 200, 16])
+    expected = torch.tensor([0, 1, 17, 7, 8, 10, 15, 15, 31, 26])
+    assert torch.equal(relative_position_bucket(offsets, bidirectional=True), expected)
+    # Causal: all 32 buckets look back (exact below 16); later keys fall in bucket 0.
+    # n=32 -> 16 + floor(log(2) / log(8) * 16) = 16 + 5 = 21.
+    causal = relative_position_bucket(torch.tensor([0, -1, -15, -16, -32, -1000, 5]), bidirectional=False)
+    assert causal.tolist() == [0, 1, 15, 16, 21, 31, 0]
+
+
+def test_relative_position_bias_depends_only_on_the_offset():
+    from seqlab.layers.positions import RelativePositionBias
+
+    torch.manual_seed(0)
+    bias = RelativePositionBias(3, bidirectional=True)
+    near = bias.bias_at(torch.arange(5), torch.arange(5))
+    far = bias.bias_at(torch.arange(5) + 40, torch.arange(5) + 40)
+    torch.testing.assert_close(near, far, rtol=0, atol=0)
+    assert near.shape == (3, 5, 5)
+    assert not torch.equal(near[:, 0, 1], near[:, 1, 0])               # direction matters

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from seqlab import registry
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -181,8 +183,8 @@ def brute_force(
             if next_token == EOS or len(tokens) == max_length:
                 score = normalised_score(total, len(tokens), length_penalty=length_penalty, alpha=alpha)
                 results.append((score, total, tokens))
-            else:
-                expand(tokens, next_token, state, total)
+            else:  # a step consumes its state: each continuation reads its own copy
+                expand(tokens, next_token, model.select(state, torch.zeros(1, dtype=torch.long)), total)
 
     expand([], BOS, model.init_state(1, model.encode(src, src_mask)), 0.0)
     return sorted(results, key=lambda result: result[0], reverse=True)
@@ -202,7 +204,20 @@ def assert_close_floats(actual: list[float], expected: list[float]) -> None:
     )
 
 
-MODELS = [pytest.param(AttentionGRU, id="attention-gru"), pytest.param(StackedGRU, id="layer-major-gru")]
+def tiny_transformer(seed: int) -> EncoderDecoder:
+    """seqlab's Transformer encoder-decoder (T5 positions, key/value caches in its state), small."""
+    torch.manual_seed(seed)
+    model = registry.build("transformer-encdec", None, src_vocab_size=7, tgt_vocab_size=5, d_model=16, n_layers=1,
+                           n_heads=2, tie_embeddings=False)
+    with torch.no_grad():                # GPT-2's N(0, 0.02) would make every path alike
+        for name, parameter in model.named_parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0.0, 0.5 if name.startswith("head") else 0.3)
+    return model
+
+
+MODELS = [pytest.param(AttentionGRU, id="attention-gru"), pytest.param(StackedGRU, id="layer-major-gru"),
+          pytest.param(tiny_transformer, id="transformer-encdec")]
 
 
 # --------------------------------------------------------------------------- helpers of the API

@@ -192,8 +192,10 @@ class EncoderDecoder(nn.Module, abc.ABC):
     - ``encode(src, src_mask) -> memory``: reads the source once.
     - The causal-LM recurrent view with the memory inside the state:
       ``init_state(batch_size, memory)``, then ``step(token, state) -> (logits, state)``.
-    - ``select(state, rows)``: the state of the batch rows ``rows`` (kept, dropped, repeated or
-      reordered), which is all beam search needs to keep and drop hypotheses.
+    - ``select(state, rows)``: a new state of the batch rows ``rows`` (kept, dropped, repeated
+      or reordered), which is all beam search needs to keep and drop hypotheses; its input
+      stays usable. ``step`` may update the state it reads in place (a Transformer decoder's
+      key/value caches): a state is consumed by the step that reads it.
     - The teacher-forced parallel view, ``forward(src, src_mask, tgt_in) -> logits``, equals
       encoding then unrolling ``step`` over ``tgt_in`` (the contract test checks it); the
       default does exactly that, and a model with a faster way overrides it.

@@ -34,6 +34,7 @@ from seqlab.errors import ConfigError
 EXPERIMENTS = {
     "adding-problem": "seqlab.experiments.adding_problem",
     "attention-length": "seqlab.experiments.attention_length",
+    "length-extrapolation": "seqlab.experiments.length_extrapolation",
 }
 
 Measured = TypeVar("Measured")            # whatever an experiment measures, e.g. MSE per (cell, length)

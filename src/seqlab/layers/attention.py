@@ -24,9 +24,10 @@ from torch import Tensor, nn
 
 from seqlab.errors import ConfigError, DataError
 from seqlab.layers.kv_cache import KeyValueCache, SlidingKeyValueCache
-from seqlab.layers.positions import ALiBi, RotaryPositions
+from seqlab.layers.positions import RotaryPositions, ScoreBias
 
-__all__ = ["KeyValueCache", "MultiHeadAttention", "SlidingKeyValueCache", "attention_ref", "visible_keys"]
+__all__ = ["KeyValueCache", "MultiHeadAttention", "SlidingKeyValueCache", "attention_ref", "attention_weights_ref",
+           "visible_keys"]
 
 
 def visible_keys(query_positions: Tensor, key_positions: Tensor, *, causal: bool,
@@ -91,14 +92,23 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, causal: bool,
     Returns:
         (B, H, T, E) attention outputs in q's dtype.
     """
+    weights = attention_weights_ref(q, k, causal=causal, key_padding_mask=key_padding_mask, bias=bias,
+                                    offset=offset, window=window)                     # (B, H, T, S)
+    group = q.shape[1] // k.shape[1]
+    return weights @ v.repeat_interleave(group, dim=1)                                # (B, H, T, E)
+
+
+def attention_weights_ref(q: Tensor, k: Tensor, *, causal: bool, key_padding_mask: Tensor | None = None,
+                          bias: Tensor | None = None, offset: int | None = None,
+                          window: int | None = None) -> Tensor:
+    """The (B, H, T, S) attention distributions of :func:`attention_ref` (same arguments, no
+    values): ``softmax(Q K^T / sqrt(E) + bias + M)``, all-zero rows where a query sees no key."""
     batch, n_heads, query_length, head_dim = q.shape
     n_kv_heads, key_length = k.shape[1], k.shape[2]
     if n_heads % n_kv_heads:
         raise DataError(f"{n_heads} query heads are not a multiple of {n_kv_heads} key/value heads")
     _check_padding(key_padding_mask, batch, key_length)
-    group = n_heads // n_kv_heads
-    kv_head = torch.arange(n_heads, device=q.device) // group                        # (H,)
-    k, v = k[:, kv_head], v[:, kv_head]                                               # (B, H, S, E)
+    k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)                            # (B, H, S, E): head h uses h // group
     scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)                           # (B, H, T, S)
     if bias is not None:
         scores = scores + bias.to(scores.dtype)
@@ -107,12 +117,11 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, causal: bool,
     visible = visible_keys(query_positions, torch.arange(key_length, device=q.device), causal=causal,
                            window=window, key_padding_mask=key_padding_mask)
     if visible is None:
-        return torch.softmax(scores, dim=-1) @ v
+        return torch.softmax(scores, dim=-1)
     scores = scores.masked_fill(~visible, float("-inf"))
     has_key = visible.any(dim=-1, keepdim=True)                                       # (B|1, 1, T, 1)
     weights = torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1)
-    weights = weights.masked_fill(~has_key, 0.0)                                      # empty rows -> 0
-    return weights @ v                                                                # (B, H, T, E)
+    return weights.masked_fill(~has_key, 0.0)                                         # empty rows -> 0
 
 
 class MultiHeadAttention(nn.Module):
@@ -121,7 +130,7 @@ class MultiHeadAttention(nn.Module):
     Self-attention (``cross=False``) projects q, k, v from ``x``; with ``positions`` a
     :class:`RotaryPositions`, q and k are rotated at positions ``offset .. offset + T - 1``
     (offset = cache length before appending) before the keys enter the cache; with an
-    :class:`ALiBi`, its bias is added to the scores. Cross-attention (``cross=True``) takes
+    :class:`~seqlab.layers.positions.ScoreBias` (ALiBi, T5's buckets), its bias is added to the scores. Cross-attention (``cross=True``) takes
     keys and values from ``memory``; it is never causal and has no positions.
 
     Computes what :func:`attention_ref` specifies through ``scaled_dot_product_attention``:
@@ -137,7 +146,8 @@ class MultiHeadAttention(nn.Module):
         n_kv_heads: Hkv, key/value heads; must divide H. None means H (plain multi-head);
             1 is multi-query attention.
         causal: mask future keys (self-attention only).
-        positions: None, a RotaryPositions(E) or an ALiBi(H).
+        positions: None, a RotaryPositions(E), or a ScoreBias of H heads (ALiBi, T5's
+            RelativePositionBias), which may also serve bidirectional and encoder layers.
         dropout: on the attention weights, in training only.
         bias: whether the four projections have biases.
         cross: cross-attention over ``memory``.
@@ -164,13 +174,13 @@ class MultiHeadAttention(nn.Module):
         if isinstance(positions, RotaryPositions) and positions.head_dim != head_dim:
             raise ConfigError(f"rotary positions have head_dim={positions.head_dim}, "
                               f"the attention has head_dim={head_dim} (d_model / n_heads)")
-        if isinstance(positions, ALiBi) and positions.slopes.shape[0] != n_heads:
-            raise ConfigError(f"ALiBi has {positions.slopes.shape[0]} slopes, "
+        if isinstance(positions, ScoreBias) and positions.n_heads != n_heads:
+            raise ConfigError(f"{type(positions).__name__} has {positions.n_heads} heads, "
                               f"the attention has n_heads={n_heads}")
         if window is not None and (window < 1 or cross or not causal):
             raise ConfigError(f"window={window} needs causal self-attention and a positive size")
-        if positions is not None and not isinstance(positions, (RotaryPositions, ALiBi)):
-            raise ConfigError(f"positions must be None, RotaryPositions or ALiBi, "
+        if positions is not None and not isinstance(positions, (RotaryPositions, ScoreBias)):
+            raise ConfigError(f"positions must be None, RotaryPositions or a ScoreBias (ALiBi, RelativePositionBias), "
                               f"got {type(positions).__name__}")
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
         self.causal, self.cross, self.dropout, self.window = causal, cross, dropout, window
@@ -200,6 +210,24 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, n_heads, self.head_dim).transpose(1, 2)           # (B, h, T, E)
 
+    def cross_attention_weights(self, x: Tensor, memory: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """For inspection: the (B, H, T, S) weights this cross-attention layer puts on ``memory``
+        (by :func:`attention_weights_ref`, an explicit softmax)."""
+        if not self.cross:
+            raise ConfigError("cross_attention_weights is for a layer built with cross=True")
+        q = self._heads(self.q_proj(x), self.n_heads)
+        k = self._heads(self.k_proj(memory), self.n_kv_heads)
+        return attention_weights_ref(q, k, causal=False, key_padding_mask=key_padding_mask)
+
+    def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, H, T, E), k and v (B, Hkv, T, E) of ``x`` in one matmul, the three projections'
+        weights stacked: one product of width (H + 2 Hkv) E, and one gradient into ``x``."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([layer.weight for layer in projections])
+        bias = None if self.q_proj.bias is None else torch.cat([layer.bias for layer in projections])
+        q, k, v = F.linear(x, weight, bias).split([layer.out_features for layer in projections], dim=-1)
+        return self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
+
     def forward(self, x: Tensor, memory: Tensor | None = None,
                 key_padding_mask: Tensor | None = None,
                 cache: KeyValueCache | None = None) -> Tensor:
@@ -216,19 +244,20 @@ class MultiHeadAttention(nn.Module):
             (B, T, D) outputs.
         """
         batch, query_length, _ = x.shape
-        q = self._heads(self.q_proj(x), self.n_heads)                                   # (B, H, T, E)
         if self.cross:
             if memory is None:
                 raise DataError("cross-attention needs memory (B, S, D); got None")
             if cache is not None:
                 raise DataError("cross-attention takes no cache; pass the memory at every step")
-            source, offset = memory, 0
+            offset = 0
+            q = self._heads(self.q_proj(x), self.n_heads)                               # (B, H, T, E)
+            k = self._heads(self.k_proj(memory), self.n_kv_heads)                       # (B, Hkv, S, E)
+            v = self._heads(self.v_proj(memory), self.n_kv_heads)
         else:
             if memory is not None:
                 raise DataError("self-attention takes no memory; build with cross=True to attend to it")
-            source, offset = x, (cache.length if cache is not None else 0)
-        k = self._heads(self.k_proj(source), self.n_kv_heads)                           # (B, Hkv, S_new, E)
-        v = self._heads(self.v_proj(source), self.n_kv_heads)
+            offset = cache.length if cache is not None else 0
+            q, k, v = self._project_self(x)
         if isinstance(self.positions, RotaryPositions):
             q, k = self.positions(q, k, offset)
         if cache is not None:
@@ -239,38 +268,37 @@ class MultiHeadAttention(nn.Module):
                 raise DataError("key padding cannot follow a sliding-window cache's slots; "
                                 "pad on the right, where causal attention never looks")
             k, v = cache.append(k, v)                                                   # (B, Hkv, S, E)
-            key_positions = cache.key_positions()                                       # (S,)
-        else:
-            key_positions = torch.arange(k.shape[2], device=x.device)
         key_length = k.shape[2]
         _check_padding(key_padding_mask, batch, key_length)
-        query_positions = torch.arange(offset, offset + query_length, device=x.device)
-
-        bias = None
-        if isinstance(self.positions, ALiBi):
-            bias = self.positions.bias_at(query_positions, key_positions).to(q.dtype)   # (H, T, S)
         causal = self.causal and not self.cross
         dropout = self.dropout if self.training else 0.0
         gqa = self.n_kv_heads != self.n_heads
-        plain_causal = (causal and bias is None and key_padding_mask is None and query_length == key_length
-                        and offset == 0 and (self.window is None or query_length <= self.window))
-        if plain_causal:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True,
-                                               enable_gqa=gqa)
-        else:
-            visible = visible_keys(query_positions, key_positions, causal=causal, window=self.window,
-                                   key_padding_mask=key_padding_mask)
-            has_key = None
-            if key_padding_mask is not None:
-                # An all-hidden row would make the softmax NaN; open it, then zero its output.
-                has_key = visible.any(dim=-1, keepdim=True)                             # (B, 1, T, 1)
-                visible = visible | ~has_key
-            mask = visible
-            if bias is not None:
-                mask = bias[None] if visible is None else bias.masked_fill(~visible, float("-inf"))
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               enable_gqa=gqa)                          # (B, H, T, E)
-            if has_key is not None:
-                y = y.masked_fill(~has_key, 0.0)
-        y = y.transpose(1, 2).reshape(batch, query_length, self.n_heads * self.head_dim)  # (B, T, D)
-        return self.out_proj(y)
+        score_bias = isinstance(self.positions, ScoreBias)
+        if (causal and not score_bias and key_padding_mask is None and offset == 0 and query_length == key_length
+                and (self.window is None or query_length <= self.window)):
+            # Plain causal attention over the whole sequence: no mask tensor to build.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa)
+            return self._merge(y)
+        key_positions = (cache.key_positions() if cache is not None
+                         else torch.arange(key_length, device=x.device))                # (S,)
+        query_positions = torch.arange(offset, offset + query_length, device=x.device)
+        visible = visible_keys(query_positions, key_positions, causal=causal, window=self.window,
+                               key_padding_mask=key_padding_mask)
+        has_key = None
+        if key_padding_mask is not None:
+            # An all-hidden row would make the softmax NaN; open it, then zero its output.
+            has_key = visible.any(dim=-1, keepdim=True)                                 # (B, 1, T, 1)
+            visible = visible | ~has_key
+        mask = visible
+        if score_bias:
+            bias = self.positions.bias_at(query_positions, key_positions).to(q.dtype)   # (H, T, S)
+            mask = bias[None] if visible is None else bias.masked_fill(~visible, float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
+        if has_key is not None:
+            y = y.masked_fill(~has_key, 0.0)
+        return self._merge(y)
+
+    def _merge(self, y: Tensor) -> Tensor:
+        """(B, H, T, E) head outputs -> (B, T, D) through ``out_proj``."""
+        batch, _, query_length, _ = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(batch, query_length, self.n_heads * self.head_dim))

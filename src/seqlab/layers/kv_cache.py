@@ -25,6 +25,8 @@ Shapes: B batch, Hkv key/value heads, T new positions, S keys returned, E head d
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -138,6 +140,12 @@ class KeyValueCache:
         self.key_buffer = self.key_buffer[rows]
         self.value_buffer = self.value_buffer[rows]
 
+    def selected(self, rows: Tensor) -> KeyValueCache:
+        """A new cache of batch rows ``rows`` (see :meth:`select`); this one is unchanged."""
+        new = copy.copy(self)
+        new.select(rows)
+        return new
+
     def detach(self) -> KeyValueCache:
         """Cut the buffers from the autograd graph (truncated BPTT between windows); returns self."""
         self.key_buffer = self.key_buffer.detach()
@@ -174,6 +182,10 @@ class SlidingKeyValueCache(KeyValueCache):
     def key_positions(self) -> Tensor:
         """(capacity,) absolute position held by each slot; -1 where a slot is still empty."""
         return self.slot_positions
+
+    def select(self, rows: Tensor) -> None:
+        super().select(rows)
+        self.slot_positions = self.slot_positions.clone()      # never shared with a copy
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write T new positions into the ring (oldest slots first) and return every slot.

@@ -243,7 +243,18 @@ def alibi_slopes(n_heads: int) -> list[float]:
     return alibi_slopes(closest) + alibi_slopes(2 * closest)[0::2][: n_heads - closest]
 
 
-class ALiBi(nn.Module):
+class ScoreBias(nn.Module):
+    """A position scheme that acts on the scores: ``bias_at(query_positions, key_positions)``
+    gives the (H, T, S) bias an attention layer adds to ``Q K^T / sqrt(E)`` (ALiBi, T5's
+    relative buckets). ``n_heads`` is H."""
+
+    n_heads: int
+
+    def bias_at(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class ALiBi(ScoreBias):
     """Attention with Linear Biases: a per-head additive score bias, linear in the distance.
 
     Args:
@@ -252,6 +263,7 @@ class ALiBi(nn.Module):
 
     def __init__(self, n_heads: int):
         super().__init__()
+        self.n_heads = n_heads
         self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads), dtype=torch.float32),
                              persistent=False)
 
@@ -287,3 +299,68 @@ class ALiBi(nn.Module):
         device = self.slopes.device
         distance = (query_positions.to(device)[:, None] - key_positions.to(device)[None, :]).clamp(min=0)
         return -self.slopes[:, None, None] * distance.to(self.slopes.dtype)             # (H, T, S)
+
+
+def relative_position_bucket(relative_position: Tensor, bidirectional: bool, n_buckets: int = 32,
+                             max_distance: int = 128) -> Tensor:
+    """T5's bucket of each key-minus-query offset (Raffel et al. 2020, sec. 2.1).
+
+    Bidirectional: half the buckets for keys before the query, half for keys after (offset > 0
+    adds ``n_buckets / 2``). Causal: every bucket for keys at or before the query (later keys
+    share bucket 0, and the causal mask hides them). Within a direction of ``b`` buckets, a
+    distance n < b/2 has its own bucket; larger distances share buckets spaced
+    logarithmically up to ``max_distance``, beyond which all share the last:
+
+        bucket(n) = n                                              if n < b/2
+                  = min(b - 1, b/2 + floor(log(n / (b/2)) / log(max_distance / (b/2)) * (b/2)))  else
+
+    Args:
+        relative_position: key position minus query position, any shape, long.
+    Returns:
+        bucket ids in [0, n_buckets), same shape.
+    """
+    bucket = torch.zeros_like(relative_position)
+    if bidirectional:
+        n_buckets //= 2
+        bucket = bucket + (relative_position > 0).long() * n_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    exact = n_buckets // 2
+    small = distance < exact
+    logarithmic = exact + (torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+                           * (n_buckets - exact)).long()
+    logarithmic = logarithmic.clamp(max=n_buckets - 1)
+    return bucket + torch.where(small, distance, logarithmic)
+
+
+class RelativePositionBias(ScoreBias):
+    """T5's learned relative position bias: one scalar per (bucket, head), added to the scores.
+
+    T5 computes it in the first layer of each stack and shares it with the others; passing one
+    instance to every attention layer of a stack does the same.
+
+    Args:
+        n_heads: H.
+        bidirectional: encoder (True) or causal decoder (False) bucketing.
+        n_buckets, max_distance: as :func:`relative_position_bucket` (T5: 32 and 128).
+    """
+
+    def __init__(self, n_heads: int, bidirectional: bool, n_buckets: int = 32, max_distance: int = 128):
+        super().__init__()
+        if n_buckets < 4 or max_distance <= n_buckets // 2:
+            raise ConfigError(f"need n_buckets >= 4 and max_distance > n_buckets / 2, got {n_buckets}, {max_distance}")
+        self.n_heads, self.bidirectional = n_heads, bidirectional
+        self.n_buckets, self.max_distance = n_buckets, max_distance
+        self.embedding = nn.Embedding(n_buckets, n_heads)
+
+    def extra_repr(self) -> str:
+        return (f"n_heads={self.n_heads}, bidirectional={self.bidirectional}, n_buckets={self.n_buckets}, "
+                f"max_distance={self.max_distance}")
+
+    def bias_at(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+        """(H, T, S): the learned scalar of the bucket of ``key - query``, per head."""
+        device = self.embedding.weight.device
+        relative = key_positions.to(device)[None, :] - query_positions.to(device)[:, None]   # (T, S)
+        buckets = relative_position_bucket(relative, self.bidirectional, self.n_buckets, self.max_distance)
+        return self.embedding(buckets).permute(2, 0, 1)                                     # (H, T, S)

@@ -46,7 +46,8 @@ from seqlab.layers.feedforward import ACTIVATIONS, GATED_ACTIVATIONS, Activation
 from seqlab.layers.kv_cache import KeyValueCache
 from seqlab.layers.moe import MixtureOfExperts
 from seqlab.layers.norms import NORM_KINDS, NormKind, make_norm
-from seqlab.layers.positions import ALiBi, LearnedPositions, RotaryPositions, SinusoidalPositions
+from seqlab.layers.positions import (ALiBi, LearnedPositions, RelativePositionBias, RotaryPositions,
+                                     SinusoidalPositions)
 from seqlab.registry import register
 
 PositionScheme = Literal["learned", "sinusoidal", "rope", "rope_interleaved", "alibi"]
@@ -114,42 +115,54 @@ class TransformerConfig:
     z_loss_weight: float = 1e-3
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        for field in ("vocab_size", "max_len", "d_model", "n_layers", "n_heads"):
-            if getattr(self, field) < 1:
-                raise ConfigError(f"{name}.{field} must be >= 1, got {getattr(self, field)}")
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"{name}.n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
-        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
-            raise ConfigError(f"{name}.n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
-        choices = {"positions": POSITION_SCHEMES, "norm": NORM_KINDS, "activation": ACTIVATIONS,
-                   "norm_position": ("pre", "post")}
-        for field, allowed in choices.items():
-            if getattr(self, field) not in allowed:
-                raise ConfigError(f"{name}.{field} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}")
-        if self.positions.startswith("rope") and (self.d_model // self.n_heads) % 2:
-            raise ConfigError(f"{name}: rotary positions need an even head width, "
-                              f"d_model / n_heads = {self.d_model // self.n_heads}")
-        if self.d_ff is not None and self.d_ff < 1:
-            raise ConfigError(f"{name}.d_ff must be >= 1, got {self.d_ff}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
-        if self.n_experts < 0:
-            raise ConfigError(f"{name}.n_experts must be >= 0 (0: dense), got {self.n_experts}")
-        if self.n_experts and not 1 <= self.experts_top_k <= self.n_experts:
-            raise ConfigError(f"{name}.experts_top_k ({self.experts_top_k}) must be between 1 and "
-                              f"n_experts ({self.n_experts})")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ConfigError(f"{name}.capacity_factor must be positive, got {self.capacity_factor}")
+        check_block_fields(self, ("vocab_size",), POSITION_SCHEMES)
 
     @property
     def hidden_width(self) -> int:
         """The feed-forward hidden width (``d_ff``, or its default)."""
-        if self.d_ff is not None:
-            return self.d_ff
-        if self.activation in GATED_ACTIVATIONS:
-            return 32 * math.ceil(8 * self.d_model / 3 / 32)
-        return 4 * self.d_model
+        return hidden_width(self)
+
+
+def hidden_width(config) -> int:
+    """``config.d_ff``, or 4 d_model, or for a gated activation 8/3 d_model rounded up to a
+    multiple of 32 (about the parameters of the plain 4 d_model)."""
+    if config.d_ff is not None:
+        return config.d_ff
+    if config.activation in GATED_ACTIVATIONS:
+        return 32 * math.ceil(8 * config.d_model / 3 / 32)
+    return 4 * config.d_model
+
+
+def check_block_fields(config, sizes: tuple[str, ...], schemes: tuple[str, ...]) -> None:
+    """Validate the fields every Transformer config shares (and the positive ``sizes``), with
+    a ``ConfigError`` naming the field."""
+    name = type(config).__name__
+    for field in (*sizes, "max_len", "d_model", "n_layers", "n_heads"):
+        if getattr(config, field) < 1:
+            raise ConfigError(f"{name}.{field} must be >= 1, got {getattr(config, field)}")
+    if config.d_model % config.n_heads:
+        raise ConfigError(f"{name}.n_heads ({config.n_heads}) must divide d_model ({config.d_model})")
+    if config.n_kv_heads is not None and (config.n_kv_heads < 1 or config.n_heads % config.n_kv_heads):
+        raise ConfigError(f"{name}.n_kv_heads ({config.n_kv_heads}) must divide n_heads ({config.n_heads})")
+    choices = {"positions": schemes, "norm": NORM_KINDS, "activation": ACTIVATIONS, "norm_position": ("pre", "post")}
+    for field, allowed in choices.items():
+        if getattr(config, field) not in allowed:
+            raise ConfigError(f"{name}.{field} must be one of {', '.join(allowed)}, got {getattr(config, field)!r}")
+    if config.positions.startswith("rope") and (config.d_model // config.n_heads) % 2:
+        raise ConfigError(f"{name}: rotary positions need an even head width, "
+                          f"d_model / n_heads = {config.d_model // config.n_heads}")
+    if config.d_ff is not None and config.d_ff < 1:
+        raise ConfigError(f"{name}.d_ff must be >= 1, got {config.d_ff}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ConfigError(f"{name}.dropout must be in [0, 1), got {config.dropout}")
+    n_experts = getattr(config, "n_experts", 0)
+    if n_experts < 0:
+        raise ConfigError(f"{name}.n_experts must be >= 0 (0: dense), got {n_experts}")
+    if n_experts and not 1 <= config.experts_top_k <= n_experts:
+        raise ConfigError(f"{name}.experts_top_k ({config.experts_top_k}) must be between 1 and "
+                          f"n_experts ({n_experts})")
+    if n_experts and config.capacity_factor is not None and not config.capacity_factor > 0:
+        raise ConfigError(f"{name}.capacity_factor must be positive, got {config.capacity_factor}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,9 +183,12 @@ class LlamaConfig(TransformerConfig):
     tie_embeddings: bool = False
 
 
-def attention_positions(config: TransformerConfig) -> nn.Module | None:
-    """The position module the attention layers share (RoPE, ALiBi), or None."""
+def attention_positions(config: TransformerConfig, causal: bool = True) -> nn.Module | None:
+    """The position module the attention layers of one stack share (RoPE, ALiBi, T5's relative
+    buckets: bidirectional unless ``causal``), or None."""
     head_dim = config.d_model // config.n_heads
+    if config.positions == "t5":
+        return RelativePositionBias(config.n_heads, bidirectional=not causal)
     if config.positions == "rope":
         return RotaryPositions(head_dim, config.rope_base, "half")
     if config.positions == "rope_interleaved":
@@ -204,7 +220,7 @@ def build_block(config: TransformerConfig, positions: nn.Module | None, feedforw
 
 def build_feedforward(config: TransformerConfig) -> nn.Module:
     """A dense feed-forward, or a mixture of ``n_experts`` of them."""
-    if config.n_experts:
+    if getattr(config, "n_experts", 0):
         return MixtureOfExperts(config.d_model, config.hidden_width, config.n_experts, config.experts_top_k,
                                 config.activation, config.dropout, config.bias,
                                 capacity_factor=config.capacity_factor, balance_weight=config.balance_weight,

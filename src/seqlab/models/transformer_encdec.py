@@ -1,0 +1,196 @@
+"""Transformer encoder-decoder (Vaswani et al. 2017), T5-style by default (Raffel et al. 2020).
+
+The encoder reads the source with bidirectional self-attention (padding masked); the decoder
+reads the target prefix with causal self-attention and attends to the encoder's outputs with
+cross-attention in every block:
+
+    memory = Norm(Encoder(Embed_src(src)))
+    logits = W_out Norm(Decoder(Embed_tgt(tgt_in), memory))
+
+By default positions are T5's: a learned scalar per head for each bucket of the key-minus-query
+offset (``seqlab.layers.positions.relative_position_bucket``), bidirectional in the encoder and
+causal in the decoder, one table per stack shared by its layers; pre-norm RMSNorm blocks without
+biases, as in T5. Any scheme of the decoder-only Transformer can be chosen instead.
+
+The decoder state (``init_state``) carries the encoder memory and one key/value cache per
+decoder block, so the shared beam search (``seqlab.decoding``) drives it unchanged: ``select``
+copies the chosen rows of the memory and of every cache. ``forward`` runs the teacher-forced
+decoder in one pass; it equals unrolling ``step`` (the contract suite checks it).
+
+Shapes: B batch, S source length, T target length, D ``d_model``, V target vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from seqlab.contracts import EncoderDecoder
+from seqlab.errors import DataError
+from seqlab.layers.attention import MultiHeadAttention
+from seqlab.layers.block import NormPosition, TransformerBlock
+from seqlab.layers.feedforward import Activation
+from seqlab.layers.norms import NormKind, make_norm
+from seqlab.models.transformer import (POSITION_SCHEMES, attention_positions, build_feedforward,
+                                       check_block_fields, gpt2_init, hidden_width, input_positions)
+from seqlab.registry import register
+
+EncDecPositions = Literal["t5", "learned", "sinusoidal", "rope", "rope_interleaved", "alibi"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformerEncDecConfig:
+    """Transformer encoder-decoder for the seq2seq task.
+
+    Attributes:
+        src_vocab_size: source token ids, padding 0 included (from the task).
+        tgt_vocab_size: target token ids, PAD, BOS and EOS included (from the task).
+        d_model: residual stream width.
+        n_layers: blocks in the encoder, and as many in the decoder.
+        n_heads: attention heads; must divide d_model.
+        n_kv_heads: key/value heads of every attention layer (grouped-query); none: n_heads.
+        positions: t5 (relative position buckets, 32 of them up to distance 128), learned,
+            sinusoidal, rope, rope_interleaved or alibi.
+        rope_base: RoPE's theta base.
+        max_len: the longest source or target (learned positions' table).
+        norm: rmsnorm (T5) or layernorm. norm_position: pre or post.
+        activation: feed-forward activation (T5: relu; T5 v1.1: geglu_tanh).
+        d_ff: feed-forward width; none: 4 d_model (8/3 d_model for gated activations).
+        bias: biases in the projections (T5 has none).
+        tie_embeddings: the output layer shares the target embedding's weights.
+        dropout: on embeddings, attention weights and residual branches.
+        gradient_checkpointing: recompute each block's activations in the backward pass.
+    """
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    positions: EncDecPositions = "t5"
+    rope_base: float = 10000.0
+    max_len: int = 512
+    norm: NormKind = "rmsnorm"
+    norm_position: NormPosition = "pre"
+    activation: Activation = "relu"
+    d_ff: int | None = None
+    bias: bool = False
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        check_block_fields(self, ("src_vocab_size", "tgt_vocab_size"), ("t5", *POSITION_SCHEMES))
+
+    @property
+    def hidden_width(self) -> int:
+        return hidden_width(self)
+
+
+class TransformerStack(nn.Module):
+    """Embeddings, positions and blocks of one side (encoder or decoder), and its final norm."""
+
+    def __init__(self, config: TransformerEncDecConfig, vocab_size: int, *, decoder: bool):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, config.d_model)
+        self.input_positions = input_positions(config)
+        self.dropout = nn.Dropout(config.dropout)
+        shared = attention_positions(config, causal=decoder)
+        norm = partial(make_norm, config.norm, config.d_model, bias=config.bias)
+
+        def attention(**options: Any) -> MultiHeadAttention:
+            return MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads, dropout=config.dropout,
+                                      bias=config.bias, **options)
+
+        self.blocks = nn.ModuleList(
+            TransformerBlock(attention(causal=decoder, positions=shared), build_feedforward(config), norm,
+                             cross_attention=attention(causal=False, cross=True) if decoder else None,
+                             norm_position=config.norm_position, dropout=config.dropout,
+                             checkpoint=config.gradient_checkpointing)
+            for _ in range(config.n_layers))
+        self.final_norm = norm() if config.norm_position == "pre" else nn.Identity()
+
+    def embed(self, ids: Tensor, offset: int) -> Tensor:
+        x = self.embedding(ids)                                                      # (B, L, D)
+        if self.input_positions is not None:
+            x = self.input_positions(x, offset)
+        return self.dropout(x)
+
+
+@register("transformer-encdec", task="seq2seq", config=TransformerEncDecConfig)
+class TransformerEncoderDecoder(EncoderDecoder):
+    """Transformer encoder-decoder, T5-style relative positions by default."""
+
+    def __init__(self, config: TransformerEncDecConfig):
+        super().__init__()
+        self.config = config
+        self.src_vocab_size, self.tgt_vocab_size = config.src_vocab_size, config.tgt_vocab_size
+        self.encoder = TransformerStack(config, config.src_vocab_size, decoder=False)
+        self.decoder = TransformerStack(config, config.tgt_vocab_size, decoder=True)
+        self.head = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
+        gpt2_init(self, 2 * config.n_layers)
+        for stack in (self.encoder, self.decoder):
+            for block in stack.blocks:
+                if hasattr(block.attention.positions, "embedding"):
+                    nn.init.normal_(block.attention.positions.embedding.weight, std=0.02)
+        if config.tie_embeddings:
+            self.head.weight = self.decoder.embedding.weight
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> dict[str, Tensor]:
+        """The encoder's outputs: ``{"memory": (B, S, D), "memory_mask": (B, S)}``."""
+        if src.shape[1] > self.config.max_len and self.config.positions == "learned":
+            raise DataError(f"a source of {src.shape[1]} tokens does not fit the learned position table "
+                            f"(max_len={self.config.max_len}); raise max_len or shorten the sources")
+        x = self.encoder.embed(src, 0)
+        for block in self.encoder.blocks:
+            x = block(x, key_padding_mask=src_mask)
+        return {"memory": self.encoder.final_norm(x), "memory_mask": src_mask}
+
+    def init_state(self, batch_size: int, memory: dict[str, Tensor]) -> dict[str, Any]:
+        caches = tuple(block.attention.make_cache(batch_size, 64) for block in self.decoder.blocks)
+        return {**memory, "caches": caches}
+
+    def _decode(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor, caches: tuple | None) -> Tensor:
+        """(B, T) target ids after the cached ones -> (B, T, V) logits (caches extended in place)."""
+        offset = 0 if caches is None else caches[0].length
+        x = self.decoder.embed(tgt, offset)
+        for index, block in enumerate(self.decoder.blocks):
+            x = block(x, memory=memory, memory_padding_mask=memory_mask,
+                      cache=None if caches is None else caches[index])
+        return self.head(self.decoder.final_norm(x))
+
+    def step(self, token: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """(B,) target ids -> (B, V) logits; the state's caches are extended in place."""
+        logits = self._decode(token[:, None], state["memory"], state["memory_mask"], state["caches"])
+        return logits[:, 0], state
+
+    def select(self, state: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+        """A new state of batch rows ``rows``: the memory's rows and copies of the caches' rows."""
+        return {"memory": state["memory"].index_select(0, rows), "memory_mask": state["memory_mask"].index_select(0, rows),
+                "caches": tuple(cache.selected(rows) for cache in state["caches"])}
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) in one pass of the decoder."""
+        memory = self.encode(src, src_mask)
+        return self._decode(tgt_in, memory["memory"], memory["memory_mask"], None)
+
+    @torch.no_grad()
+    def attention_weights(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """(B, T, S) cross-attention of the last decoder block, averaged over its heads."""
+        memory = self.encode(src, src_mask)
+        x = self.decoder.embed(tgt_in, 0)
+        for block in self.decoder.blocks[:-1]:
+            x = block(x, memory=memory["memory"], memory_padding_mask=src_mask)
+        last = self.decoder.blocks[-1]
+        if last.norm_position == "pre":
+            x = x + last.attention(last.attention_norm(x))
+            queries = last.cross_attention_norm(x)
+        else:
+            queries = last.attention_norm(x + last.attention(x))
+        weights = last.cross_attention.cross_attention_weights(queries, memory["memory"], src_mask)
+        return weights.mean(dim=1)
