@@ -9,6 +9,9 @@ A model is tested here the moment it is registered, by its task's suite:
   changes nothing.
 - taggers and classifiers: padding does not change a sequence's outputs, the order of a batch
   only permutes them, and a checkpoint round trip changes nothing.
+- masked language models: each position reads both sides (and only its own row), padding
+  does not change the real positions' logits, ``[MASK]`` is an input like any other, and a
+  checkpoint round trip changes nothing.
 - encoder-decoders: the teacher-forced parallel view equals unrolling ``step``; padding of the
   source or of the target does not change a pair's logits, and the order of a batch only
   permutes them; ``select`` of a state then a step equals the step then ``select``; attention
@@ -34,10 +37,11 @@ from seqlab.tasks.base import task_names
 from seqlab.tasks.classification import Classification
 from seqlab.data.transduction import generate_splits
 from seqlab.tasks.lm import LanguageModeling
+from seqlab.tasks.mlm import MaskedLanguageModeling
 from seqlab.tasks.seq2seq import Seq2Seq, Seq2SeqOptions
 from seqlab.tasks.tagging import Tagging
 
-SUITES = ("lm", "tag", "classify", "seq2seq")
+SUITES = ("lm", "tag", "classify", "seq2seq", "mlm")
 VOCAB = 11
 LM_NAMES = [entry.name for entry in registry.entries("lm")]
 # Every registered language model, plus the Transformer's other position schemes and shapes:
@@ -57,6 +61,7 @@ TRANSFORMER_VARIANTS = [
 LM_CASES = LM_NAMES + TRANSFORMER_VARIANTS
 TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
 CLASSIFIER_NAMES = [entry.name for entry in registry.entries("classify")]
+MLM_NAMES = [entry.name for entry in registry.entries("mlm")] + ["bert[positions=learned]", "bert[positions=alibi,norm_position=pre]"]
 SEQ2SEQ_NAMES = [entry.name for entry in registry.entries("seq2seq")] + [
     "transformer-encdec[positions=learned,norm_position=post,norm=layernorm]",
     "transformer-encdec[positions=rope,n_kv_heads=2,activation=swiglu]",
@@ -506,3 +511,47 @@ def test_seq2seq_checkpoint_round_trip_gives_identical_outputs(name, seq2seq_tas
     src, src_mask, tgt_in, _ = seq2seq_batch(seq2seq_task, seq2seq_task.splits["test"])
     with torch.no_grad():
         assert torch.equal(loaded(src, src_mask, tgt_in), model(src, src_mask, tgt_in))
+
+
+# ---- masked language models -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mlm_task():
+    return MaskedLanguageModeling(task_with_vocabulary(VOCAB))
+
+
+@pytest.mark.parametrize("name", MLM_NAMES)
+def test_masked_lm_reads_both_sides_of_its_own_row(name, mlm_task):
+    model = make_for_task(name, mlm_task)
+    tokens = random_tokens(3, 12, seed=10)
+    tokens[:, 4] = mlm_task.mask_id                                       # [MASK] is an input id
+    with torch.no_grad():
+        logits = model(tokens)
+        assert logits.shape == (3, 12, VOCAB + 1)
+        changed = tokens.clone()
+        changed[0, 9] = (changed[0, 9] + 1) % VOCAB
+        after = model(changed)
+    assert not torch.allclose(after[0, :9], logits[0, :9])                 # earlier positions see later ones
+    relative_close(after[1:], logits[1:])                                  # other rows do not
+    alone = torch.cat([model(tokens[i:i + 1]) for i in range(3)]).detach()
+    relative_close(logits, alone)
+
+
+@pytest.mark.parametrize("name", MLM_NAMES)
+def test_masked_lm_is_invariant_to_padding(name, mlm_task):
+    model = make_for_task(name, mlm_task)
+    tokens = random_tokens(2, 9, seed=11)
+    padded = torch.cat([tokens, torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    mask = torch.arange(14)[None, :] < 9
+    with torch.no_grad():
+        relative_close(model(padded, mask.expand(2, -1))[:, :9], model(tokens))
+
+
+@pytest.mark.parametrize("name", MLM_NAMES)
+def test_masked_lm_checkpoint_round_trip_gives_identical_outputs(name, mlm_task, tmp_path):
+    model = make_for_task(name, mlm_task)
+    loaded, again = round_trip(model, mlm_task, tmp_path / "run")
+    tokens = random_tokens(2, 10, seed=12)
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))
+    assert again.predict(loaded, ["ab[MASK]d"]) == mlm_task.predict(model, ["ab[MASK]d"])

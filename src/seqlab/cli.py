@@ -362,6 +362,9 @@ def _compare_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, help="at most this many steps per model that trains (default: none)")
     parser.add_argument("--seed", type=int, help="seed of every model's initial weights and batches (default: 0)")
     parser.add_argument("--out", default="runs/compare", help="the report's directory (default: runs/compare)")
+    parser.add_argument("--init-from", action="append", default=[], metavar="MODEL=RUN",
+                        help="start MODEL from the weights of RUN whose names and shapes match (a pre-trained "
+                             "encoder); repeat for several models")
     _common_flags(parser)
     parser.set_defaults(handler=_compare)
 
@@ -372,8 +375,14 @@ def _compare(args: argparse.Namespace) -> int:
     models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
     train_options = {key: value for key, value in (("steps", args.steps), ("seed", args.seed)) if value is not None}
     task_options = {name: getattr(args, name) for name in args.task_options if getattr(args, name) is not None}
+    init_from = {}
+    for item in args.init_from:
+        model, separator, run = item.partition("=")
+        if not separator or not model.strip() or not run.strip():
+            raise ConfigError(f"--init-from takes MODEL=RUN in compare, got {item!r}")
+        init_from[model.strip()] = run.strip()
     report = compare(args.task, models, task_options, budget_seconds=args.budget, train_options=train_options,
-                     out_dir=args.out, progress=not args.no_progress, threads=args.threads)
+                     out_dir=args.out, progress=not args.no_progress, threads=args.threads, init_from=init_from)
     print(report.table())
     print(f"report written to {Path(args.out) / 'report.md'}, with report.html (self-contained) and its plots")
     return 0

@@ -28,6 +28,7 @@ from seqlab.budget import Budget
 from seqlab.contracts import model_statistics
 from seqlab.errors import ConfigError
 from seqlab.report import Column, ModelResult, Report
+from seqlab.runs import initialise_from
 from seqlab.report_render import check_report_directory, report_file_names
 from seqlab.tasks.base import get_task
 from seqlab.train_config import TrainConfig
@@ -52,6 +53,7 @@ def compare(
     out_dir: str | Path | None = None,
     progress: bool = True,
     threads: int | None = None,
+    init_from: dict[str, str] | None = None,
 ) -> Report:
     """Fit or train each model on ``task`` within its share of ``budget_seconds``, and report.
 
@@ -65,6 +67,8 @@ def compare(
         model_options: config overrides per model name.
         out_dir: where to write the report (report.md, report.html, curves.png); None writes nothing.
         threads: torch threads in each model's process (None: torch's default).
+        init_from: a run per model name whose matching weights the model starts from
+            (``seqlab.runs.initialise_from``: a pre-trained encoder), said in its report section.
     Raises:
         ConfigError: unknown names, bad options or an unusable ``out_dir``, all checked before
             any model starts.
@@ -74,6 +78,12 @@ def compare(
     if not models:
         raise ConfigError("no models to compare; name at least one with --models")
     entries = [registry.get(name, task) for name in models]
+    init_from = dict(init_from or {})
+    for name, run in init_from.items():
+        if name not in models:
+            raise ConfigError(f"--init-from names {name!r}, which is not among the compared models ({', '.join(models)})")
+        if not Path(run).is_dir():
+            raise ConfigError(f"--init-from {name}={run}: {run!r} is not a run directory")
     budget_seconds = task_class.default_budget_seconds if budget_seconds is None else budget_seconds
     if not budget_seconds > 0:
         raise ConfigError(f"budget must be > 0 seconds, got {budget_seconds}")
@@ -97,7 +107,7 @@ def compare(
             share = trained_share
         results[entry.name] = run_in_fresh_process(
             run_one, task, options, entry.name, share, time.monotonic(), train_options,
-            model_options.get(entry.name, {}), progress, threads)
+            model_options.get(entry.name, {}), progress, threads, init_from.get(entry.name))
     report = Report(
         title=f"seqlab compare --task {task}",
         description=f"{shared_task.describe()}; budget {budget_seconds:,.0f} s for {len(models)} models",
@@ -117,8 +127,8 @@ def compare(
 
 
 def run_one(task_name: str, options: Any, name: str, budget_seconds: float, started: float,
-            train_options: dict[str, Any], overrides: dict[str, Any], progress: bool, threads: int | None
-            ) -> ModelResult:
+            train_options: dict[str, Any], overrides: dict[str, Any], progress: bool, threads: int | None,
+            init_from: str | None = None) -> ModelResult:
     """Build, fit or train, evaluate and showcase one model within ``budget_seconds`` of wall
     time counted from ``started`` (the parent's ``time.monotonic()``, a clock all processes
     share): starting the process and loading the data count. Runs in its own process."""
@@ -130,6 +140,7 @@ def run_one(task_name: str, options: Any, name: str, budget_seconds: float, star
     torch.manual_seed(train_options.get("seed", 0))
     model = registry.build_for_task(name, task.model_defaults(), overrides, task=task_name)
     task.check_model(model)
+    initialised = None if init_from is None else initialise_from(model, init_from, task).summary()
     if registry.trains_by(model) == "fit":
         result = fit(model, task, progress=progress, budget=clock)
         options: dict[str, Any] = {"progress": progress}
@@ -143,6 +154,8 @@ def run_one(task_name: str, options: Any, name: str, budget_seconds: float, star
     statistics = model_statistics(model)            # of the last training step (e.g. experts' load)
     test = task.evaluate(model, "test")
     shown = task.showcase(model)
+    if initialised is not None:
+        shown.sections["Initialised from"] = initialised
     if statistics:
         shown.sections["Last training step"] = "\n".join(f"{name}: {value:.4g}" for name, value in statistics.items())
     metrics = {**test, **shown.metrics, **statistics, "parameters": registry.parameter_count(model), "steps": result.steps,

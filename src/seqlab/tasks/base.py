@@ -113,6 +113,7 @@ class Task(abc.ABC):
     compare_defaults: ClassVar[dict[str, Any]] = {}       # Options values compare uses by default
     matched_config_fields: ClassVar[tuple[str, ...]] = ()
     artifact_loaders: ClassVar[dict[str, Callable[[Path], Any]]] = {}
+    optional_artifacts: ClassVar[tuple[str, ...]] = ()     # artifacts a run may lack (a borrowed tokenizer)
 
     # ---- building ------------------------------------------------------------------------
 
@@ -154,6 +155,8 @@ class Task(abc.ABC):
         loaded = {}
         for name, loader in cls.artifact_loaders.items():
             path = Path(directory) / f"{name}.json"
+            if not path.is_file() and name in cls.optional_artifacts:
+                continue
             if not path.is_file():
                 raise CheckpointError(f"checkpoint {str(directory)!r} is missing {path.name}; it is incomplete")
             loaded[name] = loader(path)
@@ -238,6 +241,18 @@ class Task(abc.ABC):
     def showcase(self, model: nn.Module) -> Showcase:
         """What a report shows of ``model`` (a sample, a tagged sentence, a prediction)."""
         return Showcase()
+
+
+def tokenizer_from(source: str | Path) -> Any:
+    """The tokenizer of a run (or checkpoint) directory, or of a ``tokenizer.json`` file, for a
+    task that reads its text with another run's tokenizer (to fine-tune that run's model)."""
+    from seqlab.data.tokenizers import load_tokenizer
+    from seqlab.rundir import resolve_checkpoint
+
+    source = Path(source)
+    if source.is_dir():
+        source = resolve_checkpoint(source) / "tokenizer.json"
+    return load_tokenizer(source)
 
 
 def with_auxiliary_loss(loss: Tensor, model: nn.Module) -> Tensor:

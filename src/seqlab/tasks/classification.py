@@ -54,8 +54,7 @@ from seqlab.errors import ConfigError, DataError
 from seqlab.fields import config_to_dict, make_config
 from seqlab.metrics.tagging import confusion_matrix, confusion_summary
 from seqlab.report import Column, Curve
-from seqlab.rundir import resolve_checkpoint
-from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
+from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task, tokenizer_from
 
 LISTOPS = "listops"
 LABELS_KIND = "seqlab-labels"
@@ -198,10 +197,7 @@ class Classification(Task):
     def _tokenizer(self, examples: list[LabeledText]) -> Tokenizer:
         """The ``tokenizer_from`` file's tokenizer, or one trained on the training examples."""
         if self.options.tokenizer_from is not None:
-            source = Path(self.options.tokenizer_from)
-            if source.is_dir():                    # a run (or checkpoint) directory: its tokenizer
-                source = resolve_checkpoint(source) / "tokenizer.json"
-            return load_tokenizer(source)
+            return tokenizer_from(self.options.tokenizer_from)
         kind = "word" if self.options.data == LISTOPS else self.options.tokenizer
         return train_tokenizer(kind, "\n".join(example.text for example in examples), vocab_size=self.options.vocab_size)
 

@@ -27,10 +27,11 @@ from torch import Tensor, nn
 from seqlab.contracts import device_of
 from seqlab.data.json_files import read_json_file, write_json_file
 from seqlab.data.conll import Column, TaggedSentence, find_conllu_files, read_conllu
+from seqlab.data.tokenizers import Tokenizer, load_tokenizer
 from seqlab.errors import ConfigError, DataError
 from seqlab.metrics.tagging import confusion_matrix, confusion_summary, tagging_metrics
 from seqlab.report import Column as TableColumn, Curve
-from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
+from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task, tokenizer_from
 
 SPLITS = ("train", "valid", "test")
 PAD, UNK = 0, 1
@@ -40,11 +41,19 @@ VOCABULARY_KIND = "seqlab-tagging-vocabulary"
 
 class TaggingVocabulary:
     """Word forms and characters of the training split (after ``<pad>`` and ``<unk>``), and the
-    tag set. It is the ``tokenizer.json`` of a tagging run."""
+    tag set. It is the ``vocabulary.json`` of a tagging run.
 
-    def __init__(self, words: Sequence[str], characters: Sequence[str], tags: Sequence[str]):
+    With ``pieces`` (another run's tokenizer, ``tokenizer_from``), a word's "characters" are the
+    pieces that tokenizer makes of it after a space, ``" " + word``, each piece id plus one
+    (0 is padding): a model pre-trained with that tokenizer reads every word as it read text.
+    """
+
+    def __init__(self, words: Sequence[str], characters: Sequence[str], tags: Sequence[str],
+                 pieces: Tokenizer | None = None):
         self.words = ["<pad>", "<unk>", *words]
-        self.characters = ["<pad>", "<unk>", *characters]
+        self.pieces = pieces
+        self.characters = (["<pad>", "<unk>", *characters] if pieces is None else
+                           ["<pad>", *(pieces.decode([index]) for index in range(pieces.vocab_size))])
         self.tags = list(tags)
         self._word_index = {word: index for index, word in enumerate(self.words)}
         self._character_index = {character: index for index, character in enumerate(self.characters)}
@@ -62,11 +71,21 @@ class TaggingVocabulary:
     def word_ids(self, words: Sequence[str]) -> list[int]:
         return [self._word_index.get(word, UNK) for word in words]
 
+    def with_pieces(self, pieces: Tokenizer) -> TaggingVocabulary:
+        """The same words and tags, the characters read by ``pieces``."""
+        return TaggingVocabulary(self.words[2:], [], self.tags, pieces)
+
     def character_ids(self, word: str) -> list[int]:
-        if len(word) > MAX_WORD_CHARACTERS:
+        """The word's character ids (its first and last ``MAX_WORD_CHARACTERS / 2`` of a longer
+        word), or its pieces' ids plus one."""
+        if self.pieces is not None:
+            ids = [index + 1 for index in self.pieces.encode(" " + word, unknown="replace")]
+        else:
+            ids = [self._character_index.get(character, UNK) for character in word]
+        if len(ids) > MAX_WORD_CHARACTERS:
             half = MAX_WORD_CHARACTERS // 2
-            word = word[:half] + word[-half:]
-        return [self._character_index.get(character, UNK) for character in word]
+            ids = ids[:half] + ids[-half:]
+        return ids
 
     def tag_ids(self, tags: Sequence[str], where: str = "") -> list[int]:
         try:
@@ -81,8 +100,9 @@ class TaggingVocabulary:
         return word in self._word_index
 
     def save(self, path: str | Path) -> None:
-        write_json_file(path, VOCABULARY_KIND,
-                        {"words": self.words[2:], "characters": self.characters[2:], "tags": self.tags})
+        """Words, characters and tags (no characters with ``pieces``: the run saves the tokenizer)."""
+        characters = [] if self.pieces is not None else self.characters[2:]
+        write_json_file(path, VOCABULARY_KIND, {"words": self.words[2:], "characters": characters, "tags": self.tags})
 
     @classmethod
     def load(cls, path: str | Path) -> TaggingVocabulary:
@@ -121,10 +141,14 @@ class TaggingOptions:
     Attributes:
         data: a treebank directory with *-train.conllu, *-dev.conllu and *-test.conllu files.
         column: the tag column to predict: upos (17 universal tags) or xpos (the treebank's own).
+        tokenizer_from: a run directory (e.g. an mlm run) or tokenizer.json whose tokenizer splits
+            every word into the pieces a character-reading tagger sees, so that --init-from RUN's
+            embedding means the same pieces; none: the training words' own characters.
     """
 
     data: str
     column: Column = "upos"
+    tokenizer_from: str | None = None
 
 
 @register_task("tag")
@@ -150,7 +174,8 @@ class Tagging(Task):
     )
     default_budget_seconds = 1080.0            # 9 minutes for each of the two neural taggers
     matched_config_fields = ("n_words", "n_characters", "n_tags")
-    artifact_loaders = {"vocabulary": lambda path: TaggingVocabulary.load(path)}
+    artifact_loaders = {"vocabulary": lambda path: TaggingVocabulary.load(path), "tokenizer": load_tokenizer}
+    optional_artifacts = ("tokenizer",)
 
     def __init__(self, splits: dict[str, list[TaggedSentence]], column: Column = "upos",
                  source: str | None = None, vocabulary: TaggingVocabulary | None = None):
@@ -178,7 +203,14 @@ class Tagging(Task):
 
     @classmethod
     def from_options(cls, options: TaggingOptions) -> Tagging:
-        return cls.from_data(options.data, options.column)
+        if options.tokenizer_from is None:
+            return cls.from_data(options.data, options.column)
+        files = find_conllu_files(options.data)
+        splits = {split: read_conllu(path, options.column) for split, path in files.items()}
+        if not splits.get("train"):
+            raise DataError("the tagging task needs training sentences")
+        vocabulary = TaggingVocabulary.build(splits["train"]).with_pieces(tokenizer_from(options.tokenizer_from))
+        return cls(splits, options.column, str(Path(options.data).resolve()), vocabulary)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
@@ -187,6 +219,8 @@ class Tagging(Task):
         another ``data`` (a treebank directory, or one .conllu file, which becomes the test
         split), or with no data (to tag)."""
         column, vocabulary = spec.get("column", "upos"), artifacts["vocabulary"]
+        if "tokenizer" in artifacts:
+            vocabulary = vocabulary.with_pieces(artifacts["tokenizer"])
         if not with_data:
             return cls({}, column, spec.get("data"), vocabulary)
         source = data if data is not None else spec["data"]
@@ -200,6 +234,8 @@ class Tagging(Task):
         return {"task": self.name, "data": self.source, "column": self.column}
 
     def artifacts(self) -> dict[str, Any]:
+        if self.vocabulary.pieces is not None:
+            return {"vocabulary": self.vocabulary, "tokenizer": self.vocabulary.pieces}
         return {"vocabulary": self.vocabulary}
 
     @property

@@ -1,0 +1,277 @@
+"""Encoder-only Transformer (BERT; Devlin et al. 2019): pre-trained by masked language modelling,
+then fine-tuned with a token head (tagging) or a pooled head (classification).
+
+One encoder, three registrations under the name ``bert``:
+
+* ``--task mlm``: ``BertForMaskedLM``, the encoder and BERT's prediction head (a dense layer,
+  GELU and LayerNorm, then the output layer tied to the token embedding, with a bias);
+* ``--task tag``: ``BertTagger``, the encoder over each sentence's pieces (the characters, or a
+  tokenizer's pieces, of its words, in order), each word the mean of its pieces' outputs,
+  then a softmax over tags;
+* ``--task classify``: ``BertClassifier``, the encoder and a linear layer over the mean of the
+  real tokens' outputs.
+
+The encoder's parameters have the same names and shapes in all three, so ``seqlab train bert
+--task tag --init-from MLM_RUN`` starts from the pre-trained encoder. Its embedding has one row
+more than the task's ids: the last row is ``[MASK]`` (``seqlab.tasks.mlm``). Blocks are
+bidirectional: every position attends to every real position (key padding masked).
+
+By default the blocks are post-norm with an embedding LayerNorm and GELU, as BERT's; positions
+are rotary (RoFormer, Su et al. 2021) rather than BERT's learned table, because a sentence read
+character by character often runs past the windows the encoder was pre-trained on, and RoPE
+scores depend on relative offsets only. ``positions=learned`` gives BERT's table.
+
+Shapes: B batch, L pieces (tokens), T words, C pieces per word, D ``d_model``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqlab.layers.attention import MultiHeadAttention
+from seqlab.layers.block import NormPosition, TransformerBlock
+from seqlab.layers.feedforward import Activation
+from seqlab.layers.norms import NormKind, make_norm
+from seqlab.models.taggers import SoftmaxOutput
+from seqlab.models.transformer import (POSITION_SCHEMES, PositionScheme, attention_positions, build_feedforward,
+                                       check_block_fields, gpt2_init, hidden_width, input_positions)
+from seqlab.registry import register
+from seqlab.tasks.tagging import TaggingBatch
+
+
+@dataclass(frozen=True, kw_only=True)
+class BertConfig:
+    """The encoder's shape (the task-specific sizes are in each registration's config).
+
+    Attributes:
+        d_model: residual stream width.
+        n_layers: Transformer blocks.
+        n_heads: attention heads; must divide d_model.
+        n_kv_heads: key/value heads (grouped-query); none: n_heads.
+        positions: rope (default), rope_interleaved, alibi, sinusoidal or learned (BERT's).
+        rope_base: RoPE's theta base.
+        max_len: learned positions' table size (the longest input).
+        norm: layernorm (BERT) or rmsnorm.
+        norm_position: post (BERT, with a LayerNorm on the embeddings) or pre (with a final norm).
+        activation: feed-forward activation (BERT: gelu).
+        d_ff: feed-forward width; none: 4 d_model (8/3 d_model gated).
+        bias: biases in the projections.
+        dropout: on embeddings, attention weights and residual branches (BERT: 0.1).
+        gradient_checkpointing: recompute each block's activations in the backward pass.
+    """
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    positions: PositionScheme = "rope"
+    rope_base: float = 10000.0
+    max_len: int = 512
+    norm: NormKind = "layernorm"
+    norm_position: NormPosition = "post"
+    activation: Activation = "gelu"
+    d_ff: int | None = None
+    bias: bool = True
+    dropout: float = 0.1
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        check_block_fields(self, self.size_fields, POSITION_SCHEMES)
+
+    size_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def hidden_width(self) -> int:
+        return hidden_width(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BertMLMConfig(BertConfig):
+    """BERT for masked language modelling. ``vocab_size``: the tokenizer's ids (from the task)."""
+
+    vocab_size: int
+    size_fields: ClassVar[tuple[str, ...]] = ("vocab_size",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BertClassifierConfig(BertConfig):
+    """BERT with a pooled head. ``vocab_size``, ``n_classes``: from the task."""
+
+    vocab_size: int
+    n_classes: int
+    size_fields: ClassVar[tuple[str, ...]] = ("vocab_size", "n_classes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BertTaggerConfig(BertConfig):
+    """BERT with a token head over word pieces. ``n_words`` (unused: words are read through
+    their pieces), ``n_characters`` (piece ids, padding 0 included) and ``n_tags``: from the task."""
+
+    n_words: int
+    n_characters: int
+    n_tags: int
+    size_fields: ClassVar[tuple[str, ...]] = ("n_characters", "n_tags")
+
+
+class TransformerEncoder(nn.Module):
+    """Embeddings (``n_ids`` + 1 rows, the last ``[MASK]``), positions and bidirectional blocks."""
+
+    def __init__(self, config: BertConfig, n_ids: int):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(n_ids + 1, config.d_model)
+        self.input_positions = input_positions(config)
+        norm = partial(make_norm, config.norm, config.d_model, bias=config.bias)
+        post = config.norm_position == "post"
+        self.embedding_norm = norm() if post else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout)
+        shared = attention_positions(config, causal=False)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads, causal=False,
+                                                positions=shared, dropout=config.dropout, bias=config.bias),
+                             build_feedforward(config), norm, norm_position=config.norm_position,
+                             dropout=config.dropout, checkpoint=config.gradient_checkpointing)
+            for _ in range(config.n_layers))
+        self.final_norm = nn.Identity() if post else norm()
+
+    def forward(self, ids: Tensor, mask: Tensor | None = None, added: Tensor | None = None) -> Tensor:
+        """(B, L) ids (and (B, L) mask, true at real positions; None: all real) -> (B, L, D).
+        ``added`` (B, L, D) is added to the embeddings (e.g. a word-start marker)."""
+        x = self.embedding(ids)
+        if added is not None:
+            x = x + added
+        if self.input_positions is not None:
+            x = self.input_positions(x, 0)
+        x = self.dropout(self.embedding_norm(x))
+        for block in self.blocks:
+            x = block(x, key_padding_mask=mask)
+        return self.final_norm(x)
+
+
+def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
+    """(B, L, D) states, (B, L) mask -> (B, D) mean over the real positions."""
+    weights = mask.to(states.dtype)[..., None]
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+TRAIN_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "warmup_steps": 200, "weight_decay": 0.01, "betas": (0.9, 0.98)}
+
+
+@register("bert", task="mlm", config=BertMLMConfig)
+class BertForMaskedLM(nn.Module):
+    """Transformer encoder with BERT's masked-token prediction head."""
+
+    train_defaults: ClassVar[dict[str, Any]] = TRAIN_DEFAULTS
+
+    def __init__(self, config: BertMLMConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = TransformerEncoder(config, config.vocab_size)
+        self.transform = nn.Linear(config.d_model, config.d_model)
+        self.transform_norm = make_norm(config.norm, config.d_model)
+        self.output_bias = nn.Parameter(torch.zeros(config.vocab_size + 1))
+        gpt2_init(self, config.n_layers)          # N(0, 0.02), as BERT's own initialisation
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, T) ids, ``[MASK]`` = vocab_size -> (B, T, vocab_size + 1) logits."""
+        hidden = self.transform_norm(F.gelu(self.transform(self.encoder(tokens, mask))))
+        return F.linear(hidden, self.encoder.embedding.weight, self.output_bias)
+
+
+@register("bert", task="classify", config=BertClassifierConfig)
+class BertClassifier(nn.Module):
+    """Transformer encoder, mean-pooled, with a linear classifier."""
+
+    train_defaults: ClassVar[dict[str, Any]] = TRAIN_DEFAULTS
+
+    def __init__(self, config: BertClassifierConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = TransformerEncoder(config, config.vocab_size)
+        self.head = nn.Linear(config.d_model, config.n_classes)
+        gpt2_init(self, config.n_layers)          # N(0, 0.02), as BERT's own initialisation
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """(B, T) ids and mask -> (B, n_classes) logits."""
+        return self.head(masked_mean(self.encoder(tokens, mask), mask))
+
+    def loss(self, tokens: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+        return F.cross_entropy(self(tokens, mask).float(), labels)
+
+    def predict(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        return self(tokens, mask).argmax(dim=-1)
+
+
+def pack_pieces(character_ids: Tensor, word_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each sentence's pieces, every word's in order, left-aligned in one row.
+
+    Args:
+        character_ids: (B, T, C) piece ids, 0 at padding.
+        word_mask: (B, T) true at real words.
+    Returns:
+        packed (B, L) piece ids minus one (the encoder's ids), 0 beyond each row;
+        piece_mask (B, L) true at real pieces;
+        slot (B, T, C) the packed position of each real piece (0 elsewhere);
+        real (B, T, C) true at real pieces.
+    """
+    batch, words, width = character_ids.shape
+    real = (character_ids > 0) & word_mask[..., None]                                 # (B, T, C)
+    flat = real.reshape(batch, words * width)
+    slot = (flat.long().cumsum(dim=1) - 1).clamp(min=0)                              # (B, T C)
+    lengths = flat.sum(dim=1)                                                         # (B,)
+    length = max(int(lengths.max()), 1)
+    packed = character_ids.new_zeros(batch, length)
+    rows = torch.arange(batch, device=character_ids.device)[:, None].expand_as(slot)
+    packed[rows[flat], slot[flat]] = character_ids.reshape(batch, -1)[flat] - 1
+    piece_mask = torch.arange(length, device=character_ids.device)[None, :] < lengths[:, None]
+    return packed, piece_mask, slot.view(batch, words, width), real
+
+
+@register("bert", task="tag", config=BertTaggerConfig)
+class BertTagger(nn.Module):
+    """Transformer encoder over the words' pieces, each word the mean of its pieces, softmax tags."""
+
+    train_defaults: ClassVar[dict[str, Any]] = {
+        **TRAIN_DEFAULTS, "batch_size": 32, "steps": 100_000, "budget_seconds": 540.0, "eval_every": 100_000,
+        "eval_every_seconds": 60.0, "eval_batches": 20}
+
+    def __init__(self, config: BertTaggerConfig):
+        super().__init__()
+        self.config = config
+        # Piece id c >= 1 is encoder id c - 1: n_characters - 1 ids, and the [MASK] row.
+        self.encoder = TransformerEncoder(config, config.n_characters - 1)
+        self.word_start = nn.Parameter(torch.zeros(config.d_model))
+        self.head = nn.Linear(config.d_model, config.n_tags)
+        self.output = SoftmaxOutput(config.n_tags)
+        gpt2_init(self, config.n_layers)          # N(0, 0.02), as BERT's own initialisation
+
+    def scores(self, batch: TaggingBatch) -> Tensor:
+        """(B, T, n_tags) scores of every word."""
+        packed, piece_mask, slot, real = pack_pieces(batch.character_ids, batch.mask)
+        starts = torch.zeros_like(packed, dtype=self.word_start.dtype)                 # (B, L)
+        first = real & (real.long().cumsum(dim=2) == 1)                                # each word's first piece
+        rows = torch.arange(packed.shape[0], device=packed.device)[:, None, None].expand_as(slot)
+        starts[rows[first], slot[first]] = 1.0
+        states = self.encoder(packed, piece_mask, starts[..., None] * self.word_start)  # (B, L, D)
+        batch_size, words, width = slot.shape
+        per_piece = states.gather(1, slot.reshape(batch_size, -1, 1).expand(-1, -1, states.shape[-1]))
+        per_piece = per_piece.view(batch_size, words, width, -1) * real[..., None]       # (B, T, C, D)
+        word_states = per_piece.sum(2) / real.sum(2, keepdim=True).clamp(min=1)         # (B, T, D)
+        return self.head(word_states)
+
+    def loss(self, batch: TaggingBatch) -> Tensor:
+        """Mean negative log-likelihood per real word of the batch."""
+        return self.output.negative_log_likelihood(self.scores(batch), batch.tags, batch.mask).sum() / batch.mask.sum()
+
+    @torch.no_grad()
+    def tag(self, batch: TaggingBatch) -> Tensor:
+        """(B, T) int64 tag ids, 0 at padding."""
+        return self.output.decode(self.scores(batch), batch.mask)
+
+
