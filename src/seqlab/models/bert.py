@@ -93,7 +93,11 @@ class BertConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class BertMLMConfig(BertConfig):
-    """BERT for masked language modelling. ``vocab_size``: the tokenizer's ids (from the task)."""
+    """BERT for masked language modelling.
+
+    Attributes:
+        vocab_size: the tokenizer's ids, from the task ([MASK] is one more).
+    """
 
     vocab_size: int
     size_fields: ClassVar[tuple[str, ...]] = ("vocab_size",)
@@ -101,7 +105,12 @@ class BertMLMConfig(BertConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class BertClassifierConfig(BertConfig):
-    """BERT with a pooled head. ``vocab_size``, ``n_classes``: from the task."""
+    """BERT with a mean-pooled classification head.
+
+    Attributes:
+        vocab_size: the tokenizer's ids, from the task.
+        n_classes: labels, from the task.
+    """
 
     vocab_size: int
     n_classes: int
@@ -110,8 +119,13 @@ class BertClassifierConfig(BertConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class BertTaggerConfig(BertConfig):
-    """BERT with a token head over word pieces. ``n_words`` (unused: words are read through
-    their pieces), ``n_characters`` (piece ids, padding 0 included) and ``n_tags``: from the task."""
+    """BERT with a token head over word pieces.
+
+    Attributes:
+        n_words: the task's word forms (unused: words are read through their pieces).
+        n_characters: piece ids, padding 0 included, from the task.
+        n_tags: tags, from the task.
+    """
 
     n_words: int
     n_characters: int

@@ -57,7 +57,8 @@ class TransformerEncDecConfig:
             sinusoidal, rope, rope_interleaved or alibi.
         rope_base: RoPE's theta base.
         max_len: the longest source or target (learned positions' table).
-        norm: rmsnorm (T5) or layernorm. norm_position: pre or post.
+        norm: rmsnorm (T5) or layernorm.
+        norm_position: pre or post.
         activation: feed-forward activation (T5: relu; T5 v1.1: geglu_tanh).
         d_ff: feed-forward width; none: 4 d_model (8/3 d_model for gated activations).
         bias: biases in the projections (T5 has none).
