@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from seqlab import registry
-from seqlab.data.batching import random_windows
 from seqlab.data.corpora import Corpus
 from seqlab.models.transformer import gpt2_init
 from seqlab.tasks.lm import LanguageModeling

@@ -61,7 +61,8 @@ TRANSFORMER_VARIANTS = [
 LM_CASES = LM_NAMES + TRANSFORMER_VARIANTS
 TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
 CLASSIFIER_NAMES = [entry.name for entry in registry.entries("classify")]
-MLM_NAMES = [entry.name for entry in registry.entries("mlm")] + ["bert[positions=learned]", "bert[positions=alibi,norm_position=pre]"]
+MLM_NAMES = [entry.name for entry in registry.entries("mlm")] + [
+    "bert[positions=learned]", "bert[positions=alibi,norm_position=pre]", "bert[positions=sinusoidal,n_kv_heads=2]"]
 SEQ2SEQ_NAMES = [entry.name for entry in registry.entries("seq2seq")] + [
     "transformer-encdec[positions=learned,norm_position=post,norm=layernorm]",
     "transformer-encdec[positions=rope,n_kv_heads=2,activation=swiglu]",

@@ -192,3 +192,18 @@ def test_relative_position_bias_depends_only_on_the_offset():
     torch.testing.assert_close(near, far, rtol=0, atol=0)
     assert near.shape == (3, 5, 5)
     assert not torch.equal(near[:, 0, 1], near[:, 1, 0])               # direction matters
+
+
+def test_sinusoidal_scales_the_embeddings_as_vaswani_et_al():
+    # x * sqrt(D) + PE (sec. 3.4); the models initialise such embeddings at N(0, 1/D), so tokens
+    # and positions have comparable sizes.
+    from seqlab import registry
+    from seqlab.layers.positions import SinusoidalPositions, sinusoidal_table
+
+    x = torch.randn(2, 5, 16)
+    scaled = SinusoidalPositions(16, embedding_scale=4.0)
+    torch.testing.assert_close(scaled(x, 3), 4.0 * x + sinusoidal_table(8, 16, torch.float32)[3:8])
+    model = registry.build("transformer", None, vocab_size=500, d_model=64, positions="sinusoidal")
+    assert abs(model.token_embedding.weight.std().item() - 64 ** -0.5) < 0.01
+    assert abs(registry.build("transformer", None, vocab_size=500, d_model=64).token_embedding.weight.std().item()
+               - 0.02) < 0.002

@@ -83,16 +83,22 @@ class SinusoidalPositions(nn.Module):
     computed in float64 and recomputed, at least doubled, when a longer one is asked for;
     checkpoints do not depend on it.
 
+    ``embedding_scale`` multiplies ``x`` first: Vaswani et al. (sec. 3.4) scale the token
+    embeddings by sqrt(D), so that embeddings initialised at N(0, 1/D) and the table (entries in
+    [-1, 1]) have comparable sizes; without it, small embeddings drown in the positions.
+
     Args:
         d_model: D, the model width.
         max_len: rows to precompute; None starts small and grows on demand.
+        embedding_scale: the factor on ``x``.
     """
 
-    def __init__(self, d_model: int, max_len: int | None = None):
+    def __init__(self, d_model: int, max_len: int | None = None, embedding_scale: float = 1.0):
         super().__init__()
         if d_model < 1:
             raise ConfigError(f"d_model must be positive, got {d_model}")
         self.d_model = d_model
+        self.embedding_scale = embedding_scale
         self.register_buffer("table", sinusoidal_table(max_len or 0, d_model, torch.float32),
                              persistent=False)
 
@@ -103,7 +109,7 @@ class SinusoidalPositions(nn.Module):
         if end > self.table.shape[0] or self.table.device != x.device:
             length = max(end, 2 * self.table.shape[0])
             self.table = sinusoidal_table(length, self.d_model, self.table.dtype, x.device)
-        return x + self.table[offset:end].to(x.dtype)
+        return x * self.embedding_scale + self.table[offset:end].to(x.dtype)
 
 
 class LearnedPositions(nn.Module):

@@ -36,59 +36,30 @@ from torch import Tensor, nn
 
 from seqlab.layers.attention import MultiHeadAttention
 from seqlab.layers.block import NormPosition, TransformerBlock
-from seqlab.layers.feedforward import Activation
-from seqlab.layers.norms import NormKind, make_norm
+from seqlab.layers.norms import make_norm
 from seqlab.models.taggers import SoftmaxOutput
-from seqlab.models.transformer import (POSITION_SCHEMES, PositionScheme, attention_positions, build_feedforward,
-                                       check_block_fields, gpt2_init, hidden_width, input_positions)
+from seqlab.models.transformer import (BlockConfig, PositionScheme, attention_positions, build_feedforward,
+                                       gpt2_init, input_positions, token_embedding_std)
 from seqlab.registry import register
 from seqlab.tasks.tagging import TaggingBatch
 
 
 @dataclass(frozen=True, kw_only=True)
-class BertConfig:
-    """The encoder's shape (the task-specific sizes are in each registration's config).
+class BertConfig(BlockConfig):
+    """The encoder's shape (each registration's config adds the task's sizes).
 
     Attributes:
-        d_model: residual stream width.
-        n_layers: Transformer blocks.
-        n_heads: attention heads; must divide d_model.
-        n_kv_heads: key/value heads (grouped-query); none: n_heads.
         positions: rope (default), rope_interleaved, alibi, sinusoidal or learned (BERT's).
-        rope_base: RoPE's theta base.
         max_len: learned positions' table size (the longest input).
         norm: layernorm (BERT) or rmsnorm.
         norm_position: post (BERT, with a LayerNorm on the embeddings) or pre (with a final norm).
-        activation: feed-forward activation (BERT: gelu).
-        d_ff: feed-forward width; none: 4 d_model (8/3 d_model gated).
-        bias: biases in the projections.
         dropout: on embeddings, attention weights and residual branches (BERT: 0.1).
-        gradient_checkpointing: recompute each block's activations in the backward pass.
     """
 
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int | None = None
     positions: PositionScheme = "rope"
-    rope_base: float = 10000.0
     max_len: int = 512
-    norm: NormKind = "layernorm"
     norm_position: NormPosition = "post"
-    activation: Activation = "gelu"
-    d_ff: int | None = None
-    bias: bool = True
     dropout: float = 0.1
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        check_block_fields(self, self.size_fields, POSITION_SCHEMES)
-
-    size_fields: ClassVar[tuple[str, ...]] = ()
-
-    @property
-    def hidden_width(self) -> int:
-        return hidden_width(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,7 +161,7 @@ class BertForMaskedLM(nn.Module):
         self.transform = nn.Linear(config.d_model, config.d_model)
         self.transform_norm = make_norm(config.norm, config.d_model)
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size + 1))
-        gpt2_init(self, config.n_layers)          # N(0, 0.02), as BERT's own initialisation
+        gpt2_init(self, config.n_layers, token_embedding_std(config))     # N(0, 0.02), as BERT's own
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """(B, T) ids, ``[MASK]`` = vocab_size -> (B, T, vocab_size + 1) logits."""
@@ -209,7 +180,7 @@ class BertClassifier(nn.Module):
         self.config = config
         self.encoder = TransformerEncoder(config, config.vocab_size)
         self.head = nn.Linear(config.d_model, config.n_classes)
-        gpt2_init(self, config.n_layers)          # N(0, 0.02), as BERT's own initialisation
+        gpt2_init(self, config.n_layers, token_embedding_std(config))     # N(0, 0.02), as BERT's own
 
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """(B, T) ids and mask -> (B, n_classes) logits."""
@@ -263,7 +234,7 @@ class BertTagger(nn.Module):
         self.word_start = nn.Parameter(torch.zeros(config.d_model))
         self.head = nn.Linear(config.d_model, config.n_tags)
         self.output = SoftmaxOutput(config.n_tags)
-        gpt2_init(self, config.n_layers)          # N(0, 0.02), as BERT's own initialisation
+        gpt2_init(self, config.n_layers, token_embedding_std(config))     # N(0, 0.02), as BERT's own
 
     def scores(self, batch: TaggingBatch) -> Tensor:
         """(B, T, n_tags) scores of every word."""

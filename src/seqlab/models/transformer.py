@@ -33,9 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import ClassVar, Literal
 
-import torch
 from torch import Tensor, nn
 
 from seqlab.contracts import CausalLM
@@ -55,13 +54,11 @@ POSITION_SCHEMES = ("learned", "sinusoidal", "rope", "rope_interleaved", "alibi"
 
 
 @dataclass(frozen=True, kw_only=True)
-class TransformerConfig:
-    """Decoder-only Transformer language model.
+class BlockConfig:
+    """The shape of a stack of Transformer blocks; every Transformer config extends it (and may
+    change its defaults).
 
     Attributes:
-        vocab_size: number of token ids.
-        max_len: learned positions: the table's size, the longest sequence; other schemes: the
-            attention window (each position sees the max_len most recent ones).
         d_model: residual stream width.
         n_layers: Transformer blocks.
         n_heads: attention (query) heads; must divide d_model.
@@ -70,6 +67,7 @@ class TransformerConfig:
         positions: learned, sinusoidal, rope (half-rotation layout, as HF Llama),
             rope_interleaved (GPT-J layout) or alibi.
         rope_base: RoPE's theta base.
+        max_len: the learned position table's size (the longest sequence).
         norm: layernorm or rmsnorm.
         norm_position: pre (normalise each sublayer's input) or post (each sublayer's sum).
         activation: feed-forward activation: gelu, gelu_tanh, relu, or gated swiglu, geglu,
@@ -77,11 +75,49 @@ class TransformerConfig:
         d_ff: feed-forward hidden width; none means 4 d_model, or for a gated activation
             8/3 d_model rounded up to a multiple of 32 (about the same parameters).
         bias: biases in the attention and feed-forward projections (and LayerNorm).
-        tie_embeddings: the output layer shares the token embedding's weights.
-        dropout: on embeddings, attention weights and residual branches (0 by default: raise
-            it for long runs on small corpora).
+        dropout: on embeddings, attention weights and residual branches.
         gradient_checkpointing: recompute each block's activations in the backward pass (less
             memory, about a third more time).
+    """
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    positions: PositionScheme = "learned"
+    rope_base: float = 10000.0
+    max_len: int = 256
+    norm: NormKind = "layernorm"
+    norm_position: NormPosition = "pre"
+    activation: Activation = "gelu"
+    d_ff: int | None = None
+    bias: bool = True
+    dropout: float = 0.0
+    gradient_checkpointing: bool = False
+
+    size_fields: ClassVar[tuple[str, ...]] = ()                  # required sizes, checked >= 1
+    position_schemes: ClassVar[tuple[str, ...]] = POSITION_SCHEMES
+
+    def __post_init__(self) -> None:
+        check_block_fields(self, self.size_fields, self.position_schemes)
+
+    @property
+    def hidden_width(self) -> int:
+        """The feed-forward hidden width (``d_ff``, or its default)."""
+        return hidden_width(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformerConfig(BlockConfig):
+    """Decoder-only Transformer language model.
+
+    Attributes:
+        vocab_size: number of token ids.
+        max_len: learned positions: the table's size, the longest sequence; other schemes: the
+            attention window (each position sees the max_len most recent ones).
+        dropout: on embeddings, attention weights and residual branches (0 by default: raise
+            it for long runs on small corpora).
+        tie_embeddings: the output layer shares the token embedding's weights.
         n_experts: 0 for a dense feed-forward; N >= 1 for a mixture of N experts of width
             d_ff each (``seqlab.layers.moe``).
         experts_top_k: experts per token (1: Switch, the raw router probability as the gate;
@@ -93,34 +129,14 @@ class TransformerConfig:
     """
 
     vocab_size: int
-    max_len: int = 256
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int | None = None
-    positions: PositionScheme = "learned"
-    rope_base: float = 10000.0
-    norm: NormKind = "layernorm"
-    norm_position: NormPosition = "pre"
-    activation: Activation = "gelu"
-    d_ff: int | None = None
-    bias: bool = True
     tie_embeddings: bool = True
-    dropout: float = 0.0
-    gradient_checkpointing: bool = False
     n_experts: int = 0
     experts_top_k: int = 2
     capacity_factor: float | None = None
     balance_weight: float = 0.01
     z_loss_weight: float = 1e-3
 
-    def __post_init__(self) -> None:
-        check_block_fields(self, ("vocab_size",), POSITION_SCHEMES)
-
-    @property
-    def hidden_width(self) -> int:
-        """The feed-forward hidden width (``d_ff``, or its default)."""
-        return hidden_width(self)
+    size_fields: ClassVar[tuple[str, ...]] = ("vocab_size",)
 
 
 def hidden_width(config) -> int:
@@ -202,8 +218,8 @@ def input_positions(config: TransformerConfig) -> nn.Module | None:
     """The position module added to the embeddings (learned, sinusoidal), or None."""
     if config.positions == "learned":
         return LearnedPositions(config.d_model, config.max_len)
-    if config.positions == "sinusoidal":
-        return SinusoidalPositions(config.d_model)
+    if config.positions == "sinusoidal":      # embeddings at N(0, 1/D), times sqrt(D): see token_embedding_std
+        return SinusoidalPositions(config.d_model, embedding_scale=math.sqrt(config.d_model))
     return None
 
 
@@ -228,13 +244,23 @@ def build_feedforward(config: TransformerConfig) -> nn.Module:
     return FeedForward(config.d_model, config.hidden_width, config.activation, config.dropout, config.bias)
 
 
-def gpt2_init(model: nn.Module, n_layers: int) -> None:
-    """GPT-2's initialisation: N(0, 0.02) for every matrix and embedding, zero biases, and the
-    residual output projections (attention ``out_proj``, feed-forward ``down``) scaled by
-    1/sqrt(2 n_layers) so that the residual stream's variance does not grow with depth."""
+def token_embedding_std(config: BlockConfig) -> float:
+    """0.02 (GPT-2), or 1/sqrt(D) with sinusoidal positions, whose layer multiplies the
+    embeddings by sqrt(D) (Vaswani et al. 2017, sec. 3.4): unit-scale tokens beside positions
+    in [-1, 1]. At 0.02 the fixed table would swamp the tokens 35 to 1."""
+    return config.d_model ** -0.5 if config.positions == "sinusoidal" else 0.02
+
+
+def gpt2_init(model: nn.Module, n_layers: int, embedding_std: float = 0.02) -> None:
+    """GPT-2's initialisation: N(0, 0.02) for every matrix (``embedding_std`` for embeddings),
+    zero biases, and the residual output projections (attention ``out_proj``, feed-forward
+    ``down``) scaled by 1/sqrt(2 n_layers) so that the residual stream's variance does not grow
+    with depth."""
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=embedding_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
     for name, parameter in model.named_parameters():
@@ -260,7 +286,7 @@ class TransformerLanguageModel(CausalLM):
         self.final_norm = (make_norm(config.norm, config.d_model, bias=config.bias)
                            if config.norm_position == "pre" else nn.Identity())
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        gpt2_init(self, config.n_layers)
+        gpt2_init(self, config.n_layers, token_embedding_std(config))
         if config.tie_embeddings:
             self.head.weight = self.token_embedding.weight
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,65 +32,45 @@ from torch import Tensor, nn
 from seqlab.contracts import EncoderDecoder
 from seqlab.errors import DataError
 from seqlab.layers.attention import MultiHeadAttention
-from seqlab.layers.block import NormPosition, TransformerBlock
+from seqlab.layers.block import TransformerBlock
 from seqlab.layers.feedforward import Activation
 from seqlab.layers.norms import NormKind, make_norm
-from seqlab.models.transformer import (POSITION_SCHEMES, attention_positions, build_feedforward,
-                                       check_block_fields, gpt2_init, hidden_width, input_positions)
+from seqlab.models.transformer import (POSITION_SCHEMES, BlockConfig, attention_positions, build_feedforward,
+                                       gpt2_init, input_positions, token_embedding_std)
 from seqlab.registry import register
 
 EncDecPositions = Literal["t5", "learned", "sinusoidal", "rope", "rope_interleaved", "alibi"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class TransformerEncDecConfig:
+class TransformerEncDecConfig(BlockConfig):
     """Transformer encoder-decoder for the seq2seq task.
 
     Attributes:
         src_vocab_size: source token ids, padding 0 included (from the task).
         tgt_vocab_size: target token ids, PAD, BOS and EOS included (from the task).
-        d_model: residual stream width.
         n_layers: blocks in the encoder, and as many in the decoder.
-        n_heads: attention heads; must divide d_model.
-        n_kv_heads: key/value heads of every attention layer (grouped-query); none: n_heads.
         positions: t5 (relative position buckets, 32 of them up to distance 128), learned,
             sinusoidal, rope, rope_interleaved or alibi.
-        rope_base: RoPE's theta base.
         max_len: the longest source or target (learned positions' table).
         norm: rmsnorm (T5) or layernorm.
-        norm_position: pre or post.
         activation: feed-forward activation (T5: relu; T5 v1.1: geglu_tanh).
-        d_ff: feed-forward width; none: 4 d_model (8/3 d_model for gated activations).
         bias: biases in the projections (T5 has none).
         tie_embeddings: the output layer shares the target embedding's weights.
-        dropout: on embeddings, attention weights and residual branches.
-        gradient_checkpointing: recompute each block's activations in the backward pass.
     """
 
     src_vocab_size: int
     tgt_vocab_size: int
-    d_model: int = 128
     n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int | None = None
     positions: EncDecPositions = "t5"
-    rope_base: float = 10000.0
     max_len: int = 512
     norm: NormKind = "rmsnorm"
-    norm_position: NormPosition = "pre"
     activation: Activation = "relu"
-    d_ff: int | None = None
     bias: bool = False
     tie_embeddings: bool = True
-    dropout: float = 0.0
-    gradient_checkpointing: bool = False
 
-    def __post_init__(self) -> None:
-        check_block_fields(self, ("src_vocab_size", "tgt_vocab_size"), ("t5", *POSITION_SCHEMES))
-
-    @property
-    def hidden_width(self) -> int:
-        return hidden_width(self)
+    size_fields: ClassVar[tuple[str, ...]] = ("src_vocab_size", "tgt_vocab_size")
+    position_schemes: ClassVar[tuple[str, ...]] = ("t5", *POSITION_SCHEMES)
 
 
 class TransformerStack(nn.Module):
@@ -134,7 +114,7 @@ class TransformerEncoderDecoder(EncoderDecoder):
         self.encoder = TransformerStack(config, config.src_vocab_size, decoder=False)
         self.decoder = TransformerStack(config, config.tgt_vocab_size, decoder=True)
         self.head = nn.Linear(config.d_model, config.tgt_vocab_size, bias=False)
-        gpt2_init(self, 2 * config.n_layers)
+        gpt2_init(self, 2 * config.n_layers, token_embedding_std(config))
         for stack in (self.encoder, self.decoder):
             for block in stack.blocks:
                 if hasattr(block.attention.positions, "embedding"):
