@@ -67,7 +67,7 @@ class TransformerBlock(nn.Module):
         self.feedforward = feedforward
         self.feedforward_norm = norm()
         self.norm_position = norm_position
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()    # no call when off
         self.checkpoint = checkpoint
 
     def _sublayer(self, x: Tensor, norm: nn.Module, layer: Callable[[Tensor], Tensor]) -> Tensor:

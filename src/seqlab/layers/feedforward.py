@@ -98,7 +98,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(d_model, d_hidden, bias=bias)
         self.gate = nn.Linear(d_model, d_hidden, bias=bias) if self.gated else None
         self.down = nn.Linear(d_hidden, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()    # no call when off
         self._act = _activation_fn(activation)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -279,7 +279,7 @@ class TransformerLanguageModel(CausalLM):
         self.max_context = config.max_len if config.positions == "learned" else None
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.input_positions = input_positions(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         shared_positions = attention_positions(config)
         self.blocks = nn.ModuleList(build_block(config, shared_positions, build_feedforward(config))
                                     for _ in range(config.n_layers))
