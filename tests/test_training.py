@@ -434,3 +434,9 @@ def test_train_config_rejects_values_that_make_no_sense(values, message):
 def test_asking_for_cuda_without_it_is_a_clear_error(task):
     with pytest.raises(ConfigError, match="no CUDA device"):
         Trainer(tiny_lstm(task), task, config(device="cuda"))
+
+
+def test_the_optimizer_is_torch_s_fused_adamw(task):
+    # The fused kernel is an implementation, not another optimiser: the hand loop with the default
+    # AdamW reaches the Trainer's weights (test_truncated_bptt_carries_the_detached_state).
+    assert Trainer(tiny_lstm(task), task, config(steps=1, batch_size=4)).optimizer.defaults["fused"] is True
