@@ -162,10 +162,12 @@ def test_reproduce_lists_and_rejects_unknown(capsys):
     fails_cleanly(capsys, ["reproduce", "adding-problm"], "unknown experiment 'adding-problm'")
 
 
-@pytest.mark.parametrize("model", ["elman", "jordan", "gru"])
-def test_train_recurrent_models_with_truncated_bptt(text_file, tmp_path, model, capsys):
+@pytest.mark.parametrize("model, extra", [("elman", []), ("jordan", []), ("gru", []),
+                                          ("transformer", ["--set", "positions=rope"])])
+def test_train_with_truncated_bptt(text_file, tmp_path, model, extra, capsys):
+    # A RoPE Transformer carries a sliding cache of max_len (= the context) keys per layer.
     out = tmp_path / model
-    assert main(["train", model, "--data", str(text_file), *TINY, "--steps", "3", "--tbptt",
+    assert main(["train", model, "--data", str(text_file), *TINY, *extra, "--steps", "3", "--tbptt",
                  "--grad-clip-value", "0.5", "--out", str(out)]) == 0
     saved = load_checkpoint(out).info
     assert saved["model"] == model and saved["train"]["tbptt"] is True
