@@ -12,6 +12,7 @@ The report (accuracy and accuracy on test words unseen in training, with the cur
 bilstm_unseen_accuracy=...``.
 
     python benchmarks/bert_tagging.py [--pretrain-seconds 600] [--budget 1080] [--out runs/bert-tagging]
+                                      [--tokenizer bpe --vocab-size 2048]
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main() -> int:
     parser.add_argument("--pretrain-seconds", type=float, default=600.0)
     parser.add_argument("--budget", type=float, default=1080.0)
     parser.add_argument("--out", type=Path, default=Path("runs/bert-tagging"))
+    parser.add_argument("--tokenizer", default="char", help="char, or bpe (with --vocab-size) for shorter sequences")
+    parser.add_argument("--vocab-size", type=int, default=None)
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"skipped: {args.data} is absent (see ../shared/data/README.md)")
@@ -43,7 +46,8 @@ def main() -> int:
     train = read_conllu(find_conllu_files(args.data)["train"], "upos")
     text.write_text(builtin_corpus().text + "\n" + "\n".join(" ".join(s.words) for s in train) + "\n")
     pretrained = args.out / "mlm"
-    code = seqlab(["train", "bert", "--task", "mlm", "--data", str(text), "--context", "128", "--steps", "1000000",
+    tokens = ["--tokenizer", args.tokenizer] + ([] if args.vocab_size is None else ["--vocab-size", str(args.vocab_size)])
+    code = seqlab(["train", "bert", "--task", "mlm", "--data", str(text), *tokens, "--context", "128", "--steps", "1000000",
                    "--budget", str(args.pretrain_seconds), "--eval-every", "1000000", "--no-progress",
                    "--out", str(pretrained)])
     if code:
