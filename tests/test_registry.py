@@ -113,3 +113,14 @@ def test_build_with_a_task_instance_takes_its_data_sizes():
 def test_an_impossible_allocation_is_a_config_error():
     with pytest.raises(ConfigError, match="needs more memory than this machine has"):
         registry.build("lstm", "lm", vocab_size=10, d_model=10_000_000)
+
+
+def test_every_config_field_of_every_model_is_documented():
+    # `seqlab models NAME` prints each field's entry from the config's Attributes section.
+    import dataclasses
+
+    from seqlab.fields import field_docs
+
+    for entry in registry.entries():
+        fields = {field.name for field in dataclasses.fields(entry.config_class)}
+        assert set(field_docs(entry.config_class)) == fields, (entry.task, entry.name)

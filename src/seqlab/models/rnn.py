@@ -59,7 +59,11 @@ class RecurrentLMConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ElmanConfig(RecurrentLMConfig):
-    """Elman RNN language model; ``nonlinearity`` is "tanh" or "relu"."""
+    """Elman RNN language model.
+
+    Attributes:
+        nonlinearity: the hidden state's activation, tanh or relu.
+    """
 
     nonlinearity: Literal["tanh", "relu"] = "tanh"
 
@@ -74,8 +78,12 @@ class JordanConfig(RecurrentLMConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class LSTMConfig(RecurrentLMConfig):
-    """LSTM language model; ``peepholes`` adds Gers and Schmidhuber's peephole connections
-    (run on our cell, since torch's fused LSTM has none)."""
+    """LSTM language model.
+
+    Attributes:
+        peepholes: add Gers and Schmidhuber's peephole connections (run on seqlab's cell, since
+            torch's fused LSTM has none).
+    """
 
     peepholes: bool = False
 
