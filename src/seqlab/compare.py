@@ -25,7 +25,6 @@ import torch
 
 from seqlab import registry
 from seqlab.budget import Budget
-from seqlab.contracts import model_statistics
 from seqlab.errors import ConfigError
 from seqlab.report import Column, ModelResult, Report
 from seqlab.runs import initialise_from
@@ -151,7 +150,7 @@ def run_one(task_name: str, options: Any, name: str, budget_seconds: float, star
                    "budget_seconds": budget_seconds}
         config = registry.make_config(TrainConfig, options)
         result = Trainer(model, task, config, budget=clock, reserve_evaluations=2).fit()   # the test evaluation and the showcase
-    statistics = model_statistics(model)            # of the last training step (e.g. experts' load)
+    statistics = result.statistics                  # of the last training step (e.g. experts' load)
     test = task.evaluate(model, "test")
     shown = task.showcase(model)
     if initialised is not None:

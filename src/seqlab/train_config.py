@@ -108,6 +108,7 @@ class TrainResult:
     clipped_steps: int = 0
     stopped_by: str = "steps"         # "steps", "budget", "patience", "target", "stop_at" or "fit"
     best_valid_loss: float = math.inf
+    statistics: dict[str, float] = field(default_factory=dict)   # the model's, at the last step (experts' load)
 
     @property
     def tokens_per_second(self) -> float:

@@ -202,8 +202,9 @@ class Trainer:
                 self.result.tokens_seen += n_tokens
                 self.result.train_seconds = elapsed
                 self.result.step_seconds += time.perf_counter() - step_started
+                self.result.statistics = model_statistics(self.model)   # before any evaluation's forward
                 self._last = {"train_loss": loss_value, "grad_norm": norm_value, "lr": lr, **scheduled,
-                              **model_statistics(self.model)}
+                              **self.result.statistics}
                 bar.advance(self.step, elapsed, loss_value, self.result.tokens_per_second)
                 if self.step % self.config.log_every == 0:
                     self._log({"step": self.step, "train_seconds": elapsed, **self._last})

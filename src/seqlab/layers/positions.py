@@ -44,6 +44,7 @@ E head dim, D model width.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -249,15 +250,16 @@ def alibi_slopes(n_heads: int) -> list[float]:
     return alibi_slopes(closest) + alibi_slopes(2 * closest)[0::2][: n_heads - closest]
 
 
-class ScoreBias(nn.Module):
+class ScoreBias(nn.Module, abc.ABC):
     """A position scheme that acts on the scores: ``bias_at(query_positions, key_positions)``
     gives the (H, T, S) bias an attention layer adds to ``Q K^T / sqrt(E)`` (ALiBi, T5's
     relative buckets). ``n_heads`` is H."""
 
     n_heads: int
 
+    @abc.abstractmethod
     def bias_at(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
-        raise NotImplementedError
+        """(T,) and (S,) long absolute positions -> the (H, T, S) bias."""
 
 
 class ALiBi(ScoreBias):
