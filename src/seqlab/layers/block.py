@@ -100,3 +100,45 @@ class TransformerBlock(nn.Module):
             return checkpoint(self._forward, x, memory, key_padding_mask, memory_padding_mask, None,
                               use_reentrant=False)
         return self._forward(x, memory, key_padding_mask, memory_padding_mask, cache)
+
+
+class ResidualBlock(nn.Module):
+    """A pre-norm residual block around a sequence mixer with a recurrent state (Mamba, Mamba-2,
+    Hyena, an SSM, or attention with its cache), and an optional feed-forward sublayer:
+
+        x = x + Dropout(Mixer(Norm(x), state))
+        x = x + Dropout(FeedForward(Norm(x)))                    (when a feed-forward is given)
+
+    Mamba's block is the first line alone (its mixer holds the gated MLP); Jamba's layers have
+    both (Lieber et al. 2024).
+
+    Args:
+        mixer: ``mixer(x, state) -> (y, state)`` with ``init_state(batch_size)``; a None state
+            is the fresh one.
+        norm: builds one normalisation layer (called once per sublayer).
+        feedforward: ``feedforward(x, mask=)``, or None.
+        dropout: on each sublayer's output.
+    """
+
+    def __init__(self, mixer: nn.Module, norm: Callable[[], nn.Module], feedforward: nn.Module | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.norm = norm()
+        self.mixer = mixer
+        self.feedforward = feedforward
+        self.feedforward_norm = norm() if feedforward is not None else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, state=None, mask: Tensor | None = None):
+        """Args:
+            x: (B, T, D).
+            state: the mixer's state before ``x``; None is fresh.
+            mask: (B, T) true at real tokens, for a feed-forward that routes tokens.
+        Returns:
+            (B, T, D) and the mixer's state after ``x``.
+        """
+        y, state = self.mixer(self.norm(x), state)
+        x = x + self.dropout(y)
+        if self.feedforward is not None:
+            x = x + self.dropout(self.feedforward(self.feedforward_norm(x), mask=mask))
+        return x, state

@@ -1,0 +1,213 @@
+"""The selective scan of Mamba (Gu and Dao 2023, Algorithm 2 and eq. 2a-2b, with the zero-order
+hold of A and the Euler step of B that their kernel uses):
+
+    h_t = exp(Delta_t A) * h_{t-1} + Delta_t B_t x_t          (per channel d and state n)
+    y_t = C_t . h_t + D x_t
+
+over channels d < Dn with a diagonal A (Dn, N), input-dependent step sizes Delta (B, T, Dn) and
+input-dependent B, C (B, T, N) shared by the channels. With Delta constant over time and B, C
+fixed it is the linear time-invariant diagonal SSM of S4D (Gu et al. 2022).
+
+- ``selective_scan_ref``: the loop over time, one ``selective_scan_step`` at a time. The
+  specification, and what a recurrent step runs.
+- ``selective_scan``: the same numbers by chunks of ``chunk_size`` steps. Within a chunk every
+  state comes from a log-depth (Hillis and Steele 1986) scan of the linear recurrence, whose
+  composed decays are products of factors in (0, 1], so nothing can overflow at any length;
+  across chunks the last state carries over, in a loop of T / chunk_size iterations. The last
+  chunk is simply shorter: nothing is padded. Its backward pass is written out (the adjoint
+  recurrence g_t = C_t dy_t + exp(Delta_{t+1} A) g_{t+1} runs backwards through the same chunks)
+  and recomputes each chunk's states from the state saved at the chunk's start, so training
+  keeps O(B T Dn) activations and (B, T / chunk_size, Dn, N) states instead of the (B, T, Dn, N)
+  tensor of every state that autograd through the loop would hold.
+
+Both return ``(y, final_state)`` and accept an ``initial_state``: running a sequence in pieces,
+each piece starting from the last one's final state, gives the numbers of one pass. Both compute
+in float32 (float64 inputs stay float64), with autocast off: under bf16 autocast the scan is not
+where the precision is lost.
+
+Shapes: B batch, T time, Dn channels, N state size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from seqlab.errors import ConfigError
+
+DEFAULT_CHUNK_SIZE = 16
+
+
+def selective_scan_step(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                        state: Tensor) -> tuple[Tensor, Tensor]:
+    """One step of the recurrence.
+
+    Args:
+        x, delta: (B, Dn) the input and the (positive) step size.
+        A: (Dn, N) the diagonal state matrix (negative entries for a stable system).
+        B, C: (B, N).
+        D: (Dn,) the skip connection, or None.
+        state: (B, Dn, N) h_{t-1}.
+    Returns:
+        y_t (B, Dn) and h_t (B, Dn, N).
+    """
+    state = torch.exp(delta[:, :, None] * A) * state + (delta * x)[:, :, None] * B[:, None, :]
+    y = (state * C[:, None, :]).sum(dim=-1)
+    return (y if D is None else y + D * x), state
+
+
+def selective_scan_ref(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                       initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The selective scan by a loop over time (the specification).
+
+    Args:
+        x, delta: (B, T, Dn).
+        A: (Dn, N).
+        B, C: (B, T, N).
+        D: (Dn,) or None.
+        initial_state: (B, Dn, N) h_{-1}; None is zeros.
+    Returns:
+        y (B, T, Dn) and the final state h_{T-1} (B, Dn, N), in the compute dtype.
+    """
+    x, delta, A, B, C, D, state = _prepared(x, delta, A, B, C, D, initial_state)
+    outputs = []
+    for t in range(x.shape[1]):
+        y, state = selective_scan_step(x[:, t], delta[:, t], A, B[:, t], C[:, t], D, state)
+        outputs.append(y)
+    return torch.stack(outputs, dim=1), state
+
+
+def linear_scan(decay: Tensor, inputs: Tensor, initial: Tensor) -> Tensor:
+    """Every state of h_t = decay_t * h_{t-1} + inputs_t, h_{-1} = ``initial``, without a loop
+    over time: log2(L) doubling steps, after step k each position holds the recurrence over its
+    last 2^k inputs and ``decay`` the product of their decays (Hillis and Steele 1986; Blelloch
+    1990, sec. 1.4). O(L log L) work; every product of decays stays in [0, 1] for decays there.
+
+    Args:
+        decay, inputs: (B, L, ...) elementwise factors and inputs.
+        initial: (B, ...) the state before the first step.
+    Returns:
+        (B, L, ...) the states h_0 .. h_{L-1}.
+    """
+    states = torch.cat([inputs[:, :1] + decay[:, :1] * initial[:, None], inputs[:, 1:]], dim=1)
+    span, length = 1, inputs.shape[1]
+    while span < length:
+        states = torch.cat([states[:, :span], states[:, span:] + decay[:, span:] * states[:, :-span]], dim=1)
+        if 2 * span < length:
+            decay = torch.cat([decay[:, :span], decay[:, span:] * decay[:, :-span]], dim=1)
+        span *= 2
+    return states
+
+
+def _prepared(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+              initial_state: Tensor | None) -> tuple[Tensor, ...]:
+    """Check the shapes; cast to the compute dtype; zeros for a missing initial state."""
+    if x.dim() != 3 or delta.shape != x.shape:
+        raise ConfigError(f"selective scan: x and delta must both be (B, T, Dn), got {tuple(x.shape)} "
+                          f"and {tuple(delta.shape)}")
+    batch, length, channels = x.shape
+    if A.dim() != 2 or A.shape[0] != channels:
+        raise ConfigError(f"selective scan: A must be (Dn={channels}, N), got {tuple(A.shape)}")
+    size = A.shape[1]
+    for name, tensor in (("B", B), ("C", C)):
+        if tensor.shape != (batch, length, size):
+            raise ConfigError(f"selective scan: {name} must be (B, T, N) = {(batch, length, size)}, "
+                              f"got {tuple(tensor.shape)}")
+    if D is not None and D.shape != (channels,):
+        raise ConfigError(f"selective scan: D must be (Dn,) = ({channels},), got {tuple(D.shape)}")
+    if initial_state is not None and initial_state.shape != (batch, channels, size):
+        raise ConfigError(f"selective scan: initial_state must be (B, Dn, N) = {(batch, channels, size)}, "
+                          f"got {tuple(initial_state.shape)}")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if initial_state is None:
+        initial_state = x.new_zeros(batch, channels, size, dtype=dtype)
+    cast = [t.to(dtype) for t in (x, delta, A, B, C)]
+    return (*cast, None if D is None else D.to(dtype), initial_state.to(dtype))
+
+
+def _chunk_states(delta: Tensor, x: Tensor, A: Tensor, B: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
+    """The decays exp(Delta A) (B, L, Dn, N) of one chunk and its states (B, L, Dn, N)."""
+    decay = torch.exp(delta[..., None] * A)
+    inputs = (delta * x)[..., None] * B[:, :, None, :]
+    return decay, linear_scan(decay, inputs, start)
+
+
+class _ChunkedSelectiveScan(torch.autograd.Function):
+    """``selective_scan`` with its backward pass written out (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                initial_state: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+        length = x.shape[1]
+        outputs, starts = [], []
+        state = initial_state
+        for begin in range(0, length, chunk_size):
+            part = slice(begin, begin + chunk_size)
+            starts.append(state)
+            _, states = _chunk_states(delta[:, part], x[:, part], A, B[:, part], state)
+            outputs.append(torch.einsum("bldn,bln->bld", states, C[:, part]))       # (B, L, Dn)
+            state = states[:, -1]
+        y = torch.cat(outputs, dim=1)
+        if D is not None:
+            y = y + D * x
+        ctx.save_for_backward(x, delta, A, B, C, D, torch.stack(starts, dim=1))
+        ctx.chunk_size = chunk_size
+        return y, state
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, grad_final: Tensor) -> tuple[Tensor | None, ...]:
+        x, delta, A, B, C, D, starts = ctx.saved_tensors
+        chunk_size, length = ctx.chunk_size, x.shape[1]
+        grad_y = torch.zeros_like(x) if grad_y is None else grad_y
+        # g_carry is exp(Delta_{t+1} A) g_{t+1} for the chunk's last step t: what reaches h_t
+        # from after the chunk (the final state's gradient, for the last chunk).
+        carry = torch.zeros_like(starts[:, 0]) if grad_final is None else grad_final
+        grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)
+        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+        grad_A = torch.zeros_like(A)
+        for index in reversed(range(len(range(0, length, chunk_size)))):
+            part = slice(index * chunk_size, (index + 1) * chunk_size)
+            start = starts[:, index]
+            x_c, delta_c, B_c, C_c, dy = x[:, part], delta[:, part], B[:, part], C[:, part], grad_y[:, part]
+            decay, states = _chunk_states(delta_c, x_c, A, B_c, start)
+            previous = torch.cat([start[:, None], states[:, :-1]], dim=1)              # h_{t-1}
+            # The adjoint recurrence, backwards in time: g_t = C_t dy_t + decay_{t+1} g_{t+1}.
+            next_decay = torch.cat([decay[:, 1:], torch.ones_like(decay[:, :1])], dim=1)
+            from_output = dy[..., None] * C_c[:, :, None, :]                          # (B, L, Dn, N)
+            adjoint = linear_scan(next_decay.flip(1), from_output.flip(1), carry).flip(1)
+            carry = decay[:, 0] * adjoint[:, 0]
+            grad_log_decay = adjoint * previous * decay                                # d/d(Delta A)
+            grad_A += torch.einsum("bldn,bld->dn", grad_log_decay, delta_c)
+            adjoint_B = torch.einsum("bldn,bln->bld", adjoint, B_c)                    # sum_n g B
+            grad_delta[:, part] = adjoint_B * x_c + torch.einsum("bldn,dn->bld", grad_log_decay, A)
+            grad_x[:, part] = adjoint_B * delta_c
+            grad_B[:, part] = torch.einsum("bldn,bld->bln", adjoint, delta_c * x_c)
+            grad_C[:, part] = torch.einsum("bldn,bld->bln", states, dy)
+        grad_D = None
+        if D is not None:
+            grad_x += grad_y * D
+            grad_D = (grad_y * x).sum(dim=(0, 1))
+        return grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D, carry, None
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    return torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext()
+
+
+def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   initial_state: Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+                   ) -> tuple[Tensor, Tensor]:
+    """The selective scan by chunks: the numbers of ``selective_scan_ref`` (same arguments).
+
+    Args:
+        chunk_size: steps per chunk; memory in the backward pass is O(B chunk_size Dn N).
+    Returns:
+        y (B, T, Dn) and the final state (B, Dn, N), in the compute dtype.
+    """
+    if chunk_size < 1:
+        raise ConfigError(f"selective scan: chunk_size must be >= 1, got {chunk_size}")
+    with _autocast_off(x.device.type):
+        prepared = _prepared(x, delta, A, B, C, D, initial_state)
+        return _ChunkedSelectiveScan.apply(*prepared, chunk_size)
