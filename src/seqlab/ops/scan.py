@@ -31,6 +31,8 @@ Shapes: B batch, T time, Dn channels, N state size.
 from __future__ import annotations
 
 import contextlib
+import functools
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -38,6 +40,20 @@ from torch import Tensor
 from seqlab.errors import ConfigError
 
 DEFAULT_CHUNK_SIZE = 16
+
+
+def full_precision(scan: Callable) -> Callable:
+    """Run ``scan(x, ...)`` with autocast off on ``x``'s device: a scan computes in float32
+    (its exponentials and long sums would lose most of their bits in bf16)."""
+
+    @functools.wraps(scan)
+    def wrapper(x: Tensor, *args, **kwargs):
+        device_type = x.device.type
+        off = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext()
+        with off:
+            return scan(x, *args, **kwargs)
+
+    return wrapper
 
 
 def selective_scan_step(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -58,6 +74,7 @@ def selective_scan_step(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     return (y if D is None else y + D * x), state
 
 
+@full_precision
 def selective_scan_ref(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                        initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The selective scan by a loop over time (the specification).
@@ -158,44 +175,47 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: Tensor, grad_final: Tensor) -> tuple[Tensor | None, ...]:
-        x, delta, A, B, C, D, starts = ctx.saved_tensors
-        chunk_size, length = ctx.chunk_size, x.shape[1]
-        grad_y = torch.zeros_like(x) if grad_y is None else grad_y
-        # g_carry is exp(Delta_{t+1} A) g_{t+1} for the chunk's last step t: what reaches h_t
-        # from after the chunk (the final state's gradient, for the last chunk).
-        carry = torch.zeros_like(starts[:, 0]) if grad_final is None else grad_final
-        grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)
-        grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
-        grad_A = torch.zeros_like(A)
-        for index in reversed(range(len(range(0, length, chunk_size)))):
-            part = slice(index * chunk_size, (index + 1) * chunk_size)
-            start = starts[:, index]
-            x_c, delta_c, B_c, C_c, dy = x[:, part], delta[:, part], B[:, part], C[:, part], grad_y[:, part]
-            decay, states = _chunk_states(delta_c, x_c, A, B_c, start)
-            previous = torch.cat([start[:, None], states[:, :-1]], dim=1)              # h_{t-1}
-            # The adjoint recurrence, backwards in time: g_t = C_t dy_t + decay_{t+1} g_{t+1}.
-            next_decay = torch.cat([decay[:, 1:], torch.ones_like(decay[:, :1])], dim=1)
-            from_output = dy[..., None] * C_c[:, :, None, :]                          # (B, L, Dn, N)
-            adjoint = linear_scan(next_decay.flip(1), from_output.flip(1), carry).flip(1)
-            carry = decay[:, 0] * adjoint[:, 0]
-            grad_log_decay = adjoint * previous * decay                                # d/d(Delta A)
-            grad_A += torch.einsum("bldn,bld->dn", grad_log_decay, delta_c)
-            adjoint_B = torch.einsum("bldn,bln->bld", adjoint, B_c)                    # sum_n g B
-            grad_delta[:, part] = adjoint_B * x_c + torch.einsum("bldn,dn->bld", grad_log_decay, A)
-            grad_x[:, part] = adjoint_B * delta_c
-            grad_B[:, part] = torch.einsum("bldn,bld->bln", adjoint, delta_c * x_c)
-            grad_C[:, part] = torch.einsum("bldn,bld->bln", states, dy)
-        grad_D = None
-        if D is not None:
-            grad_x += grad_y * D
-            grad_D = (grad_y * x).sum(dim=(0, 1))
-        return grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D, carry, None
+        return (*_scan_backward(*ctx.saved_tensors, ctx.chunk_size, grad_y, grad_final), None)
 
 
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    return torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext()
+@full_precision         # the backward pass may run inside the caller's autocast region
+def _scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, starts: Tensor,
+                   chunk_size: int, grad_y: Tensor | None, grad_final: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The gradients of ``selective_scan``'s inputs, chunk by chunk from the last."""
+    n_chunks = -(-x.shape[1] // chunk_size)
+    grad_y = torch.zeros_like(x) if grad_y is None else grad_y
+    # g_carry is exp(Delta_{t+1} A) g_{t+1} for the chunk's last step t: what reaches h_t
+    # from after the chunk (the final state's gradient, for the last chunk).
+    carry = torch.zeros_like(starts[:, 0]) if grad_final is None else grad_final
+    grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)
+    grad_B, grad_C = torch.empty_like(B), torch.empty_like(C)
+    grad_A = torch.zeros_like(A)
+    for index in reversed(range(n_chunks)):
+        part = slice(index * chunk_size, (index + 1) * chunk_size)
+        start = starts[:, index]
+        x_c, delta_c, B_c, C_c, dy = x[:, part], delta[:, part], B[:, part], C[:, part], grad_y[:, part]
+        decay, states = _chunk_states(delta_c, x_c, A, B_c, start)
+        previous = torch.cat([start[:, None], states[:, :-1]], dim=1)              # h_{t-1}
+        # The adjoint recurrence, backwards in time: g_t = C_t dy_t + decay_{t+1} g_{t+1}.
+        next_decay = torch.cat([decay[:, 1:], torch.ones_like(decay[:, :1])], dim=1)
+        from_output = dy[..., None] * C_c[:, :, None, :]                          # (B, L, Dn, N)
+        adjoint = linear_scan(next_decay.flip(1), from_output.flip(1), carry).flip(1)
+        carry = decay[:, 0] * adjoint[:, 0]
+        grad_log_decay = adjoint * previous * decay                                # d/d(Delta A)
+        grad_A += torch.einsum("bldn,bld->dn", grad_log_decay, delta_c)
+        adjoint_B = torch.einsum("bldn,bln->bld", adjoint, B_c)                    # sum_n g B
+        grad_delta[:, part] = adjoint_B * x_c + torch.einsum("bldn,dn->bld", grad_log_decay, A)
+        grad_x[:, part] = adjoint_B * delta_c
+        grad_B[:, part] = torch.einsum("bldn,bld->bln", adjoint, delta_c * x_c)
+        grad_C[:, part] = torch.einsum("bldn,bld->bln", states, dy)
+    grad_D = None
+    if D is not None:
+        grad_x += grad_y * D
+        grad_D = (grad_y * x).sum(dim=(0, 1))
+    return grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D, carry
 
 
+@full_precision
 def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    initial_state: Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
                    ) -> tuple[Tensor, Tensor]:
@@ -208,6 +228,4 @@ def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     """
     if chunk_size < 1:
         raise ConfigError(f"selective scan: chunk_size must be >= 1, got {chunk_size}")
-    with _autocast_off(x.device.type):
-        prepared = _prepared(x, delta, A, B, C, D, initial_state)
-        return _ChunkedSelectiveScan.apply(*prepared, chunk_size)
+    return _ChunkedSelectiveScan.apply(*_prepared(x, delta, A, B, C, D, initial_state), chunk_size)
