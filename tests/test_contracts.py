@@ -58,7 +58,14 @@ TRANSFORMER_VARIANTS = [
     "transformer[n_experts=4,experts_top_k=2,capacity_factor=1]",
     "transformer[n_experts=3,experts_top_k=1,positions=rope]",
 ]
-LM_CASES = LM_NAMES + TRANSFORMER_VARIANTS
+# State space and hybrid shapes: chunk boundaries inside the tested sequences, a convolution of
+# width 1 (an empty window), grouped B and C, attention first and with RoPE.
+SSM_VARIANTS = [
+    "mamba[chunk_size=3,d_conv=1]",
+    "mamba2[n_groups=2,head_dim=16,chunk_size=5]",
+    "hybrid[pattern=am,positions=rope,n_kv_heads=2,moe_every=1,chunk_size=4]",
+]
+LM_CASES = LM_NAMES + TRANSFORMER_VARIANTS + SSM_VARIANTS
 TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
 CLASSIFIER_NAMES = [entry.name for entry in registry.entries("classify")]
 MLM_NAMES = [entry.name for entry in registry.entries("mlm")] + [
