@@ -112,18 +112,6 @@ def test_bf16_autocast_keeps_the_scan_within_tolerance_of_fp32():
     assert not torch.equal(y_low, y)                 # the inputs' rounding does show
 
 
-def test_linear_scan_equals_the_loop():
-    generator = torch.Generator().manual_seed(0)
-    decay = torch.rand(3, 11, 4, generator=generator, dtype=torch.float64)
-    inputs = torch.randn(3, 11, 4, generator=generator, dtype=torch.float64)
-    initial = torch.randn(3, 4, generator=generator, dtype=torch.float64)
-    state, expected = initial, []
-    for t in range(11):
-        state = decay[:, t] * state + inputs[:, t]
-        expected.append(state)
-    torch.testing.assert_close(linear_scan_(decay.clone(), inputs.clone(), initial), torch.stack(expected, dim=1))
-
-
 @pytest.mark.parametrize("name, shape, message", [
     ("delta", (2, 9, 4), "x and delta must both be"),
     ("A", (3, 5), r"A must be \(Dn=4, N\)"),
@@ -137,3 +125,18 @@ def test_wrong_shapes_raise_config_errors(scan, name, shape, message):
     inputs[name] = torch.zeros(shape)
     with pytest.raises(ConfigError, match=message):
         scan(**inputs)
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 8, 13, 16, 33])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_work_efficient_scan_equals_the_loop_either_way(length, reverse):
+    generator = torch.Generator().manual_seed(length)
+    decay = torch.rand(2, length, 3, generator=generator, dtype=torch.float64)
+    inputs = torch.randn(2, length, 3, generator=generator, dtype=torch.float64)
+    initial = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+    state, expected = initial, [None] * length
+    for t in (reversed(range(length)) if reverse else range(length)):
+        state = decay[:, t] * state + inputs[:, t]
+        expected[t] = state
+    states = linear_scan_(decay.clone(), inputs.clone(), initial, reverse=reverse)
+    torch.testing.assert_close(states, torch.stack(expected, dim=1), rtol=1e-12, atol=1e-12)

@@ -96,32 +96,60 @@ def selective_scan_ref(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     return torch.stack(outputs, dim=1), state
 
 
-def linear_scan_(decay: Tensor, states: Tensor, initial: Tensor) -> Tensor:
-    """Every state of h_t = decay_t * h_{t-1} + inputs_t, h_{-1} = ``initial``, in place and
-    without a loop over time: log2(L) doubling steps; after step k each position holds the
-    recurrence over its last 2^k inputs, and ``decay`` the product of their decays (Hillis and
-    Steele 1986; Blelloch 1990, sec. 1.4). O(L log L) work; for decays in [0, 1] every product
-    stays there, so nothing overflows.
+def linear_scan_(decay: Tensor, states: Tensor, initial: Tensor, reverse: bool = False) -> Tensor:
+    """Every state of the linear recurrence
+
+        h_t = decay_t * h_{t-1} + inputs_t,  h_{-1} = initial       (reverse: h_t = decay_t * h_{t+1}
+                                                                     + inputs_t, h_L = initial)
+
+    in place, by Blelloch's work-efficient scan (Blelloch 1990, "Prefix sums and their
+    applications", sec. 1.4) of the pairs (decay, input) under (a, x) . (a', x') = (a a', a' x + x'):
+    an up-sweep combines neighbours at strides 2, 4, ..., L (after it, position i holds the
+    recurrence over its own segment, from just after i - lowbit(i + 1), and ``decay`` that
+    segment's product), and a down-sweep completes every position from the finished prefix
+    before its segment. 2 log2(L) steps and O(L) work, no loop over time; for decays in [0, 1]
+    every product stays there, so nothing overflows at any length. A length that is not a power
+    of two is extended at the end with decay 1 and input 0, which changes none of the first L
+    states (and, scanning in reverse, passes ``initial`` through unchanged).
 
     Not differentiable by autograd (it writes over its arguments): ``selective_scan`` runs it
     inside its own forward and backward passes.
 
     Args:
-        decay: (B, L, ...) the factors; overwritten with products of them.
-        states: (B, L, ...) the inputs; overwritten with the states h_0 .. h_{L-1}.
-        initial: (B, ...) the state before the first step.
+        decay: (B, L, ...) the factors; overwritten.
+        states: (B, L, ...) the inputs; overwritten with the states.
+        initial: (B, ...) the state before the first step (after the last, in reverse).
+        reverse: run the recurrence from the last position to the first.
     Returns:
-        ``states``.
+        (B, L, ...) the states: ``states`` itself when L is a power of two.
     """
-    states[:, 0] += decay[:, 0] * initial
-    span, length = 1, states.shape[1]
-    while span < length:
-        # Each right-hand side is a new tensor, complete before the slice is written.
-        states[:, span:] += decay[:, span:] * states[:, :-span]
-        if 2 * span < length:
-            decay[:, span:] = decay[:, span:] * decay[:, :-span]
-        span *= 2
-    return states
+    length = states.shape[1]
+    first = -1 if reverse else 0
+    states[:, first] += decay[:, first] * initial
+    size = 1 << (length - 1).bit_length()
+    if size != length:
+        pad = (states.shape[0], size - length, *states.shape[2:])
+        decay = torch.cat([decay, decay.new_ones(pad)], dim=1)
+        states = torch.cat([states, states.new_zeros(pad)], dim=1)
+    # Each update reads elements it does not write (disjoint strided views).
+    half = 1
+    while half < size:                                                    # up-sweep
+        stride = 2 * half
+        later, earlier = ((slice(0, None, stride), slice(half, None, stride)) if reverse else
+                          (slice(stride - 1, None, stride), slice(half - 1, None, stride)))
+        states[:, later] += decay[:, later] * states[:, earlier]
+        if stride < size:
+            decay[:, later] *= decay[:, earlier]
+        half = stride
+    half = size // 4
+    while half >= 1:                                                      # down-sweep
+        stride = 2 * half
+        count = size // stride - 1
+        later, earlier = ((slice(half, size - stride, stride), slice(stride, None, stride)) if reverse else
+                          (slice(stride + half - 1, None, stride), slice(stride - 1, size - stride, stride)))
+        states[:, later] += decay[:, later] * states[:, earlier][:, :count]
+        half //= 2
+    return states[:, :length]
 
 
 def _prepared(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -213,9 +241,8 @@ def _scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         decay, states = _chunk_states(delta_c, x_c, A_t, B_c, start)                 # (B, L, N, Dn)
         previous = torch.cat([start[:, None], states[:, :-1]], dim=1)              # h_{t-1}
         # The adjoint recurrence, backwards in time: g_t = C_t dy_t + decay_{t+1} g_{t+1}.
-        next_decay = torch.cat([decay[:, 1:], torch.ones_like(decay[:, :1])], dim=1).flip(1)
-        from_output = (C_c[..., None] * dy[:, :, None, :]).flip(1)
-        adjoint = linear_scan_(next_decay, from_output, carry).flip(1)
+        next_decay = torch.cat([decay[:, 1:], torch.ones_like(decay[:, :1])], dim=1)
+        adjoint = linear_scan_(next_decay, C_c[..., None] * dy[:, :, None, :], carry, reverse=True)
         carry = decay[:, 0] * adjoint[:, 0]
         grad_log_decay = adjoint * previous * decay                                # d/d(Delta A)
         grad_A_t += (grad_log_decay * delta_c[:, :, None, :]).sum(dim=(0, 1))
