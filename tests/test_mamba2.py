@@ -124,3 +124,15 @@ def test_mamba2_initialisation_and_no_decay():
 def test_bad_mamba2_config_is_a_config_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         registry.build("mamba2", "lm", vocab_size=VOCAB, d_model=WIDTH, **overrides)
+
+
+def test_bf16_autocast_keeps_the_ssd_within_tolerance_of_fp32():
+    # The SSD computes in float32 under autocast; bf16 inputs cost only their own rounding:
+    # within 2% of the output's scale (and the rounding does show).
+    inputs = ssd_inputs(length=100, dtype=torch.float32, initial=False)
+    y, _ = ssd_chunked(**inputs, chunk_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_low, state_low = ssd_chunked(**{name: t.to(torch.bfloat16) for name, t in inputs.items()}, chunk_size=16)
+    assert y_low.dtype == torch.float32 and state_low.dtype == torch.float32
+    torch.testing.assert_close(y_low, y, rtol=0, atol=0.02 * y.abs().max().item())
+    assert not torch.equal(y_low, y)

@@ -365,6 +365,10 @@ def _compare_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     parser.add_argument("--init-from", action="append", default=[], metavar="MODEL=RUN",
                         help="start MODEL from the weights of RUN whose names and shapes match (a pre-trained "
                              "encoder); repeat for several models")
+    parser.add_argument("--scaling", metavar="T1,T2,...",
+                        help="after training, measure each language model's training time, memory, generation "
+                             "latency and state at these sequence lengths (outside the budget), with the fitted "
+                             "slope of time against length")
     _common_flags(parser)
     parser.set_defaults(handler=_compare)
 
@@ -381,8 +385,15 @@ def _compare(args: argparse.Namespace) -> int:
         if not separator or not model.strip() or not run.strip():
             raise ConfigError(f"--init-from takes MODEL=RUN in compare, got {item!r}")
         init_from[model.strip()] = run.strip()
+    scaling = None
+    if args.scaling:
+        try:
+            scaling = [int(length) for length in args.scaling.split(",") if length.strip()]
+        except ValueError:
+            raise ConfigError(f"--scaling takes comma-separated lengths, e.g. 256,1024,4096; got {args.scaling!r}") from None
     report = compare(args.task, models, task_options, budget_seconds=args.budget, train_options=train_options,
-                     out_dir=args.out, progress=not args.no_progress, threads=args.threads, init_from=init_from)
+                     out_dir=args.out, progress=not args.no_progress, threads=args.threads, init_from=init_from,
+                     scaling=scaling)
     print(report.table())
     print(f"report written to {Path(args.out) / 'report.md'}, with report.html (self-contained) and its plots")
     return 0

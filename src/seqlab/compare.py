@@ -19,15 +19,17 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from seqlab import registry
 from seqlab.budget import Budget
+from seqlab.contracts import CausalLM
 from seqlab.errors import ConfigError
 from seqlab.report import Column, ModelResult, Report
 from seqlab.runs import initialise_from
+from seqlab.scaling import scaling_section
 from seqlab.report_render import check_report_directory, report_file_names
 from seqlab.tasks.base import get_task
 from seqlab.train_config import TrainConfig
@@ -53,6 +55,7 @@ def compare(
     progress: bool = True,
     threads: int | None = None,
     init_from: dict[str, str] | None = None,
+    scaling: Sequence[int] | None = None,
 ) -> Report:
     """Fit or train each model on ``task`` within its share of ``budget_seconds``, and report.
 
@@ -68,6 +71,9 @@ def compare(
         threads: torch threads in each model's process (None: torch's default).
         init_from: a run per model name whose matching weights the model starts from
             (``seqlab.runs.initialise_from``: a pre-trained encoder), said in its report section.
+        scaling: sequence lengths at which to measure each trained language model's costs after
+            training, outside the budget (``seqlab.scaling.scaling_section``): a "Length
+            scaling" section per model and its ``time_slope``.
     Raises:
         ConfigError: unknown names, bad options or an unusable ``out_dir``, all checked before
             any model starts.
@@ -83,6 +89,8 @@ def compare(
             raise ConfigError(f"--init-from names {name!r}, which is not among the compared models ({', '.join(models)})")
         if not Path(run).is_dir():
             raise ConfigError(f"--init-from {name}={run}: {run!r} is not a run directory")
+    if scaling is not None:
+        scaling = check_scaling_lengths(scaling, task)
     budget_seconds = task_class.default_budget_seconds if budget_seconds is None else budget_seconds
     if not budget_seconds > 0:
         raise ConfigError(f"budget must be > 0 seconds, got {budget_seconds}")
@@ -106,7 +114,7 @@ def compare(
             share = trained_share
         results[entry.name] = run_in_fresh_process(
             run_one, task, options, entry.name, share, time.monotonic(), train_options,
-            model_options.get(entry.name, {}), progress, threads, init_from.get(entry.name))
+            model_options.get(entry.name, {}), progress, threads, init_from.get(entry.name), scaling)
     report = Report(
         title=f"seqlab compare --task {task}",
         description=f"{shared_task.describe()}; budget {budget_seconds:,.0f} s for {len(models)} models",
@@ -127,7 +135,7 @@ def compare(
 
 def run_one(task_name: str, options: Any, name: str, budget_seconds: float, started: float,
             train_options: dict[str, Any], overrides: dict[str, Any], progress: bool, threads: int | None,
-            init_from: str | None = None) -> ModelResult:
+            init_from: str | None = None, scaling: Sequence[int] | None = None) -> ModelResult:
     """Build, fit or train, evaluate and showcase one model within ``budget_seconds`` of wall
     time counted from ``started`` (the parent's ``time.monotonic()``, a clock all processes
     share): starting the process and loading the data count. Runs in its own process."""
@@ -157,6 +165,9 @@ def run_one(task_name: str, options: Any, name: str, budget_seconds: float, star
         shown.sections["Initialised from"] = initialised
     if statistics:
         shown.sections["Last training step"] = "\n".join(f"{name}: {value:.4g}" for name, value in statistics.items())
+    if scaling and isinstance(model, CausalLM) and registry.trains_by(model) == "trainer":
+        shown.sections["Length scaling"], scaling_metrics = scaling_section(model, scaling)
+        shown.metrics.update(scaling_metrics)
     metrics = {**test, **shown.metrics, **statistics, "parameters": registry.parameter_count(model), "steps": result.steps,
                "train_seconds": result.train_seconds, "train_tokens_per_second": result.tokens_per_second,
                "peak_memory_mb": memory.peak_mb(), "wall_seconds": clock.elapsed()}
@@ -164,6 +175,16 @@ def run_one(task_name: str, options: Any, name: str, budget_seconds: float, star
                        sections=shown.sections, breakdown=shown.breakdown, figures=shown.figures,
                        config=registry.config_to_dict(model.config),
                        train_options={key: value for key, value in options.items() if key != "progress"})
+
+
+def check_scaling_lengths(lengths: Sequence[int], task: str) -> list[int]:
+    """The lengths of ``--scaling``, sorted: two or more, each >= 2, on the lm task."""
+    if task != "lm":
+        raise ConfigError(f"--scaling measures causal language models: use it with --task lm, not {task!r}")
+    lengths = sorted(set(lengths))
+    if len(lengths) < 2 or lengths[0] < 2:
+        raise ConfigError(f"--scaling needs two or more lengths of at least 2 tokens, got {lengths}")
+    return lengths
 
 
 def run_in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:

@@ -158,3 +158,36 @@ def plot_scaling(series: dict[str, dict[int, float]], path: str | Path, ylabel: 
     plt.close(figure)
     return path
 
+
+
+def scaling_section(model: CausalLM, lengths: Sequence[int], new_tokens: int = 8) -> tuple[str, dict[str, float]]:
+    """A trained model's costs at each length, as a report section and metrics: training
+    seconds and saved MiB per forward-backward pass, generation ms per token and state KiB
+    after that context. What would run past the model's ``max_context`` is n/a. The metric
+    ``time_slope`` is the fitted slope of training time over the lengths it could read."""
+    limit = model.max_context or math.inf
+    lines = [f"{'T':>7} {'train s':>9} {'saved MiB':>10} {'ms/token':>9} {'state KiB':>10}"]
+    readable, seconds = [], []
+    for length in lengths:
+        cells = [f"{length:7,}"]
+        if length <= limit:
+            train = training_cost(model, length, repeats=1)
+            readable.append(length)
+            seconds.append(train["seconds"])
+            cells += [f"{train['seconds']:9.3f}", f"{train['saved_bytes'] / 2**20:10.1f}"]
+        else:
+            cells += [f"{'n/a':>9}", f"{'n/a':>10}"]
+        if length + new_tokens <= limit:
+            generate = generation_cost(model, length, new_tokens)
+            cells += [f"{generate['seconds_per_token'] * 1e3:9.2f}", f"{generate['state_bytes'] / 2**10:10.0f}"]
+        else:
+            cells += [f"{'n/a':>9}", f"{'n/a':>10}"]
+        lines.append(" ".join(cells))
+    if model.max_context is not None:
+        lines.append(f"n/a: past the model's max_context of {model.max_context} positions")
+    model.eval()
+    metrics = {}
+    if len(readable) >= 2:
+        metrics["time_slope"] = fitted_slope(readable, seconds)
+        lines.append(f"fitted slope of log time on log T: {metrics['time_slope']:.2f} (1: linear, 2: quadratic)")
+    return "\n".join(lines), metrics
