@@ -16,7 +16,8 @@ def calls(monkeypatch):
     """Replace the per-model process by a recorder that returns a made-up result at once."""
     recorded = []
 
-    def fake(function, task, options, name, share, started, train_options, overrides, progress, threads, init_from=None):
+    def fake(function, task, options, name, share, started, train_options, overrides, progress, threads, init_from=None,
+             scaling=None):
         recorded.append((name, share))
         trains = "fit" if name in ("ngram", "markov", "hmm") else "trainer"
         return ModelResult(name=name, trains=trains, metrics={"bpc": 2.0, "perplexity": 4.0, "wall_seconds": 1.0},
