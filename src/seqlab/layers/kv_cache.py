@@ -172,16 +172,21 @@ class SlidingKeyValueCache(KeyValueCache):
         self.window = window
         self.slot_positions = torch.full((window,), -1, dtype=torch.long, device=self.key_buffer.device)
 
+    def _slots_in_use(self) -> int:
+        """Until the ring first wraps, position p is in slot p: the first ``length`` slots are
+        the filled ones, and a query need not look at the empty rest."""
+        return min(self._length, self.capacity)
+
     def keys(self) -> Tensor:
-        """(B, Hkv, capacity, E) every slot, in slot order (see :meth:`key_positions`)."""
-        return self.key_buffer
+        """(B, Hkv, S, E) the slots in use, in slot order (see :meth:`key_positions`)."""
+        return self.key_buffer[:, :, :self._slots_in_use()]
 
     def values(self) -> Tensor:
-        return self.value_buffer
+        return self.value_buffer[:, :, :self._slots_in_use()]
 
     def key_positions(self) -> Tensor:
-        """(capacity,) absolute position held by each slot; -1 where a slot is still empty."""
-        return self.slot_positions
+        """(S,) absolute position held by each slot in use; -1 where a slot is still empty."""
+        return self.slot_positions[:self._slots_in_use()]
 
     def select(self, rows: Tensor) -> None:
         super().select(rows)
@@ -191,7 +196,7 @@ class SlidingKeyValueCache(KeyValueCache):
         """Write T new positions into the ring (oldest slots first) and return every slot.
 
         Returns:
-            (keys, values), (B, Hkv, capacity, E), in slot order.
+            (keys, values), (B, Hkv, S, E), the slots in use, in slot order.
         """
         self._check(k, v)
         new_length = k.shape[2]
