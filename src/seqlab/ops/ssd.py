@@ -150,9 +150,10 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
         raise ConfigError(f"SSD: chunk_size must be >= 1, got {chunk_size}")
     x, dt, A, B, C, D, state = _prepared(x, dt, A, B, C, D, initial_state)
     outputs = []
-    for begin in range(0, x.shape[1], chunk_size):
-        part = slice(begin, begin + chunk_size)
-        y, state = _segment(x[:, part], dt[:, part], A, B[:, part], C[:, part], state)
+    # split, not a slice per chunk: a slice's backward writes into a zero tensor of the whole
+    # length, which would make the backward pass quadratic in T.
+    for pieces in zip(*(tensor.split(chunk_size, dim=1) for tensor in (x, dt, B, C))):
+        y, state = _segment(*pieces[:2], A, *pieces[2:], state)
         outputs.append(y)
     y = torch.cat(outputs, dim=1)
     return (y if D is None else y + D[:, None] * x), state
