@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from torch.nn import functional as F
 
 from seqlab.errors import ConfigError
-from seqlab.ops.scan import linear_scan_, selective_scan, selective_scan_ref
+from seqlab.ops.scan import automatic_chunk_size, linear_scan_, selective_scan, selective_scan_ref
 
 
 def scan_inputs(batch: int, length: int, channels: int, size: int, dtype=torch.float32, seed: int = 0,
@@ -140,3 +140,11 @@ def test_work_efficient_scan_equals_the_loop_either_way(length, reverse):
         expected[t] = state
     states = linear_scan_(decay.clone(), inputs.clone(), initial, reverse=reverse)
     torch.testing.assert_close(states, torch.stack(expected, dim=1), rtol=1e-12, atol=1e-12)
+
+
+def test_automatic_chunks_hold_about_two_mebibytes_of_states():
+    assert automatic_chunk_size(8, 256, 16) == 16              # 128 KiB a step
+    assert automatic_chunk_size(32, 256, 16) == 4
+    assert automatic_chunk_size(1, 8, 4) == 64                 # capped
+    assert automatic_chunk_size(512, 1024, 16) == 1            # a step alone is larger
+    assert automatic_chunk_size(8, 256, 16, element_bytes=8) == 8

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from seqlab.layers.causal_conv import CausalConv1d
-from seqlab.ops.scan import DEFAULT_CHUNK_SIZE, selective_scan
+from seqlab.ops.scan import selective_scan
 
 MambaState = tuple[Tensor, Tensor]          # (convolution window, SSM state)
 
@@ -65,12 +65,12 @@ class MambaMixer(nn.Module):
         dt_min, dt_max, dt_floor: the range of the initial step sizes, and their lower clamp.
         conv_bias: a bias in the convolution.
         bias: biases in the input and output projections.
-        chunk_size: steps per chunk of the scan (speed and memory only).
+        chunk_size: steps per chunk of the scan (speed and memory only); None: automatic.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | None = None,
                  dt_min: float = 1e-3, dt_max: float = 1e-1, dt_floor: float = 1e-4, conv_bias: bool = True,
-                 bias: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE):
+                 bias: bool = False, chunk_size: int | None = None):
         super().__init__()
         inner = expand * d_model
         self.d_state, self.dt_rank = d_state, dt_rank or math.ceil(d_model / 16)

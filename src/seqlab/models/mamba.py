@@ -34,7 +34,8 @@ class MambaFields:
         dt_max: the largest initial step size.
         conv_bias: a bias in the convolution.
         bias: biases in the input and output projections.
-        chunk_size: steps per chunk of the scan (speed and memory, not results).
+        chunk_size: steps per chunk of the scan (speed and memory, not results); none picks
+            a chunk whose states fill about 2 MiB.
     """
 
     d_state: int = 16
@@ -45,13 +46,15 @@ class MambaFields:
     dt_max: float = 1e-1
     conv_bias: bool = True
     bias: bool = False
-    chunk_size: int = 16
+    chunk_size: int | None = None
 
     def check_mamba_fields(self) -> None:
         name = type(self).__name__
-        for field in ("d_state", "expand", "d_conv", "chunk_size"):
+        for field in ("d_state", "expand", "d_conv"):
             if getattr(self, field) < 1:
                 raise ConfigError(f"{name}.{field} must be >= 1, got {getattr(self, field)}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ConfigError(f"{name}.chunk_size must be >= 1 (or none), got {self.chunk_size}")
         if self.dt_rank is not None and self.dt_rank < 1:
             raise ConfigError(f"{name}.dt_rank must be >= 1 (or none), got {self.dt_rank}")
         if not 0 < self.dt_min <= self.dt_max:

@@ -39,7 +39,17 @@ from torch import Tensor
 
 from seqlab.errors import ConfigError
 
-DEFAULT_CHUNK_SIZE = 16
+CHUNK_BYTES = 2 * 2**20      # the automatic chunk's states: about a cache's worth
+MAX_CHUNK_SIZE = 64
+
+
+def automatic_chunk_size(batch: int, channels: int, size: int, element_bytes: int = 4) -> int:
+    """The power of two (1 to ``MAX_CHUNK_SIZE``) of steps whose states fill about
+    ``CHUNK_BYTES``: the scan is bound by memory traffic, and a chunk that stays in cache is
+    several times faster than one that does not (at batch 32, Di 256, N 16 on this CPU, 4
+    steps take two thirds of the time of 16), while a longer chunk means fewer Python steps."""
+    steps = CHUNK_BYTES // max(batch * channels * size * element_bytes, 1)
+    return max(1, min(MAX_CHUNK_SIZE, 1 << max(int(steps).bit_length() - 1, 0)))
 
 
 def full_precision(scan: Callable) -> Callable:
@@ -260,15 +270,19 @@ def _scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
 @full_precision
 def selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
-                   initial_state: Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+                   initial_state: Tensor | None = None, chunk_size: int | None = None
                    ) -> tuple[Tensor, Tensor]:
     """The selective scan by chunks: the numbers of ``selective_scan_ref`` (same arguments).
 
     Args:
-        chunk_size: steps per chunk; memory in the backward pass is O(B chunk_size Dn N).
+        chunk_size: steps per chunk (None: ``automatic_chunk_size``); memory in the backward
+            pass is O(B chunk_size Dn N).
     Returns:
         y (B, T, Dn) and the final state (B, Dn, N), in the compute dtype.
     """
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"selective scan: chunk_size must be >= 1, got {chunk_size}")
-    return _ChunkedSelectiveScan.apply(*_prepared(x, delta, A, B, C, D, initial_state), chunk_size)
+    prepared = _prepared(x, delta, A, B, C, D, initial_state)
+    if chunk_size is None:
+        chunk_size = automatic_chunk_size(x.shape[0], x.shape[2], A.shape[1], prepared[0].element_size())
+    return _ChunkedSelectiveScan.apply(*prepared, chunk_size)
