@@ -88,7 +88,7 @@ def test_fft_conv_in_float32_and_bfloat16():
 
 def test_fft_conv_refuses_a_filter_shorter_than_the_input():
     u, k, _ = conv_inputs(1, 10, 2, taps=9)
-    with pytest.raises(ValueError, match="9 taps, fewer than the 10 positions"):
+    with pytest.raises(ConfigError, match="9 taps, fewer than the 10 positions"):
         fft_causal_conv(u, k)
 
 

@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from seqlab.errors import ConfigError
 from seqlab.layers.causal_conv import CausalConv1d
 from seqlab.layers.mamba import no_weight_decay
 from seqlab.ops.long_conv import conv_output_at_last_position, fft_causal_conv
@@ -94,7 +95,7 @@ class ImplicitFilter(nn.Module):
                  decay_target: float = 1e-2, n_inner_layers: int = 2, sin_frequency: float = 1.0):
         super().__init__()
         if emb_dim < 3 or emb_dim % 2 == 0:
-            raise ValueError(f"emb_dim must be odd and >= 3, got {emb_dim}")
+            raise ConfigError(f"emb_dim must be odd and >= 3, got {emb_dim}")
         self.channels, self.n_filters, self.l_max = channels, n_filters, l_max
         self.bands = (emb_dim - 1) // 2
         layers: list[nn.Module] = [nn.Linear(emb_dim, filter_order), Sin(filter_order, sin_frequency)]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seqlab.errors import ConfigError
+
 
 def fft_causal_conv(u: Tensor, k: Tensor, bias: Tensor | None = None) -> Tensor:
     """Causal long convolution per channel through the FFT:
@@ -35,7 +37,7 @@ def fft_causal_conv(u: Tensor, k: Tensor, bias: Tensor | None = None) -> Tensor:
     """
     length = u.shape[1]
     if k.shape[-1] < length:
-        raise ValueError(f"filters have {k.shape[-1]} taps, fewer than the {length} positions of the input")
+        raise ConfigError(f"filters have {k.shape[-1]} taps, fewer than the {length} positions of the input")
     fft_dtype = torch.promote_types(u.dtype, torch.float32)
     n_fft = 2 * length
     u_freq = torch.fft.rfft(u.to(fft_dtype), n=n_fft, dim=1)                        # (B, T+1, C)
