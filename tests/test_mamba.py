@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+import transformers
+from mambapy import mamba as mambapy_mamba
 
 from seqlab import registry
 from seqlab.training import parameter_groups
@@ -30,7 +32,6 @@ def random_tokens(batch: int = 3, length: int = 45) -> torch.Tensor:
 
 
 def test_logits_equal_hugging_face_mamba():
-    transformers = pytest.importorskip("transformers")        # a dev dependency: never skipped in CI
     model = tiny_mamba()
     config = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS,
                                       state_size=STATE, expand=2, conv_kernel=4, time_step_rank=math.ceil(WIDTH / 16),
@@ -53,9 +54,8 @@ def test_logits_equal_hugging_face_mamba():
 
 @pytest.mark.parametrize("length", [32, 45])
 def test_layers_equal_mambapy(length):
-    mambapy = pytest.importorskip("mambapy.mamba")            # a dev dependency: never skipped in CI
     model = tiny_mamba()
-    reference = mambapy.Mamba(mambapy.MambaConfig(d_model=WIDTH, n_layers=LAYERS, d_state=STATE, expand_factor=2,
+    reference = mambapy_mamba.Mamba(mambapy_mamba.MambaConfig(d_model=WIDTH, n_layers=LAYERS, d_state=STATE, expand_factor=2,
                                                   d_conv=4, rms_norm_eps=1e-5)).eval()
     reference.layers.load_state_dict(model.backbone.layers.state_dict(), strict=True)
     x = torch.randn(2, length, WIDTH, generator=torch.Generator().manual_seed(2))

@@ -4,6 +4,7 @@ are and are not multiples of the chunk size, gradients too), parity with Hugging
 
 import pytest
 import torch
+import transformers
 from hypothesis import given, settings, strategies as st
 from torch.nn import functional as F
 
@@ -86,7 +87,6 @@ def tiny_mamba2() -> torch.nn.Module:
 
 @pytest.mark.parametrize("length", [40, 48])
 def test_logits_equal_hugging_face_mamba2(length):
-    transformers = pytest.importorskip("transformers")        # a dev dependency: never skipped in CI
     model = tiny_mamba2()
     config = transformers.Mamba2Config(vocab_size=VOCAB, hidden_size=WIDTH, num_hidden_layers=LAYERS,
                                        state_size=STATE, num_heads=2 * WIDTH // HEAD_DIM, head_dim=HEAD_DIM,
