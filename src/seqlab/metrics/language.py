@@ -67,7 +67,8 @@ def evaluate_windows(model: nn.Module, windows: Iterable[tuple[Tensor, Tensor, T
     for index, (inputs, targets, target_index) in enumerate(windows):
         if max_batches is not None and index >= max_batches:
             break
-        logits = model(inputs.to(device)).float()                               # (B, T, V)
+        with torch.no_grad():
+            logits = model(inputs.to(device)).float()                           # (B, T, V)
         nll = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=ignored,
                               reduction="sum")
         scored = targets != ignored                                             # (B, T)

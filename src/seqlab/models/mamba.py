@@ -84,7 +84,7 @@ class MambaClassifierConfig(MixerClassifierConfig, MambaFields):
         self.check_mamba_fields()
 
 
-@register("mamba", task="lm", config=MambaConfig)
+@register("mamba", task="lm", config=MambaConfig, in_default_compare=False)
 class Mamba(MixerLanguageModel):
     """Mamba: selective state space layers (Gu and Dao 2023), chunked scan, constant-size state."""
 
@@ -92,7 +92,7 @@ class Mamba(MixerLanguageModel):
         super().__init__(config, config.mamba_mixers())
 
 
-@register("mamba", task="classify", config=MambaClassifierConfig)
+@register("mamba", task="classify", config=MambaClassifierConfig, in_default_compare=False)
 class MambaClassifier(MixerClassifier):
     """Mamba layers, mean- or last-pooled, with a linear classifier."""
 
