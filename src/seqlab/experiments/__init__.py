@@ -25,16 +25,21 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
-from typing import Callable, Generic, Literal, Sequence, TypeVar
+from typing import Callable, Generic, Literal, Mapping, Sequence, TypeVar
 
 from seqlab import __version__
 from seqlab.errors import ConfigError
 
 EXPERIMENTS = {
     "adding-problem": "seqlab.experiments.adding_problem",
+    "associative-recall": "seqlab.experiments.associative_recall",
     "attention-length": "seqlab.experiments.attention_length",
+    "induction-heads": "seqlab.experiments.induction_heads",
     "length-extrapolation": "seqlab.experiments.length_extrapolation",
+    "m4-hourly": "seqlab.experiments.m4_hourly",
+    "selective-copying": "seqlab.experiments.selective_copying",
 }
 
 Measured = TypeVar("Measured")            # whatever an experiment measures, e.g. MSE per (cell, length)
@@ -85,18 +90,22 @@ class Claim(Generic[Measured]):
 
 @dataclass(frozen=True, kw_only=True)
 class StepBudget:
-    """The optimizer steps each training run of an experiment may take (it may stop sooner).
+    """The optimizer steps each training run of an experiment may take (it may stop sooner),
+    or whatever else bounds the work a claim needs (``unit``: the series a forecasting
+    benchmark scores).
 
     Attributes:
-        steps: the most steps per training run.
+        steps: the most steps per training run (or units of work).
         quick: whether this is the shortened ``--quick`` budget (it only changes the wording).
+        unit: what ``steps`` counts.
     """
 
     steps: int
     quick: bool = False
+    unit: str = "steps"
 
     def __str__(self) -> str:
-        return f"{'quick run' if self.quick else 'run'} of {self.steps:,} steps"
+        return f"{'quick run' if self.quick else 'run'} of {self.steps:,} {self.unit}"
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,75 @@ def finish_report(body: Sequence[str], claims: Sequence[Claim[Measured]], measur
     """The report: ``body``, the provenance and budget, then one verdict line per claim, last."""
     verdicts = [judge(claim, measured, budget).line() for claim in claims]
     return "\n".join([*body, "", f"{provenance(seed, device)}; {budget}", "", *verdicts])
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How an experiment builds and trains one of its models.
+
+    Attributes:
+        name: the registered model.
+        overrides: its config fields.
+        lr: the peak learning rate.
+        steps: its training steps, the learning rate annealed over them.
+    """
+
+    name: str
+    overrides: dict
+    lr: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class AccuracySweep:
+    """One trained model, tested at each value of a swept setting (a test length, a number of
+    key-value pairs): its training steps and time, and its test accuracy at each value."""
+
+    model: str
+    steps: int
+    seconds: float
+    accuracy: dict[int, float]
+
+    def __str__(self) -> str:
+        accuracies = ", ".join(f"{setting}: {100 * value:.1f}%" for setting, value in self.accuracy.items())
+        return f"{self.model} after {self.steps:,} steps ({accuracies})"
+
+    def cells(self) -> str:
+        """The accuracies as the cells of a Markdown table row."""
+        return " | ".join(f"{100 * value:.1f}%" for value in self.accuracy.values())
+
+
+def plot_curves(curves: Mapping[str, Mapping[int, float | None]], path: Path, *, title: str, xlabel: str,
+                ylabel: str, lines: Sequence[tuple[Literal["h", "v"], float, str]] = (),
+                ylim: tuple[float, float] | None = None) -> Path:
+    """One line per curve, y against x on a log2 x axis ticked at every x; points whose y is
+    None are left out. ``lines`` adds grey reference lines, ("h" or "v", where, label). Saved as PNG."""
+    import matplotlib          # here, so that `reproduce --list` stays light
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, curve in curves.items():
+        points = [(x, y) for x, y in curve.items() if y is not None]
+        axis.plot(*zip(*points), marker="o", label=label)
+    for orientation, where, label in lines:
+        draw = axis.axhline if orientation == "h" else axis.axvline
+        draw(where, color="grey", linestyle="--" if orientation == "h" else ":", label=label)
+    ticks = sorted({x for curve in curves.values() for x in curve})
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(ticks, [str(x) for x in ticks])
+    if ylim is not None:
+        axis.set_ylim(*ylim)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def get(name: str) -> ModuleType:

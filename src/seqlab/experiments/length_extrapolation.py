@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from seqlab import registry
 from seqlab.data.corpora import builtin_corpus
-from seqlab.experiments import Claim, Evidence, StepBudget, finish_report
+from seqlab.experiments import Claim, Evidence, StepBudget, finish_report, plot_curves
 from seqlab.report_render import check_report_directory, mark_written
 from seqlab.tasks.lm import LanguageModeling
 from seqlab.training import TrainConfig, Trainer
@@ -128,27 +128,10 @@ CLAIMS = (
 
 def plot(measured: Measurements, path: Path) -> Path:
     """Test loss against evaluation length, one line per scheme; saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for result in measured.values():
-        points = [(length, loss) for length, loss in result.loss_by_length.items() if loss is not None]
-        axis.plot(*zip(*points), marker="o", label=result.scheme)
-    axis.axvline(TRAIN_LENGTH, color="grey", linestyle=":", label="training length")
-    axis.set_xscale("log", base=2)
-    axis.set_xticks(EVAL_LENGTHS, [str(length) for length in EVAL_LENGTHS])
-    axis.set_xlabel("evaluation length (tokens)")
-    axis.set_ylabel("test loss (nats per character)")
-    axis.set_title("Train short, test long: positions of a character Transformer")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return plot_curves({result.scheme: result.loss_by_length for result in measured.values()}, path,
+                       title="Train short, test long: positions of a character Transformer",
+                       xlabel="evaluation length (tokens)", ylabel="test loss (nats per character)",
+                       lines=[("v", TRAIN_LENGTH, "training length")])
 
 
 def run(out_dir: str | Path = "runs/length-extrapolation", quick: bool = False, progress: bool = True) -> str:
