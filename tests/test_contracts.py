@@ -16,6 +16,9 @@ A model is tested here the moment it is registered, by its task's suite:
   source or of the target does not change a pair's logits, and the order of a batch only
   permutes them; ``select`` of a state then a step equals the step then ``select``; attention
   weights are distributions over the real source tokens; a checkpoint round trip changes nothing.
+- forecasters: a series' forecast depends on its own history alone (the order and company of
+  the panel only permute the rows), quantiles rise with their level, and a checkpoint round trip
+  changes nothing.
 
 Every registered task must have a suite here (``test_every_task_has_a_contract_suite``).
 """
@@ -39,9 +42,11 @@ from seqlab.data.transduction import generate_splits
 from seqlab.tasks.lm import LanguageModeling
 from seqlab.tasks.mlm import MaskedLanguageModeling
 from seqlab.tasks.seq2seq import Seq2Seq, Seq2SeqOptions
+from seqlab.forecast.base import LocalForecaster
+from seqlab.tasks.forecast import Forecasting, ForecastOptions
 from seqlab.tasks.tagging import Tagging
 
-SUITES = ("lm", "tag", "classify", "seq2seq", "mlm")
+SUITES = ("lm", "tag", "classify", "seq2seq", "mlm", "forecast")
 VOCAB = 11
 LM_NAMES = [entry.name for entry in registry.entries("lm")]
 # Every registered language model, plus the Transformer's other position schemes and shapes:
@@ -68,6 +73,7 @@ SSM_VARIANTS = [
 LM_CASES = LM_NAMES + TRANSFORMER_VARIANTS + SSM_VARIANTS
 TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
 CLASSIFIER_NAMES = [entry.name for entry in registry.entries("classify")]
+FORECASTER_NAMES = [entry.name for entry in registry.entries("forecast")]
 MLM_NAMES = [entry.name for entry in registry.entries("mlm")] + [
     "bert[positions=learned]", "bert[positions=alibi,norm_position=pre]", "bert[positions=sinusoidal,n_kv_heads=2]"]
 SEQ2SEQ_NAMES = [entry.name for entry in registry.entries("seq2seq")] + [
@@ -563,3 +569,56 @@ def test_masked_lm_checkpoint_round_trip_gives_identical_outputs(name, mlm_task,
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
     assert again.predict(loaded, ["ab[MASK]d"]) == mlm_task.predict(model, ["ab[MASK]d"])
+
+
+# ---- forecasters ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def forecast_task(tmp_path_factory):
+    """Three seasonal series of different lengths (period 4) in the long format, horizon 6."""
+    generator = torch.Generator().manual_seed(0)
+    rows = ["unique_id,ds,y"]
+    for index, length in enumerate((40, 52, 47)):
+        t = torch.arange(length, dtype=torch.float64)
+        values = (50 + 10 * index + 0.3 * t) * (1 + 0.2 * torch.sin(torch.pi * t / 2)) \
+            + torch.randn(length, generator=generator, dtype=torch.float64)
+        start = torch.tensor(0)
+        rows += [f"s{index},2024-01-{1 + day:02d},{value:.6f}" if day < 31 else
+                 f"s{index},2024-02-{day - 30:02d},{value:.6f}" for day, value in zip(range(length), values.tolist())]
+        del start
+    path = tmp_path_factory.mktemp("forecast") / "panel.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return Forecasting.from_options(ForecastOptions(data=str(path), horizon=6, season=4))
+
+
+@pytest.mark.parametrize("name", FORECASTER_NAMES)
+def test_a_forecast_depends_on_its_own_series_alone(name, forecast_task):
+    model = make_for_task(name, forecast_task)
+    panel = forecast_task.train_panel
+    levels = (0.1, 0.5, 0.9)
+    together = model.predict(panel, 6, levels)
+    reversed_order = model.predict(panel.subset(panel.ids[::-1]), 6, levels)
+    alone = model.predict(panel.subset(panel.ids[1:2]), 6, levels)
+    assert reversed_order.ids == panel.ids[::-1] and together.mean.shape == (3, 6)
+    torch.testing.assert_close(reversed_order.mean, together.mean.flip(0), rtol=1e-10, atol=0.0)
+    torch.testing.assert_close(alone.mean[0], together.mean[1], rtol=1e-10, atol=0.0)
+    for low, high in zip(levels, levels[1:]):
+        assert (together.quantiles[low] <= together.quantiles[high]).all()
+
+
+@pytest.mark.parametrize("name", FORECASTER_NAMES)
+def test_forecaster_checkpoint_round_trip_gives_identical_forecasts(name, forecast_task, tmp_path):
+    model = make_for_task(name, forecast_task)
+    loaded, again = round_trip(model, forecast_task, tmp_path / "run")
+    panel = forecast_task.train_panel
+    expected = model.predict(panel, 6, (0.2, 0.8)).mean
+    if isinstance(loaded, LocalForecaster):          # the run kept every series' fit: none is refitted
+        assert loaded.fitted.keys() == model.fitted.keys()
+        for id, (fingerprint, parameters) in model.fitted.items():
+            assert loaded.fitted[id][0] == fingerprint and torch.equal(loaded.fitted[id][1], parameters)
+        loaded.fit_many = None
+    assert torch.equal(loaded.predict(panel, 6, (0.2, 0.8)).mean, expected)
+    if isinstance(loaded, LocalForecaster):
+        del loaded.fit_many                          # a series it has not seen is fitted afresh
+    lines = [" ".join(str(value) for value in series.values.tolist()) for series in panel]
+    assert again.predict(loaded, lines) == forecast_task.predict(model, lines)

@@ -23,7 +23,7 @@ from seqlab import __version__
 from seqlab.errors import ConfigError, DataError, SeqlabError
 from seqlab.fields import add_flags
 
-CORE_COMMANDS = ("models", "train", "eval", "predict", "compare", "reproduce")
+CORE_COMMANDS = ("models", "train", "eval", "predict", "compare", "reproduce", "forecast")
 TRAIN_FLAGS_SKIPPED = ("budget_seconds", "progress")      # given as --budget and --no-progress
 
 
@@ -63,13 +63,14 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     name = next((arg for arg in argv if not arg.startswith("-")), None)
     builders: dict[str, Callable[[Any, list[str]], None]] = {
         "models": _models_parser, "train": _train_parser, "eval": _eval_parser, "predict": _predict_parser,
-        "compare": _compare_parser, "reproduce": _reproduce_parser}
+        "compare": _compare_parser, "reproduce": _reproduce_parser, "forecast": _forecast_parser}
     summaries = {
         "models": "list registered models and tasks, or one model's config fields",
         "train": "train a model into a run directory", "eval": "evaluate a run's best checkpoint",
         "predict": "apply a run to inputs, one per line (from --input, --text or standard input)",
         "compare": "train several models on one task under one budget and write a report",
-        "reproduce": "re-run a result from the literature and say whether it held"}
+        "reproduce": "re-run a result from the literature and say whether it held",
+        "forecast": "fit forecasters to a file's series and forecast past its end"}
     for command in CORE_COMMANDS:
         sub = commands.add_parser(command, help=summaries[command], description=summaries[command])
         if command == name:
@@ -417,6 +418,31 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 0
     experiment = experiments.get(args.name)
     print(experiment.run(args.out or f"runs/{args.name}", quick=args.quick, progress=not args.no_progress))
+    return 0
+
+
+# ---- forecast ----------------------------------------------------------------------------
+
+def _forecast_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("series", help="a time,value CSV, a long-format CSV (unique_id, ds, y) or an M4-layout pair")
+    parser.add_argument("--models", default="theta", help="comma-separated forecasters (`seqlab models`, task "
+                                                           "forecast; default: theta)")
+    parser.add_argument("--horizon", type=int, required=True, help="values to forecast past the end")
+    parser.add_argument("--season", type=int, help="the seasonal period (default: from the timestamps)")
+    parser.add_argument("--level", type=float, default=0.95, help="the central interval (default: 0.95)")
+    parser.add_argument("--out", help="where to write forecasts.csv and forecast.png (default: forecasts/NAME)")
+    _common_flags(parser, progress=False)
+    parser.set_defaults(handler=_forecast)
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    from seqlab.forecast.ahead import forecast_file
+
+    models = [name for name in args.models.split(",") if name]
+    out = args.out or f"forecasts/{Path(args.series).stem}"
+    made = forecast_file(args.series, models, args.horizon, out, season=args.season, level=args.level)
+    print(made.table)
+    print(f"\nwritten: {', '.join(str(path) for path in made.files)}")
     return 0
 
 
