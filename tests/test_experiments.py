@@ -230,7 +230,7 @@ def test_a_quick_selective_copying_report_decides_nothing(monkeypatch, tmp_path)
 
 
 def test_selective_copying_really_trains_a_model(monkeypatch):
-    monkeypatch.setattr(sc, "WIDTH", 8)
+    monkeypatch.setitem(sc.MODELS, "s4d", sc.Setup("s4d", {"d_model": 8}, lr=1e-3, steps=5))
     measured = sc.train("s4d", max_steps=2)
     assert measured.model == "s4d" and measured.steps == 2 and 0.0 <= measured.accuracy <= 1.0
     assert measured.loss > 0

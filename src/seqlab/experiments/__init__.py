@@ -27,7 +27,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Generic, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Generic, Literal, Mapping, Sequence, TypeVar
 
 from seqlab import __version__
 from seqlab.errors import ConfigError
@@ -165,6 +165,26 @@ class Setup:
     overrides: dict
     lr: float
     steps: int
+
+
+def train_setup(setup: Setup, task: Any, max_steps: int, *, batch_size: int, eval_every: int, seed: int,
+                device: str, progress: bool, target_loss: float | None = None) -> tuple[Any, Any]:
+    """(the model, the Trainer's result): ``setup``'s 2-layer language model built for ``task``
+    from ``seed`` and trained for its steps (at most ``max_steps``) by AdamW without weight
+    decay at its learning rate, warmed up over a tenth of the steps (at most 100), then
+    annealed; stopping early at validation loss ``target_loss`` when given."""
+    import torch           # here, so that `reproduce --list` stays light
+
+    from seqlab import registry
+    from seqlab.training import TrainConfig, Trainer
+
+    torch.manual_seed(seed)
+    model = registry.build(setup.name, "lm", vocab_size=task.vocab_size, n_layers=2, **setup.overrides)
+    steps = min(setup.steps, max_steps)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=setup.lr, warmup_steps=min(100, steps // 10),
+                         weight_decay=0.0, eval_every=eval_every, eval_batches=1, target_loss=target_loss, seed=seed,
+                         progress=progress, device=device)
+    return model, Trainer(model, task, config).fit()
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seqlab import registry
-from seqlab.experiments import AccuracySweep, Claim, Evidence, Setup, StepBudget, finish_report, plot_curves
+from seqlab.experiments import (AccuracySweep, Claim, Evidence, Setup, StepBudget, finish_report, plot_curves,
+                                train_setup)
 from seqlab.report_render import check_report_directory, mark_written
 from seqlab.tasks.diagnostics import AssociativeRecall, answer_loss
-from seqlab.training import TrainConfig, Trainer
 
 CLAIM = ("Attention and Mamba recall every queried key's value at few key-value pairs; as the pairs grow, "
          "S4D and Hyena fall first (Arora et al. 2023, Zoology, Figure 2).")
@@ -109,23 +108,13 @@ class PairMixture:
 Measurements = dict[str, AccuracySweep]          # label -> test accuracy by number of pairs
 
 
-def build(label: str, vocab_size: int) -> nn.Module:
-    setup = MODELS[label]
-    torch.manual_seed(SEED)
-    return registry.build(setup.name, "lm", vocab_size=vocab_size, n_layers=2, **setup.overrides)
-
-
 def train(label: str, max_steps: int, quick: bool = False, progress: bool = False) -> AccuracySweep:
     """Train one model on the mixture for its steps (at most ``max_steps``); its test accuracy
     by number of pairs."""
     task = PairMixture(eval_size=QUICK_EVAL_SIZE if quick else EVAL_SIZE)
-    network = build(label, task.vocab_size)
-    steps = min(MODELS[label].steps, max_steps)
-    config = TrainConfig(steps=steps, batch_size=BATCH, lr=MODELS[label].lr, warmup_steps=min(100, steps // 10),
-                         weight_decay=0.0, eval_every=250, eval_batches=1, target_loss=TARGET_LOSS, seed=SEED,
-                         progress=progress, device=DEVICE)
-    result = Trainer(network, task, config).fit()
-    accuracy = {pairs: part.evaluate(network, "test")["accuracy"] for pairs, part in task.tasks.items()}
+    model, result = train_setup(MODELS[label], task, max_steps, batch_size=BATCH, eval_every=250, seed=SEED,
+                                device=DEVICE, progress=progress, target_loss=TARGET_LOSS)
+    accuracy = {pairs: part.evaluate(model, "test")["accuracy"] for pairs, part in task.tasks.items()}
     return AccuracySweep(label, result.steps, result.train_seconds, accuracy)
 
 

@@ -44,13 +44,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from seqlab import registry
-from seqlab.experiments import AccuracySweep, Claim, Evidence, Setup, StepBudget, finish_report, plot_curves
+from seqlab.experiments import (AccuracySweep, Claim, Evidence, Setup, StepBudget, finish_report, plot_curves,
+                                train_setup)
 from seqlab.report_render import check_report_directory, mark_written
 from seqlab.tasks.diagnostics import InductionHeads
-from seqlab.training import TrainConfig, Trainer
 
 CLAIM = ("Mamba trained on sequences up to 256 tokens still recalls the induction token at 4,096, where "
          "attention with learned or rotary positions fails (Gu and Dao 2023, Table 11).")
@@ -87,22 +84,12 @@ def make_task(quick: bool = False) -> InductionHeads:
                           eval_size=QUICK_EVAL_SIZE if quick else EVAL_SIZE, seed=SEED)
 
 
-def build(label: str, vocab_size: int) -> torch.nn.Module:
-    setup = MODELS[label]
-    torch.manual_seed(SEED)
-    return registry.build(setup.name, "lm", vocab_size=vocab_size, n_layers=2, **setup.overrides)
-
-
 def train(label: str, max_steps: int, quick: bool = False, progress: bool = False) -> AccuracySweep:
     """Train one model for its steps, at most ``max_steps``; its steps, time and test accuracy
     by length."""
     task = make_task(quick)
-    model = build(label, task.vocab_size)
-    steps = min(MODELS[label].steps, max_steps)
-    config = TrainConfig(steps=steps, batch_size=BATCH, lr=MODELS[label].lr, warmup_steps=min(100, steps // 10),
-                         weight_decay=0.0, eval_every=500, eval_batches=1, seed=SEED, progress=progress,
-                         device=DEVICE)
-    result = Trainer(model, task, config).fit()
+    model, result = train_setup(MODELS[label], task, max_steps, batch_size=BATCH, eval_every=500, seed=SEED,
+                                device=DEVICE, progress=progress)
     accuracy = {length: task.evaluate(model, "test", batch_size=20, length=length)["accuracy"]
                 for length in TEST_LENGTHS}
     return AccuracySweep(label, result.steps, result.train_seconds, accuracy)

@@ -31,15 +31,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from seqlab import registry
-from seqlab.experiments import Claim, Evidence, StepBudget, finish_report
+from seqlab.experiments import Claim, Evidence, Setup, StepBudget, finish_report, train_setup
 from seqlab.report_render import check_report_directory, mark_written
 from seqlab.tasks.diagnostics import SelectiveCopying
-from seqlab.training import TrainConfig, Trainer
 
 CLAIM = ("A selective SSM (Mamba) solves selective copying, where the same block with a time-invariant "
          "SSM (S4D) does not (Gu and Dao 2023, Table 1).")
@@ -47,18 +42,18 @@ LENGTH = 64                        # blanks and data tokens, before the markers
 N_MEMORIZE = 8
 N_SYMBOLS = 8
 WIDTH = 32
-MODELS: dict[str, dict[str, Any]] = {
-    "mamba": {"d_state": 8, "chunk_size": 32},
-    "s4d": {"d_state": 8},
-    "hyena": {"l_max": LENGTH + N_MEMORIZE},
-    "transformer": {"positions": "rope", "n_heads": 2, "max_len": LENGTH + N_MEMORIZE},
+LR = 3e-3
+STEPS = 4000                       # per model; the budget the claims are stated for
+MODELS = {
+    "mamba": Setup("mamba", {"d_model": WIDTH, "d_state": 8, "chunk_size": 32}, lr=LR, steps=STEPS),
+    "s4d": Setup("s4d", {"d_model": WIDTH, "d_state": 8}, lr=LR, steps=STEPS),
+    "hyena": Setup("hyena", {"d_model": WIDTH, "l_max": LENGTH + N_MEMORIZE}, lr=LR, steps=STEPS),
+    "transformer": Setup("transformer", {"d_model": WIDTH, "positions": "rope", "n_heads": 2,
+                                         "max_len": LENGTH + N_MEMORIZE}, lr=LR, steps=STEPS),
 }
 BATCH = 32
-LR = 3e-3
 SEED = 0
 DEVICE = "cpu"
-WEIGHT_DECAY = 0.0                 # decay erodes the sharp step sizes with which a selective SSM holds a token
-STEPS = 4000                       # per model; the budget the claims are stated for
 QUICK_STEPS = 30                   # --quick: a first look, too short to decide the claims
 TARGET_LOSS = 0.01                 # validation cross-entropy at which a run stops early
 SOLVED = 0.95
@@ -87,19 +82,11 @@ def make_task() -> SelectiveCopying:
     return SelectiveCopying(LENGTH, N_MEMORIZE, N_SYMBOLS, eval_size=500, seed=SEED)
 
 
-def build(model: str, vocab_size: int) -> torch.nn.Module:
-    torch.manual_seed(SEED)
-    return registry.build(model, "lm", vocab_size=vocab_size, d_model=WIDTH, n_layers=2, **MODELS[model])
-
-
 def train(model: str, max_steps: int, progress: bool = False) -> ModelResult:
     """Train one model for at most ``max_steps``; its steps, time and test scores."""
     task = make_task()
-    network = build(model, task.vocab_size)
-    config = TrainConfig(steps=max_steps, batch_size=BATCH, lr=LR, warmup_steps=min(100, max_steps // 10),
-                         weight_decay=WEIGHT_DECAY, eval_every=100, eval_batches=1, target_loss=TARGET_LOSS, seed=SEED,
-                         progress=progress, device=DEVICE)
-    result = Trainer(network, task, config).fit()
+    network, result = train_setup(MODELS[model], task, max_steps, batch_size=BATCH, eval_every=100, seed=SEED,
+                                  device=DEVICE, progress=progress, target_loss=TARGET_LOSS)
     metrics = task.evaluate(network, "test")
     return ModelResult(model, result.steps, result.train_seconds, metrics["accuracy"], metrics["loss"])
 
