@@ -124,3 +124,11 @@ def test_seqlab_forecast_writes_the_forecasts_and_keeps_the_users_files(tmp_path
     assert (theirs / "forecasts.csv").read_text() == "mine"
     assert main(["forecast", str(path), "--models", "nope", "--horizon", "3", "--out", str(out)]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_every_registered_forecaster_meets_the_forecaster_protocol():
+    from seqlab import registry
+    from seqlab.contracts import Forecaster
+
+    for entry in registry.entries("forecast"):
+        assert isinstance(registry.build(entry.name, "forecast"), Forecaster), entry.name

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import itertools
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -267,7 +267,9 @@ class EncoderDecoder(nn.Module, abc.ABC):
 
 @runtime_checkable
 class Forecaster(Protocol):
-    """Fits a panel of series (``fit(task)``, or the Trainer) and predicts a horizon:
-    ``predict(series, horizon, quantiles) -> Forecast`` (mean, quantiles, intervals)."""
+    """Forecasts a panel of series (``seqlab.forecast.base``): fitted by ``fit(task)`` (local
+    models: one fit per series, ``LocalForecaster``) or by the Trainer (global models, on the
+    forecasting task's windows), then ``predict(panel, horizon, quantiles) -> Forecast``, the
+    mean (S, H) and each asked quantile (S, H) of every series' next ``horizon`` values."""
 
-    def predict(self, series: Any, horizon: int, quantiles: tuple[float, ...]) -> Any: ...
+    def predict(self, panel: Any, horizon: int, quantiles: Sequence[float] = ()) -> Any: ...
