@@ -76,7 +76,9 @@ def statsmodels_ets(panel: Panel, horizon: int) -> tuple[float, np.ndarray]:
                              seasonal=None if form.season == "N" else ("add" if form.season == "A" else "mul"),
                              seasonal_periods=panel.season if form.season != "N" else None)
             try:
-                fit = model.fit(disp=False)
+                with warnings.catch_warnings():            # statsmodels warns at every unconverged fit
+                    warnings.simplefilter("ignore")
+                    fit = model.fit(disp=False)
             except (ValueError, np.linalg.LinAlgError):
                 continue
             if np.isfinite(fit.aicc) and (best is None or fit.aicc < best.aicc):
