@@ -600,8 +600,10 @@ def test_a_forecast_depends_on_its_own_series_alone(name, forecast_task):
     reversed_order = model.predict(panel.subset(panel.ids[::-1]), 6, levels)
     alone = model.predict(panel.subset(panel.ids[1:2]), 6, levels)
     assert reversed_order.ids == panel.ids[::-1] and together.mean.shape == (3, 6)
-    torch.testing.assert_close(reversed_order.mean, together.mean.flip(0), rtol=1e-10, atol=0.0)
-    torch.testing.assert_close(alone.mean[0], together.mean[1], rtol=1e-10, atol=0.0)
+    # float64 fits are exact; a float32 network's matrix products round by batch size.
+    rtol = 1e-10 if isinstance(model, LocalForecaster) else 1e-5
+    torch.testing.assert_close(reversed_order.mean, together.mean.flip(0), rtol=rtol, atol=0.0)
+    torch.testing.assert_close(alone.mean[0], together.mean[1], rtol=rtol, atol=0.0)
     for low, high in zip(levels, levels[1:]):
         assert (together.quantiles[low] <= together.quantiles[high]).all()
 
