@@ -206,6 +206,19 @@ class AccuracySweep:
         return " | ".join(f"{100 * value:.1f}%" for value in self.accuracy.values())
 
 
+def at_least(label: str, threshold: float, settings: Sequence[int] | None = None
+             ) -> Callable[[Mapping[str, AccuracySweep]], Evidence]:
+    """The check that model ``label``'s accuracy is at least ``threshold`` at every setting (or
+    at each of ``settings``); its numbers are the model's whole sweep."""
+
+    def check(measured: Mapping[str, AccuracySweep]) -> Evidence:
+        run = measured[label]
+        chosen = run.accuracy if settings is None else {setting: run.accuracy[setting] for setting in settings}
+        return Evidence(all(value >= threshold for value in chosen.values()), str(run))
+
+    return check
+
+
 def plot_curves(curves: Mapping[str, Mapping[int, float | None]], path: Path, *, title: str, xlabel: str,
                 ylabel: str, lines: Sequence[tuple[Literal["h", "v"], float, str]] = (),
                 ylim: tuple[float, float] | None = None) -> Path:

@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seqlab.experiments import (AccuracySweep, Claim, Evidence, Setup, StepBudget, finish_report, plot_curves,
-                                train_setup)
+from seqlab.experiments import (AccuracySweep, Claim, Evidence, Setup, StepBudget, at_least, finish_report,
+                                plot_curves, train_setup)
 from seqlab.report_render import check_report_directory, mark_written
 from seqlab.tasks.diagnostics import AssociativeRecall, answer_loss
 
@@ -123,18 +123,6 @@ def measure(max_steps: int, quick: bool = False, progress: bool = False) -> Meas
     return {label: train(label, max_steps, quick, progress) for label in MODELS}
 
 
-def attention_solves_every_size(measured: Measurements) -> Evidence:
-    """Held when attention is at least ``SOLVED`` at every number of pairs."""
-    run = measured["attention"]
-    return Evidence(all(value >= SOLVED for value in run.accuracy.values()), str(run))
-
-
-def mamba_solves_few_pairs(measured: Measurements) -> Evidence:
-    """Held when Mamba is at least ``SOLVED`` at every number of pairs in ``FEW_PAIRS``."""
-    run = measured["mamba"]
-    return Evidence(all(run.accuracy[pairs] >= SOLVED for pairs in FEW_PAIRS), str(run))
-
-
 def convolutions_fall_first(measured: Measurements) -> Evidence:
     """Held when at some number of pairs S4D and Hyena are both under ``FALLEN`` while attention
     and Mamba are both at or above ``HELD``; the numbers name the first such count."""
@@ -151,9 +139,9 @@ CLAIMS = (
     Claim(statement=f"attention answers at least {SOLVED:.0%} of the queries at every number of pairs up to "
                     f"{max(PAIRS)}",
           source="Arora et al. 2023, Zoology, Figure 2", steps_needed=MODELS["attention"].steps,
-          check=attention_solves_every_size),
+          check=at_least("attention", SOLVED)),
     Claim(statement=f"Mamba answers at least {SOLVED:.0%} of the queries at {' and '.join(map(str, FEW_PAIRS))} pairs",
-          source="Arora et al. 2024, Based, Figure 2", steps_needed=MODELS["mamba"].steps, check=mamba_solves_few_pairs),
+          source="Arora et al. 2024, Based, Figure 2", steps_needed=MODELS["mamba"].steps, check=at_least("mamba", SOLVED, FEW_PAIRS)),
     Claim(statement=f"S4D and Hyena fall first: at some number of pairs both are under {FALLEN:.0%} while attention "
                     f"and Mamba are both at or above {HELD:.0%}",
           source="Arora et al. 2023, Zoology, section 3 and Figure 2", steps_needed=STEPS,
