@@ -206,6 +206,17 @@ class AccuracySweep:
         return " | ".join(f"{100 * value:.1f}%" for value in self.accuracy.values())
 
 
+def sweep_table(measured: Mapping[str, AccuracySweep], setups: Mapping[str, Setup], headers: Sequence[str]
+                ) -> list[str]:
+    """The Markdown table of sweeps: each model's learning rate, steps, seconds and accuracies,
+    under ``headers`` (one per setting)."""
+    lines = ["| model | lr | steps | seconds | " + " | ".join(headers) + " |", "|---|---|---|---|" + "---|" * len(headers)]
+    for result in measured.values():
+        lines.append(f"| {result.model} | {setups[result.model].lr:g} | {result.steps:,} | {result.seconds:.0f} | "
+                     f"{result.cells()} |")
+    return lines
+
+
 def at_least(label: str, threshold: float, settings: Sequence[int] | None = None
              ) -> Callable[[Mapping[str, AccuracySweep]], Evidence]:
     """The check that model ``label``'s accuracy is at least ``threshold`` at every setting (or

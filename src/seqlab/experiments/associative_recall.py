@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.experiments import (AccuracySweep, Claim, Evidence, Setup, StepBudget, at_least, finish_report,
-                                plot_curves, train_setup)
+                                plot_curves, sweep_table, train_setup)
 from seqlab.report_render import check_report_directory, mark_written
 from seqlab.tasks.diagnostics import AssociativeRecall, answer_loss
 
@@ -171,12 +171,7 @@ def run(out_dir: str | Path = "runs/associative-recall", quick: bool = False, pr
              f"annealed over its steps (stopping at mean validation loss {TARGET_LOSS:g}). Test accuracy over the "
              f"queries, on {QUICK_EVAL_SIZE if quick else EVAL_SIZE} sequences per count; chance "
              f"{100 / N_VALUES:.1f}%.", "",
-             "| model | lr | steps | seconds | " + " | ".join(f"{pairs} pairs" for pairs in PAIRS) + " |",
-             "|---|---|---|---|" + "---|" * len(PAIRS)]
-    for result in measured.values():
-        lines.append(f"| {result.model} | {MODELS[result.model].lr:g} | {result.steps:,} | {result.seconds:.0f} | "
-                     f"{result.cells()} |")
-    lines += ["", f"plot: {figure}"]
+             *sweep_table(measured, MODELS, [f"{pairs} pairs" for pairs in PAIRS]), "", f"plot: {figure}"]
     report = finish_report(lines, CLAIMS, measured, budget, seed=SEED, device=DEVICE)
     (out_dir / "report.md").write_text(report + "\n")
     mark_written(out_dir, WRITTEN)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from seqlab.experiments import (AccuracySweep, Claim, Evidence, Setup, StepBudget, at_least, finish_report,
-                                plot_curves, train_setup)
+                                plot_curves, sweep_table, train_setup)
 from seqlab.report_render import check_report_directory, mark_written
 from seqlab.tasks.diagnostics import InductionHeads
 
@@ -152,12 +152,7 @@ def run(out_dir: str | Path = "runs/induction-heads", quick: bool = False, progr
              f"batches of {BATCH} at one length each, log-uniform in {MIN_TRAIN_LENGTH}..{TRAIN_LENGTH}; AdamW "
              f"without weight decay, annealed over each model's steps. Test accuracy on {eval_size} sequences per "
              f"length; chance {100 / N_SYMBOLS:.1f}%.", "",
-             "| model | lr | steps | seconds | " + " | ".join(map(str, TEST_LENGTHS)) + " |",
-             "|---|---|---|---|" + "---|" * len(TEST_LENGTHS)]
-    for result in measured.values():
-        lines.append(f"| {result.model} | {MODELS[result.model].lr:g} | {result.steps:,} | {result.seconds:.0f} | "
-                     f"{result.cells()} |")
-    lines += ["", f"plot: {figure}"]
+             *sweep_table(measured, MODELS, list(map(str, TEST_LENGTHS))), "", f"plot: {figure}"]
     report = finish_report(lines, CLAIMS, measured, budget, seed=SEED, device=DEVICE)
     (out_dir / "report.md").write_text(report + "\n")
     mark_written(out_dir, WRITTEN)
