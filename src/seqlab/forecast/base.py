@@ -23,6 +23,7 @@ distribution is not Gaussian.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Self, Sequence
@@ -99,7 +100,7 @@ def training_panel(task_or_panel: Any) -> Panel:
     return panel
 
 
-class LocalForecaster(nn.Module):
+class LocalForecaster(nn.Module, abc.ABC):
     """Base of the models fitted to each series on its own (see the module docstring).
 
     A subclass defines ``fit_series``, ``forecast_series`` and ``min_length`` (and ``fit_many``
@@ -121,10 +122,10 @@ to fit many series in one batch).
         an empty tensor."""
         return torch.zeros(0, dtype=torch.float64)
 
+    @abc.abstractmethod
     def forecast_series(self, values: Tensor, season: int, parameters: Tensor, horizon: int,
                         quantiles: Tensor) -> tuple[Tensor, Tensor]:
         """(H,) point forecasts and (Q, H) quantile forecasts of one series (T,)."""
-        raise NotImplementedError
 
     # ---- the contract -------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ Each task draws training batches from a generator and holds fixed validation and
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, Callable
 
@@ -176,7 +177,7 @@ class CopyMemory:
         return {"task": self.name, "gap": self.gap}
 
 
-class AnsweredAtTheEnd:
+class AnsweredAtTheEnd(abc.ABC):
     """The shared half of the tasks read by a causal LM and answered at the last K positions:
     training batches from ``sample``, the loss on the answers alone, and fixed evaluation sets.
     A subclass defines ``sample(n, generator) -> (inputs (n, T), answers (n, K))`` and fills
@@ -184,8 +185,9 @@ class AnsweredAtTheEnd:
 
     eval_sets: dict[str, tuple[Tensor, Tensor]]
 
+    @abc.abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """(n, T) input ids and (n, K) the answers due at their last K positions."""
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         return self.sample(batch_size, generator)
