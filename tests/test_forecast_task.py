@@ -132,3 +132,11 @@ def test_every_registered_forecaster_meets_the_forecaster_protocol():
 
     for entry in registry.entries("forecast"):
         assert isinstance(registry.build(entry.name, "forecast"), Forecaster), entry.name
+
+
+def test_an_absent_file_is_a_data_error_everywhere(tmp_path, capsys):
+    absent = str(tmp_path / "absent.csv")
+    with pytest.raises(DataError, match="no file"):
+        Forecasting.from_options(ForecastOptions(data=absent, horizon=3))
+    assert main(["forecast", absent, "--horizon", "3", "--out", str(tmp_path / "out")]) == 2
+    assert "no file" in capsys.readouterr().err

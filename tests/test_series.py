@@ -134,3 +134,14 @@ def test_panels_check_their_series():
         single([1.0, 2.0, 3.0, 4.0]).split_last(4)
     with pytest.raises(ConfigError, match="positive integer"):
         single([1.0, 2.0]).split_last(0)
+
+
+def test_which_paths_name_an_m4_pair():
+    from pathlib import Path
+
+    from seqlab.data.series import m4_prefix
+
+    assert m4_prefix("data/m3/M3-Monthly-train.csv") == Path("data/m3/M3-Monthly")
+    assert m4_prefix("data/m3/M3-Monthly-test.csv") == Path("data/m3/M3-Monthly")
+    assert m4_prefix("data/m3/M3-Monthly") == Path("data/m3/M3-Monthly") and m4_prefix("data/m4") == Path("data/m4")
+    assert m4_prefix("series.csv") is None and m4_prefix("SERIES.CSV") is None

@@ -251,6 +251,27 @@ def read_m4(path: str | Path, horizon: int | None = None, season: int | None = N
     return panel, torch.stack(list(test.values()))
 
 
+def m4_prefix(path: str | Path) -> Path | None:
+    """The M4-layout pair ``path`` names (a directory, the pair's common prefix, or one of its
+    two files), as what ``read_m4`` takes; None for any other ``.csv`` file."""
+    path = Path(path)
+    for suffix in ("-train.csv", "-test.csv"):
+        if path.name.endswith(suffix):
+            return path.with_name(path.name[: -len(suffix)])
+    return None if path.suffix.lower() == ".csv" else path
+
+
+def read_csv_panel(path: str | Path, season: int | None = None) -> Panel:
+    """A long-format CSV (``unique_id, ds, y``) or one ``time,value`` series, told apart by the
+    header."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no file {str(path)!r}")
+    with open(path, errors="replace") as handle:
+        header = handle.readline()
+    return (read_long if "unique_id" in header else read_single)(path, season)
+
+
 # ---- long format and single series -----------------------------------------------------------
 
 def read_long(path: str | Path, season: int | None = None) -> Panel:

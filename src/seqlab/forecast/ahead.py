@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from seqlab import registry
-from seqlab.data.series import Panel, check_horizon, read_long, read_m4, read_single
+from seqlab.data.series import Panel, check_horizon, m4_prefix, read_csv_panel, read_m4
 from seqlab.forecast.base import Forecast, interval_quantiles
 from seqlab.forecast.plots import forecast_figure
 from seqlab.report_render import check_report_directory, mark_written
@@ -37,12 +37,8 @@ class Forecasts:
 
 def read_any(path: str | Path, season: int | None) -> Panel:
     """The series of a long-format or ``time,value`` CSV, or an M4-layout pair's training part."""
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        return read_m4(path, season=season)[0]
-    with open(path) as handle:
-        header = handle.readline()
-    return (read_long if "unique_id" in header else read_single)(path, season)
+    prefix = m4_prefix(path)
+    return read_csv_panel(path, season) if prefix is None else read_m4(prefix, season=season)[0]
 
 
 def forecast_file(path: str | Path, models: Sequence[str], horizon: int, out_dir: str | Path,

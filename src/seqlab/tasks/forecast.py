@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from seqlab.data.series import Panel, check_horizon, read_long, read_m4, read_single
+from seqlab.data.series import Panel, check_horizon, m4_prefix, read_csv_panel, read_m4
 from seqlab.errors import ConfigError, DataError
 from seqlab.fields import make_config
 from seqlab.forecast.base import interval_quantiles
@@ -81,18 +81,12 @@ class ForecastOptions:
 
 def read_panel(options: ForecastOptions) -> tuple[Panel, Tensor]:
     """(the history panel, (S, h) the test values) of the data ``options`` name."""
-    path = Path(options.data)
-    if path.suffix.lower() != ".csv" or path.name.endswith(("-train.csv", "-test.csv")):
-        return read_m4(path.with_name(path.name[: -len("-train.csv")]) if path.name.endswith("-train.csv") else path,
-                       options.horizon, options.season)
+    prefix = m4_prefix(options.data)
+    if prefix is not None:
+        return read_m4(prefix, options.horizon, options.season)
     if options.horizon is None:
-        raise ConfigError(f"--horizon is needed for {path.name}: only M4-layout pairs fix a horizon")
-    with open(path) as handle:
-        header = handle.readline()
-    reader = read_long if "unique_id" in header else read_single
-    whole = reader(path, options.season)
-    panel, test = whole.split_last(options.horizon)
-    return panel, test
+        raise ConfigError(f"--horizon is needed for {Path(options.data).name}: only M4-layout pairs fix a horizon")
+    return read_csv_panel(options.data, options.season).split_last(options.horizon)
 
 
 @register_task("forecast")
