@@ -56,12 +56,16 @@ class Series:
         values: (T,) float64 observations, oldest first, all finite.
         timestamps: (T,) numpy datetime64 or float (decimal years) times, or None.
         exog: (T, K) float64 exogenous regressors aligned with ``values``, or None.
+        future_exog: (H, K) float64 values of the same regressors after the last observation,
+            known in advance (a calendar, a planned price), or None: what a model with
+            regressors forecasts with, at most H steps ahead.
     """
 
     id: str
     values: Tensor
     timestamps: np.ndarray | None = None
     exog: Tensor | None = None
+    future_exog: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.values.dim() != 1 or self.values.dtype != torch.float64:
@@ -76,6 +80,11 @@ class Series:
         if self.exog is not None and (self.exog.dim() != 2 or len(self.exog) != len(self.values)):
             raise DataError(f"series {self.id!r}: exogenous regressors must be (T, K) with T = {len(self.values)}, "
                             f"got {tuple(self.exog.shape)}")
+        if self.future_exog is not None and (self.exog is None or self.future_exog.dim() != 2
+                                             or self.future_exog.shape[1] != self.exog.shape[1]):
+            raise DataError(f"series {self.id!r}: future regressors must be (H, K) with the K = "
+                            f"{None if self.exog is None else self.exog.shape[1]} columns of its past ones, got "
+                            f"{tuple(self.future_exog.shape)}")
 
     def __len__(self) -> int:
         return len(self.values)
@@ -140,7 +149,8 @@ class Panel:
             raise DataError(f"series {short[0]!r} has {len(self[short[0]])} values, too few to hold out {horizon}")
         kept = tuple(Series(series.id, series.values[:-horizon],
                             None if series.timestamps is None else series.timestamps[:-horizon],
-                            None if series.exog is None else series.exog[:-horizon]) for series in self.series)
+                            None if series.exog is None else series.exog[:-horizon],
+                            None if series.exog is None else series.exog[-horizon:]) for series in self.series)
         held = torch.stack([series.values[-horizon:] for series in self.series])
         return Panel(kept, self.season, self.frequency, horizon), held
 

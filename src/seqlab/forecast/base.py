@@ -153,7 +153,7 @@ to fit many series in one batch).
             known = self.fitted.get(series.id)
             same = known is not None and known[0] == digest(series.values)
             parameters = known[1] if same else self.fit_many([series], panel.season)[0]
-            mean, band = self.forecast_series(series.values, panel.season, parameters, horizon, levels)
+            mean, band = self.forecast_one(series, panel.season, parameters, horizon, levels)
             if not (torch.isfinite(mean).all() and torch.isfinite(band).all()):
                 raise DataError(f"{type(self).__name__} forecast a non-finite value for series {series.id!r}; its "
                                 "values may be too extreme for this model")
@@ -162,6 +162,12 @@ to fit many series in one batch).
         stacked = torch.stack(bands)                                             # (S, Q, H)
         return Forecast(panel.ids, torch.stack(means),
                         {float(q): stacked[:, i] for i, q in enumerate(levels.tolist())})
+
+    def forecast_one(self, series: Series, season: int, parameters: Tensor, horizon: int,
+                     quantiles: Tensor) -> tuple[Tensor, Tensor]:
+        """``forecast_series`` of one series' values; a model that reads its timestamps or
+        regressors (``Series.exog``, ``Series.future_exog``) overrides this instead."""
+        return self.forecast_series(series.values, season, parameters, horizon, quantiles)
 
     def fit_one(self, series: Series, season: int) -> Tensor:
         """``fit_series`` of one series, after checking it is long enough."""
