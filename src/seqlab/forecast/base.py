@@ -90,6 +90,19 @@ def gaussian_quantiles(mean: Tensor, std: Tensor, quantiles: Tensor) -> Tensor:
     return mean[None, :] + z[:, None] * std[None, :]
 
 
+def series_generator(series: Series, seed: int = 0) -> torch.Generator:
+    """A CPU generator seeded by ``seed`` and the series' own values, for models that forecast
+    by sampling: a series' sampled forecast then depends on that series alone, not on the
+    order or company it is forecast in, and is the same at every call."""
+    return torch.Generator().manual_seed((int.from_bytes(digest(series.values)[:8], "little") ^ seed) % 2 ** 63)
+
+
+def sample_quantiles(paths: Tensor, quantiles: Tensor) -> tuple[Tensor, Tensor]:
+    """((H,) the mean, (Q, H) the empirical quantiles at levels (Q,)) of sampled paths (N, H)
+    (``torch.quantile``'s linear interpolation between order statistics)."""
+    return paths.mean(dim=0), torch.quantile(paths, quantiles.to(paths.dtype), dim=0)
+
+
 def training_panel(task_or_panel: Any) -> Panel:
     """The panel to fit: a ``Panel`` itself, or a forecasting task's training panel."""
     if isinstance(task_or_panel, Panel):
