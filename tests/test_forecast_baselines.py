@@ -188,3 +188,31 @@ def test_comb_is_the_average_of_ses_holt_and_damped_fitted_apart():
     adjusted, _, future = seasonal_adjustment(values, 12, 6)
     plain = ETS(ETSConfig(form="AAN")).fit(single(adjusted)).predict(single(adjusted), 6).mean[0]
     torch.testing.assert_close(members[1].mean[0], plain * future, rtol=1e-12, atol=0.0)
+
+
+def test_sampling_generators_follow_the_series_and_sampled_quantiles_are_torchs():
+    from seqlab.forecast.base import sample_quantiles, series_generator
+
+    one, other = Series("a", torch.arange(6.0, dtype=torch.float64)), Series("b", torch.arange(6.0, dtype=torch.float64))
+    shifted = Series("a", torch.arange(6.0, dtype=torch.float64) + 1)
+    draw = lambda series, seed=0: torch.rand(4, generator=series_generator(series, seed))  # noqa: E731
+    assert torch.equal(draw(one), draw(other))                 # the values decide, not the id or the order
+    assert not torch.equal(draw(one), draw(shifted)) and not torch.equal(draw(one), draw(one, seed=1))
+    paths = torch.randn(2001, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean, bands = sample_quantiles(paths, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    ordered = paths.sort(dim=0).values
+    torch.testing.assert_close(bands[1], ordered[1000], rtol=0, atol=0)    # the median of 2001 draws is the 1001st
+    torch.testing.assert_close(bands[0], ordered[200], rtol=0, atol=0)     # 0.1 * 2000 = 200 exactly
+    torch.testing.assert_close(mean, paths.sum(0) / 2001)
+
+
+def test_future_regressors_must_continue_the_past_ones():
+    values = torch.arange(5.0, dtype=torch.float64)
+    with pytest.raises(DataError, match="future regressors must be"):
+        Series("a", values, future_exog=torch.zeros(2, 1, dtype=torch.float64))
+    with pytest.raises(DataError, match="K = 2 columns"):
+        Series("a", values, exog=torch.zeros(5, 2, dtype=torch.float64), future_exog=torch.zeros(2, 1, dtype=torch.float64))
+    exog = torch.arange(10.0, dtype=torch.float64).view(5, 2)
+    history, held = Panel((Series("a", values, exog=exog),)).split_last(2)
+    assert torch.equal(history["a"].exog, exog[:3]) and torch.equal(history["a"].future_exog, exog[3:])
+    assert torch.equal(held, values[None, 3:])
