@@ -17,10 +17,8 @@ is the sum of every block's y_hat. Two configurations (section 3.3):
 Scale and uncertainty, where this differs from the paper's point forecasts trained on sMAPE,
 MASE or MAPE: each window is divided by the mean absolute value of its lookback (DeepAR's mean
 scaling, Salinas et al. 2020), and every block forecasts one theta^f per quantile level of
-``levels``, trained by the mean pinball loss over them (as a multi-quantile output). The median
-is the point forecast; the quantiles are sorted at prediction (monotone rearrangement,
-Chernozhukov, Fernandez-Val and Galichon 2010) and other levels are interpolated linearly
-between the learnt ones.
+``levels``, trained by the mean pinball loss over them (``seqlab.forecast.quantile_output``:
+the median is the point forecast, the quantiles sorted and interpolated at prediction).
 """
 
 from __future__ import annotations
@@ -32,9 +30,10 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from seqlab.data.series import Panel, check_horizon
+from seqlab.data.series import Panel
 from seqlab.errors import ConfigError
-from seqlab.forecast.base import Forecast, check_quantiles
+from seqlab.forecast.base import Forecast
+from seqlab.forecast.quantile_output import check_levels, pinball_loss, quantile_forecast
 from seqlab.registry import register
 
 SCALE_FLOOR = 1e-8
@@ -72,10 +71,7 @@ class NBEATSConfig:
                 raise ConfigError(f"NBEATSConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.degree < 0:
             raise ConfigError(f"NBEATSConfig.degree must be >= 0, got {self.degree}")
-        if 0.5 not in self.levels or list(self.levels) != sorted(set(self.levels)) \
-                or not all(0 < q < 1 for q in self.levels):
-            raise ConfigError(f"NBEATSConfig.levels must be increasing levels in (0, 1) including 0.5, got "
-                              f"{self.levels}")
+        check_levels("NBEATSConfig", self.levels)
 
 
 def polynomial_basis(degree: int, length: int) -> Tensor:
@@ -159,39 +155,9 @@ class NBEATS(nn.Module):
     def loss(self, context: Tensor, target: Tensor) -> Tensor:
         """The mean pinball loss over the levels, on the scale of each window's lookback."""
         scale = context.abs().mean(dim=1, keepdim=True).clamp_min(SCALE_FLOOR)
-        forecast = self(context) / scale[:, :, None]                            # (B, Q, H)
-        error = (target / scale)[:, None, :] - forecast
-        levels = self.levels[None, :, None]
-        return torch.maximum(levels * error, (levels - 1) * error).mean()
+        return pinball_loss(self(context), target, scale, self.levels)
 
-    @torch.no_grad()
     def predict(self, panel: Panel, horizon: int, quantiles: Sequence[float] = ()) -> Forecast:
         """Forecasts from each series' last ``context`` values (a shorter series is padded on the
         left with its first value); ``horizon`` at most the trained one."""
-        check_horizon(horizon)
-        if horizon > self.config.horizon:
-            raise ConfigError(f"this N-BEATS forecasts {self.config.horizon} values; {horizon} were asked")
-        asked = check_quantiles(quantiles)
-        low, high = self.config.levels[0], self.config.levels[-1]
-        if len(asked) and (asked.min() < low or asked.max() > high):
-            raise ConfigError(f"this N-BEATS learnt quantiles from {low} to {high}; {asked.tolist()} were asked")
-        width = self.config.context
-        windows = torch.stack([torch.cat([series.values[:1].expand(max(width - len(series), 0)),
-                                          series.values[-width:]]) for series in panel])
-        device = self.levels.device
-        was_training = self.training
-        self.eval()
-        learnt = self(windows.to(device, torch.float32)).double().cpu()[:, :, :horizon]   # (S, Q, H)
-        self.train(was_training)
-        learnt = learnt.sort(dim=1).values                                       # no crossing quantiles
-        levels = self.levels.double().cpu()
-        median = learnt[:, self.config.levels.index(0.5)]
-        return Forecast(panel.ids, median, {float(q): interpolate(learnt, levels, float(q)) for q in asked.tolist()})
-
-
-def interpolate(learnt: Tensor, levels: Tensor, q: float) -> Tensor:
-    """(S, H) the q-quantile, linear between the learnt levels (Q,) of ``learnt`` (S, Q, H)."""
-    above = int(torch.searchsorted(levels, torch.tensor(q, dtype=levels.dtype)).clamp(1, len(levels) - 1))
-    below = above - 1
-    weight = (q - levels[below]) / (levels[above] - levels[below])
-    return learnt[:, below] + weight * (learnt[:, above] - learnt[:, below])
+        return quantile_forecast(self, panel, horizon, quantiles)
