@@ -64,6 +64,20 @@ def test_evaluation_scores_the_forecasts_with_mase_as_the_loss(task):
     assert task.evaluate(Naive2().fit(task), "valid")["owa"] == pytest.approx(1.0)
 
 
+def test_the_trainers_validation_batches_score_the_first_series(tmp_path, monkeypatch):
+    import seqlab.tasks.forecast as forecast_task
+
+    monkeypatch.setattr(forecast_task, "EVAL_SERIES", 2)
+    task = Forecasting.from_options(ForecastOptions(data=str(write_long(tmp_path / "panel.csv", (30, 36, 33, 40, 31))),
+                                                    horizon=5, season=4))
+    model = Naive().fit(task)
+    first = Forecasting.from_options(ForecastOptions(data=str(write_long(tmp_path / "first.csv", (30, 36))),
+                                                     horizon=5, season=4))
+    assert task.evaluate(model, "valid", max_batches=1) == first.evaluate(model, "valid")
+    assert task.evaluate(model, "valid", max_batches=3) == task.evaluate(model, "valid")     # 6 > 5 series: all
+    assert task.evaluate(model, "valid", max_batches=2) != task.evaluate(model, "valid")
+
+
 def test_a_saved_run_predicts_without_its_data(task, tmp_path):
     from seqlab.checkpoint import load_checkpoint, save_checkpoint
 

@@ -45,6 +45,7 @@ from seqlab.metrics.forecast import score_forecasts
 from seqlab.report import Column, Curve
 from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
 
+EVAL_SERIES = 64          # series per evaluation batch, for the Trainer's ``eval_batches``
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,8 +191,12 @@ class Forecasting(Task):
     def evaluate(self, model: nn.Module, split: str = "valid", *, max_batches: int | None = None,
                  details: bool = False) -> dict[str, Any]:
         """Scores of ``model``'s forecasts of ``split`` (see the module docstring); ``loss`` is
-        the MASE. ``max_batches`` is not used: a split is forecast whole."""
+        the MASE. ``max_batches``: score only the first ``max_batches`` batches of
+        ``EVAL_SERIES`` series (the Trainer's validation of a large panel; none: every series)."""
         panel, actual = self.split(split)
+        if max_batches is not None and max_batches * EVAL_SERIES < len(panel):
+            kept = max_batches * EVAL_SERIES
+            panel, actual = panel.subset(panel.ids[:kept]), actual[:kept]
         forecast = model.predict(panel, self.horizon, interval_quantiles(self.options.level))
         naive2 = Naive2().predict(panel, self.horizon).mean
         scores = score_forecasts([series.values for series in panel], actual, forecast.mean, panel.season,
