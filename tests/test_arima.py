@@ -14,11 +14,13 @@ from statsmodels.tsa.stattools import kpss
 
 from seqlab.data.series import Panel, Series, single
 from seqlab.errors import ConfigError, DataError
-from seqlab.forecast.arima import (ARIMA, ArimaFit, ArimaOrder, ARIMAConfig, arma_autocovariances, arma_loglik,
-                                   arma_loglik_batch, arma_loglik_ref, difference, forecast_arima,
-                                   pacf_to_coefficients, stationary_covariance_ref, stationary_first_column)
-from seqlab.forecast.arima_search import (SearchBounds, auto_arima, fit_arima_batch, kpss_statistic,
-                                          stepwise_search)
+from seqlab.forecast.arima import (ARIMA, ArimaFit, ArimaOrder, ARIMAConfig, coefficients_to_pacf, difference,
+                                   forecast_arima, pacf_to_coefficients)
+from seqlab.forecast.arima_css import css_residuals_ref, css_sums_batch
+from seqlab.forecast.arima_fit import ModelBatch, fit_arima_batch
+from seqlab.forecast.arima_likelihood import (arma_autocovariances, arma_loglik, arma_loglik_batch, arma_loglik_ref,
+                                              stationary_covariance_ref, stationary_first_column)
+from seqlab.forecast.arima_search import SearchBounds, auto_arima, kpss_statistic, stepwise_search
 
 TIMESERIES = SHARED_DATA / "timeseries"
 needs_data = pytest.mark.skipif(not (TIMESERIES / "Nile.csv").is_file() or
@@ -270,3 +272,155 @@ def test_bad_inputs_name_the_series_or_field():
         ARIMAConfig(order=(0, 2, 1), constant=True)
     with pytest.raises(ConfigError, match="fixed model"):
         ARIMAConfig(seasonal_order=(0, 1, 1))
+
+
+# ---- conditional sum of squares ------------------------------------------------------------------
+
+@pytest.mark.parametrize("p, q, P, Q, m", RANDOM_ARMA)
+def test_css_batch_equals_the_plain_loop_and_scipy_lfilter(p, q, P, Q, m):
+    from scipy.signal import lfilter
+    rng = np.random.default_rng(5 * p + q + 3 * P + 7 * Q + m)
+    order = ArimaOrder(p, 0, q, P, 0, Q, m)
+    lengths, orders_ar, orders_ma, series = [50, 37], [], [], []
+    for _ in lengths:
+        fit = model(order, *(pacf_to_coefficients(rng.uniform(-0.9, 0.9, (1, k)))[0] * sign
+                             for k, sign in ((p, 1), (q, -1), (P, 1), (Q, -1))))
+        ar, ma = fit.full_polynomials()
+        orders_ar.append(ar)
+        orders_ma.append(ma)
+    w, observed = np.zeros((2, 50)), np.zeros((2, 50), bool)
+    ar_batch, ma_batch = np.zeros((2, max(order.n_ar, 1))), np.zeros((2, max(order.n_ma, 1)))
+    for i, n in enumerate(lengths):
+        series.append(rng.standard_normal(n))
+        w[i, 50 - n:], observed[i, 50 - n:] = series[i], True
+        ar_batch[i, :order.n_ar], ma_batch[i, :order.n_ma] = orders_ar[i], orders_ma[i]
+    sums, counts = css_sums_batch(w, observed, ar_batch, ma_batch, np.full(2, order.n_ar))
+    for i, values in enumerate(series):
+        residuals = css_residuals_ref(values, orders_ar[i], orders_ma[i])
+        # independent: e = theta(L)^-1 phi(L) w, run from rest at t = p'
+        u = lfilter(np.r_[1.0, -orders_ar[i]], [1.0], values)[order.n_ar:]
+        np.testing.assert_allclose(residuals, lfilter([1.0], np.r_[1.0, orders_ma[i]], u), rtol=1e-10, atol=1e-12)
+        assert counts[i] == len(residuals)
+        assert sums[i] == pytest.approx(residuals @ residuals, rel=1e-12)
+
+
+def test_css_fit_of_an_ar1_with_mean_is_least_squares():
+    rng = np.random.default_rng(3)
+    x = np.zeros(300)
+    for t in range(1, 300):
+        x[t] = 0.5 * x[t - 1] + rng.standard_normal()
+    y = x + 4.0
+    fit = fit_arima_batch([y], [ArimaOrder(1, 0, 0, constant=True)], method="css")[0]
+    design = np.stack([np.ones(299), y[:-1]], axis=1)
+    (intercept, slope), residual = np.linalg.lstsq(design, y[1:], rcond=None)[:2]
+    np.testing.assert_allclose([fit.ar[0], fit.mean], [slope, intercept / (1 - slope)], rtol=1e-5)
+    assert fit.sigma2 == pytest.approx(residual[0] / 299, rel=1e-8)
+
+
+def test_partial_autocorrelations_round_trip():
+    partials = np.random.default_rng(2).uniform(-0.95, 0.95, (5, 4))
+    np.testing.assert_allclose(coefficients_to_pacf(pacf_to_coefficients(partials)), partials, rtol=1e-10)
+
+
+def test_approximate_search_refits_the_chosen_model_exactly():
+    rng = np.random.default_rng(4)
+    noise, x = rng.standard_normal(460), np.zeros(460)
+    for t in range(4, 460):
+        x[t] = 0.5 * x[t - 1] + 0.6 * x[t - 4] - 0.3 * x[t - 5] + noise[t]
+    fit = auto_arima([x[60:]], 4, approximation=True)[0]
+    assert (fit.order.p, fit.order.P, fit.order.D) == (1, 1, 0)
+    ar, ma = fit.full_polynomials()
+    w = difference(x[60:], fit.order) - fit.mean
+    assert fit.loglik == pytest.approx(arma_loglik_ref(w, ar, ma, fit.sigma2), rel=1e-10)
+    exact = fit_arima_batch([x[60:]], [fit.order])[0]             # the refit reaches the exact optimum
+    assert fit.loglik >= exact.loglik - 1e-6
+
+
+@needs_data
+@pytest.mark.parametrize("case", ["nile", "airline", "drift", "seasonal_ar"])
+def test_fast_forecasts_equal_the_reference(case):
+    from seqlab.forecast.arima_forecast import forecast_arima_fast
+    nile, air = load("Nile"), np.log(load("AirPassengers"))
+    y, fit = {"nile": (nile, model(ArimaOrder(1, 1, 1), ar=[0.2], ma=[-0.8], sigma2=15000.0)),
+              "airline": (air, model(ArimaOrder(0, 1, 1, 0, 1, 1, 12), ma=[-0.4], sma=[-0.55], sigma2=0.0013)),
+              "drift": (nile, model(ArimaOrder(1, 1, 0, constant=True), ar=[0.3], mean=-3.0, sigma2=15000.0)),
+              "seasonal_ar": (air, model(ArimaOrder(1, 0, 0, 1, 1, 1, 12), ar=[0.5], sar=[0.3], sma=[-0.3],
+                                         sigma2=0.002))}[case]
+    expected, got = forecast_arima(y, fit, 30), forecast_arima_fast(y, fit, 30)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-9, atol=0)
+
+
+# ---- regression with ARIMA errors ------------------------------------------------------------------
+
+def regression_data(n: int = 160, horizon: int = 12):
+    rng = np.random.default_rng(7)
+    exog = np.stack([np.sin(np.arange(n + horizon) / 5.0), rng.standard_normal(n + horizon).cumsum() / 5], axis=1)
+    errors = np.cumsum(rng.standard_normal(n + horizon) * 0.5)
+    y = 10.0 + exog @ np.array([2.0, -1.5]) + errors
+    return y, exog
+
+
+@pytest.mark.parametrize("order, params", [((1, 1, 1), [1.8, -1.2, 0.3, -0.4, 0.3]),
+                                           ((2, 0, 0), [1.5, -1.0, 0.6, 0.2, 1.1])])
+def test_regression_loglik_equals_sarimax_exog(order, params):
+    # Initialisation: differenced beforehand (y and the regressors), stationary ARMA start:
+    # SARIMAX(exog=..., simple_differencing=True); no constant.
+    y, exog = regression_data()
+    y, exog = y[:160], exog[:160]
+    o = ArimaOrder(order[0], order[1], order[2])
+    fit = ArimaFit(o, np.array(params[2:2 + o.p]), np.array(params[2 + o.p:2 + o.p + o.q]), NONE, NONE, 0.0,
+                   params[-1], 0.0, 0, np.array(params[:2]))
+    from seqlab.forecast.arima_fit import difference_regressors
+    batch = ModelBatch.build([difference(y, o)], [o], [difference_regressors(exog, o)])
+    x = batch.start_point([fit])
+    sum_squares, sum_log_f = batch.sums(x, np.arange(1))
+    count, scale = batch.count[0], batch.scale[0]
+    ours = -0.5 * (count * (math.log(2 * math.pi) + math.log(params[-1])) + sum_log_f[0]
+                   + sum_squares[0] * scale ** 2 / params[-1])
+    reference = sm.tsa.SARIMAX(y, exog=exog, order=order, simple_differencing=True).loglike(params)
+    assert ours == pytest.approx(reference, rel=1e-6)
+
+
+def test_regression_fit_and_forecasts_equal_sarimax():
+    y, exog = regression_data()
+    horizon = 12
+    series = Series("sales", torch.from_numpy(y[:160]), exog=torch.from_numpy(exog[:160]),
+                    future_exog=torch.from_numpy(exog[160:]))
+    forecaster = ARIMA(ARIMAConfig(order=(1, 1, 0))).fit(Panel((series,)))
+    fit = ArimaFit.from_tensor(forecaster.fitted["sales"][1])
+    reference = sm.tsa.SARIMAX(y[:160], exog=exog[:160], order=(1, 1, 0), simple_differencing=True).fit(
+        disp=0, maxiter=500)
+    assert fit.loglik >= reference.llf - 1e-6
+    np.testing.assert_allclose(np.r_[fit.exog_coefficients, fit.ar, fit.sigma2], reference.params, rtol=2e-3)
+    forecast = forecaster.predict(Panel((series,)), horizon)
+    params = np.r_[fit.exog_coefficients, fit.ar, fit.sigma2]
+    expected = statsmodels_exact_diffuse(y[:160], (1, 1, 0), (0, 0, 0, 0), exog=exog[:160]).smooth(params) \
+        .get_forecast(horizon, exog=exog[160:])
+    np.testing.assert_allclose(forecast.mean[0].numpy(), expected.predicted_mean, rtol=1e-9)
+
+
+def test_regression_needs_future_values_and_refits_on_new_regressors():
+    y, exog = regression_data()
+    series = Series("s", torch.from_numpy(y[:160]), exog=torch.from_numpy(exog[:160]))
+    forecaster = ARIMA(ARIMAConfig(order=(1, 1, 0))).fit(Panel((series,)))
+    with pytest.raises(DataError, match="future_exog"):
+        forecaster.predict(Panel((series,)), 4)
+    short = Series("s", series.values, exog=series.exog, future_exog=torch.from_numpy(exog[160:163]))
+    with pytest.raises(DataError, match="3 future values"):
+        forecaster.predict(Panel((short,)), 4)
+    other = Series("s", series.values, exog=series.exog * 2, future_exog=torch.from_numpy(exog[160:] * 2))
+    again = Series("s", series.values, exog=series.exog, future_exog=torch.from_numpy(exog[160:]))
+    scaled, same = forecaster.predict(Panel((other,)), 4), forecaster.predict(Panel((again,)), 4)
+    torch.testing.assert_close(scaled.mean, same.mean, rtol=1e-5, atol=1e-6)   # beta halves: the fit changed
+
+
+def test_automatic_search_with_regressors_recovers_their_coefficients():
+    y, exog = regression_data(n=300)
+    series = Series("s", torch.from_numpy(y[:300]), exog=torch.from_numpy(exog[:300]),
+                    future_exog=torch.from_numpy(exog[300:]))
+    forecaster = ARIMA().fit(Panel((series,)))
+    fit = ArimaFit.from_tensor(forecaster.fitted["s"][1])
+    assert fit.order.d == 1                                       # the errors are a random walk
+    np.testing.assert_allclose(fit.exog_coefficients, [2.0, -1.5], atol=0.15)
+    assert torch.isfinite(forecaster.predict(Panel((series,)), 12).mean).all()

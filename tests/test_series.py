@@ -89,6 +89,18 @@ def test_the_long_format_groups_sorts_and_infers_the_frequency(tmp_path):
     assert panel["b"].values.tolist() == [4.0, 3.0]                       # sorted by time
 
 
+def test_extra_numeric_long_columns_are_regressors_split_with_the_values(tmp_path):
+    path = write(tmp_path / "long.csv", "unique_id,ds,y,price,note,promo\n"
+                                        "a,2024-01-02,2,1.5,x,0\na,2024-01-01,1,1.0,y,1\na,2024-01-03,3,2.5,z,1\n")
+    series = read_long(path)["a"]
+    torch.testing.assert_close(series.exog, torch.tensor([[1.0, 1.0], [1.5, 0.0], [2.5, 1.0]], dtype=torch.float64))
+    train, _ = Panel((series,)).split_last(1)
+    torch.testing.assert_close(train["a"].exog, series.exog[:2])
+    torch.testing.assert_close(train["a"].future_exog, series.exog[2:])
+    with pytest.raises(DataError, match="regressor 'price' is missing or not finite at 2024-01-02"):
+        read_long(write(tmp_path / "gap.csv", "unique_id,ds,y,price\na,2024-01-01,1,1.0\na,2024-01-02,2,\n"))
+
+
 @pytest.mark.parametrize("rows, match", [
     ("a,2024-01-01,1\na,2024-01-01,2\na,2024-01-02,3\n", "duplicate timestamp 2024-01-01"),
     ("a,2024-01-01,1\na,2024-01-02,2\na,2024-01-04,3\n", "not regular .* 2024-01-04"),

@@ -13,7 +13,8 @@ the series and the line; never a silent NaN):
   header ``"V1","V2",...``, one series per row, its id in V1 and shorter rows padded with empty
   fields; the test file's row i continues the train file's row i. The horizon and seasonal
   period follow M4's conventions for the frequency in the name (``M4_CONVENTIONS``);
-- Nixtla's long format (``read_long``): columns ``unique_id, ds, y``, one observation per row;
+- Nixtla's long format (``read_long``): columns ``unique_id, ds, y``, one observation per row,
+  further numeric columns the series' exogenous regressors;
 - one series in two columns, ``time,value`` (``read_single``), as R's datasets export them
   (time as a decimal year, 1949.0833 for February 1949) or with dates.
 
@@ -285,7 +286,13 @@ def read_csv_panel(path: str | Path, season: int | None = None) -> Panel:
 # ---- long format and single series -----------------------------------------------------------
 
 def read_long(path: str | Path, season: int | None = None) -> Panel:
-    """A panel in Nixtla's long format: columns ``unique_id, ds, y`` (pandas reads it)."""
+    """A panel in Nixtla's long format: columns ``unique_id, ds, y`` (pandas reads it).
+
+    Further numeric columns are the series' exogenous regressors (``Series.exog``, in file
+    column order; as Nixtla's ``X_df`` columns): every row needs a finite value in each of them.
+    Non-numeric further columns are ignored. ``Panel.split_last`` hands the held-out rows'
+    regressors to ``future_exog``.
+    """
     import pandas as pd
 
     path = Path(path)
@@ -293,13 +300,23 @@ def read_long(path: str | Path, season: int | None = None) -> Panel:
     missing = [column for column in ("unique_id", "ds", "y") if column not in frame.columns]
     if missing:
         raise DataError(f"{path.name} lacks column(s) {', '.join(missing)}: the long format is unique_id, ds, y")
+    regressors = [column for column in frame.columns if column not in ("unique_id", "ds", "y")
+                  and pd.api.types.is_numeric_dtype(frame[column])]
     frame = frame.assign(ds=parse_times(frame["ds"], path.name)).sort_values(["unique_id", "ds"], kind="stable")
     series, frequencies = [], set()
     for id, group in frame.groupby("unique_id", sort=False):
         times = group["ds"].to_numpy()
         values = pd.to_numeric(group["y"], errors="coerce").to_numpy(dtype=float)
         frequencies.add(infer_frequency(times, f"{path.name}, series {id!r}"))
-        series.append(Series(str(id), torch.tensor(values, dtype=torch.float64), times))
+        exog = None
+        if regressors:
+            table = group[regressors].to_numpy(dtype=float)
+            bad = np.argwhere(~np.isfinite(table))
+            if len(bad):
+                raise DataError(f"{path.name}, series {id!r}: regressor {regressors[bad[0][1]]!r} is missing or not "
+                                f"finite at {times[bad[0][0]]}; fill it (a regressor must be known at every time)")
+            exog = torch.tensor(table, dtype=torch.float64)
+        series.append(Series(str(id), torch.tensor(values, dtype=torch.float64), times, exog))
     if len(frequencies) > 1:
         raise DataError(f"{path.name} mixes frequencies ({', '.join(sorted(frequencies))}); one panel has one")
     frequency = frequencies.pop()

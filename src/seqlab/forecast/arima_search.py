@@ -1,12 +1,4 @@
-"""ARIMA estimation and automatic order selection, batched over models and series.
-
-**Maximum likelihood** (``fit_arima_batch``): the concentrated log-likelihood of
-``arima.arma_loglik_batch`` over unconstrained parameters x (partial autocorrelations tanh(x)
-mapped to coefficients, see ``seqlab.forecast.arima``; the mean of the differenced series,
-centred and scaled), maximised by BFGS run for many models at once (``minimize_batch``):
-forward-difference gradients, a backtracking Armijo line search along -H g, started at x = 0
-(white noise around the sample mean), stopping as R's ``optim`` on a relative gain below 1e-8.
-Models are grouped by state dimension and period, each group one batch.
+"""Automatic ARIMA order selection (Hyndman and Khandakar 2008), batched over series.
 
 **Order selection** (``auto_arima``): Hyndman and Khandakar's (2008, JSS 27(3)) stepwise
 algorithm, as R's ``forecast::auto.arima`` documents it; each series' search is a coroutine
@@ -29,19 +21,29 @@ algorithm, as R's ``forecast::auto.arima`` documents it; each series' search is 
    lowers the AICc. R moves to the *first* neighbour that improves; this search fits the whole
    neighbourhood at once (one batch) and moves to the best, so it can end elsewhere.
    A model whose AR or MA polynomial has a root of modulus below 1.01 is rejected (AICc = inf),
-   as in R.
+   as in R; the multiplied polynomial is tested, so with m = 24 a seasonal coefficient of modulus
+   above 1.01^-24 = 0.79 is rejected (hourly series often prefer Theta near -0.9: P = 2 instead).
+4. Approximation (R's ``approximation = (n > 150 || m > 12)``): candidates are fitted by
+   conditional sum of squares (``arima_css``) and ranked by the AICc with n' log sigma^2_CSS in
+   place of -2 log L; then the best is refitted by exact maximum likelihood started from its CSS
+   estimates, and if that fit fails or has a root within the margin, the next best, and so on.
+   Otherwise every candidate is fitted by exact maximum likelihood (``arima_fit``).
+
+With regressors (``exog``), as R's ``auto.arima(xreg = )``: d and D are chosen on the residuals
+of the least-squares regression of y on them (with an intercept), and every candidate is a
+regression with SARIMA errors.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Generator
 
 import numpy as np
 
-from seqlab.forecast.arima import (ArimaFit, ArimaOrder, arma_loglik_batch, concentrated_loglik, difference,
-                                   pacf_to_coefficients, seasonal_product)
+from seqlab.forecast.arima import ArimaFit, ArimaOrder
+from seqlab.forecast.arima_fit import fit_arima_batch
 
 KPSS_CRITICAL_5 = 0.463             # KPSS level-stationarity test, 5% (Kwiatkowski et al. 1992, table 1)
 SEASONAL_STRENGTH_THRESHOLD = 0.64  # R's nsdiffs(test = "seas")
@@ -199,164 +201,6 @@ def stepwise_search(n: int, m: int, seasonal: bool, allow_constant: bool,
             return best
 
 
-# ---- maximum likelihood, batched over models -----------------------------------------------------
-
-@dataclass(frozen=True)
-class ModelBatch:
-    """Models fitted together: each a differenced series and an order of one seasonal period.
-
-    Attributes:
-        w: (N, n) each model's differenced series centred (by its mean with a constant) and scaled,
-            right-aligned; observed: (N, n) where it has values; count: (N,) how many.
-        center, scale: (N,) the centring and scaling undone after the fit.
-        orders: the N orders; slots: widths of the (ar, ma, sar, sma) blocks of x, then the mean.
-        free: (N, k) the coordinates of x each model uses.
-    """
-
-    w: np.ndarray
-    observed: np.ndarray
-    count: np.ndarray
-    center: np.ndarray
-    scale: np.ndarray
-    orders: tuple[ArimaOrder, ...]
-    slots: tuple[int, int, int, int]
-    free: np.ndarray
-
-    @staticmethod
-    def build(series: list[np.ndarray], orders: list[ArimaOrder]) -> ModelBatch:
-        n = max(len(w) for w in series)
-        slots = tuple(max(getattr(o, name) for o in orders) for name in ("p", "q", "P", "Q"))
-        edges = np.cumsum((0,) + slots)
-        free = np.zeros((len(orders), edges[-1] + 1), bool)
-        w_all, observed = np.zeros((len(orders), n)), np.zeros((len(orders), n), bool)
-        center, scale = np.zeros(len(orders)), np.ones(len(orders))
-        for i, (w, o) in enumerate(zip(series, orders)):
-            for block, width in enumerate((o.p, o.q, o.P, o.Q)):
-                free[i, edges[block]:edges[block] + width] = True
-            free[i, -1] = o.constant
-            center[i] = w.mean() if o.constant else 0.0
-            spread = float(np.sqrt(np.mean((w - center[i]) ** 2)))
-            scale[i] = spread if spread > 0 else max(abs(center[i]), 1.0)
-            w_all[i, n - len(w):], observed[i, n - len(w):] = (w - center[i]) / scale[i], True
-        return ModelBatch(w_all, observed, observed.sum(1), center, scale, tuple(orders), slots, free)
-
-    def polynomials(self, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(M, p), (M, q), (M, P), (M, Q) coefficients at unconstrained x (M, k) of models ``rows``."""
-        partials = np.tanh(x[:, :-1]) * self.free[rows, :-1]
-        edges = np.cumsum((0,) + self.slots)
-        blocks = [pacf_to_coefficients(partials[:, a:b]) for a, b in zip(edges[:-1], edges[1:])]
-        return blocks[0], -blocks[1], blocks[2], -blocks[3]
-
-    def sums(self, x: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """(M,) sum v^2 / F and (M,) sum log F (``arma_loglik_batch``) at x (M, k) of models ``rows``."""
-        m = self.orders[0].m
-        sum_squares, sum_log_f = np.empty(len(rows)), np.empty(len(rows))
-        for start in range(0, len(rows), chunk):
-            part, x_part = rows[start:start + chunk], x[start:start + chunk]
-            ar, ma, sar, sma = self.polynomials(x_part, part)
-            ar_full, ma_full = seasonal_product(ar, sar, m, -1.0), seasonal_product(ma, sma, m, 1.0)
-            r = max(ar_full.shape[1], ma_full.shape[1] + 1)
-            ar_full = np.pad(ar_full, ((0, 0), (0, r - ar_full.shape[1])))
-            ma_full = np.pad(ma_full, ((0, 0), (0, r - 1 - ma_full.shape[1])))
-            w = self.w[part] - (x_part[:, -1] * self.free[part, -1])[:, None]
-            with np.errstate(all="ignore"):      # trial steps far out give inf or NaN, scored inf
-                sum_squares[start:start + chunk], sum_log_f[start:start + chunk] = arma_loglik_batch(
-                    w, self.observed[part], ar_full, ma_full)
-        return sum_squares, sum_log_f
-
-    def negative_loglik(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """(M,) minus the concentrated log-likelihood per observation, at x (M, k), of models ``rows``."""
-        loglik, _ = concentrated_loglik(*self.sums(x, rows), self.count[rows])
-        out = -loglik / self.count[rows]
-        return np.where(np.isfinite(out), out, np.inf)
-
-
-def minimize_batch(objective: Callable[[np.ndarray, np.ndarray], np.ndarray], free: np.ndarray,
-                   max_iterations: int = 200, reltol: float = 1e-8, step: float = 1e-6) -> np.ndarray:
-    """BFGS from x = 0 for N objectives at once: (N, k) minimisers over the ``free`` coordinates.
-
-    ``objective(x (M, k), rows (M,))`` gives (M,) values of the objectives ``rows`` (inf where
-    undefined). Gradients are forward differences of ``step``; each iteration backtracks (halving,
-    Armijo constant 1e-4) along -H g; a model stops when an iteration gains less than
-    reltol (|f| + reltol) (optim's rule) or its line search fails.
-    """
-    count, k = free.shape
-    x = np.zeros((count, k))
-    f = objective(x, np.arange(count))
-
-    def gradient(points: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        model, coordinate = np.nonzero(free[rows])
-        shifted = points[model].copy()
-        shifted[np.arange(len(model)), coordinate] += step
-        g = np.zeros_like(points)
-        g[model, coordinate] = (objective(shifted, rows[model]) - values[model]) / step
-        return np.where(np.isfinite(g), g, 0.0)
-
-    g = gradient(x, f, np.arange(count))
-    inverse_hessian = np.eye(k)[None] * (free[:, :, None] & free[:, None, :])
-    active = np.nonzero(free.any(1) & np.isfinite(f))[0]
-    for _ in range(max_iterations):
-        if not len(active):
-            break
-        xa, fa, ga, Ha = x[active], f[active], g[active], inverse_hessian[active]
-        direction = -np.einsum("nij,nj->ni", Ha, ga)
-        slope = np.einsum("ni,ni->n", ga, direction)
-        uphill = ~(slope < 0)                                   # reset a lost curvature estimate
-        direction[uphill], slope[uphill] = -ga[uphill], -np.einsum("ni,ni->n", ga[uphill], ga[uphill])
-        length = np.ones(len(active))
-        x_new, f_new, accepted = xa.copy(), fa.copy(), np.zeros(len(active), bool)
-        pending = np.nonzero(slope < 0)[0]
-        for _ in range(40):
-            if not len(pending):
-                break
-            trial = xa[pending] + length[pending, None] * direction[pending]
-            f_trial = objective(trial, active[pending])
-            ok = f_trial <= fa[pending] + 1e-4 * length[pending] * slope[pending]
-            done = pending[ok]
-            x_new[done], f_new[done], accepted[done] = trial[ok], f_trial[ok], True
-            pending = pending[~ok]
-            length[pending] *= 0.5
-        moved = np.nonzero(accepted)[0]
-        g_new = gradient(x_new[moved], f_new[moved], active[moved])
-        s, y = x_new[moved] - xa[moved], g_new - ga[moved]
-        sy = np.einsum("ni,ni->n", s, y)
-        update = sy > 1e-12
-        H = Ha[moved]
-        rho = np.where(update, 1.0 / np.where(update, sy, 1.0), 0.0)
-        left = np.eye(k)[None] - rho[:, None, None] * s[:, :, None] * y[:, None, :]
-        H_new = left @ H @ left.transpose(0, 2, 1) + rho[:, None, None] * s[:, :, None] * s[:, None, :]
-        H_new[~update] = H[~update]
-        rows = active[moved]
-        x[rows], f[rows], g[rows], inverse_hessian[rows] = x_new[moved], f_new[moved], g_new, H_new
-        gained = fa[moved] - f_new[moved]
-        keep = gained > reltol * (np.abs(fa[moved]) + reltol)
-        active = rows[keep]
-    return x
-
-
-def fit_arima_batch(series: list[np.ndarray], orders: list[ArimaOrder], max_iterations: int = 200) -> list[ArimaFit]:
-    """Maximum-likelihood fits of SARIMA ``orders[i]`` to ``series[i]`` (n_i,), batched by state
-    dimension and period (padding to a larger state costs O(r^2) per step)."""
-    fits: list[ArimaFit | None] = [None] * len(orders)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, order in enumerate(orders):
-        groups.setdefault((order.state_dim, order.m), []).append(i)
-    for members in groups.values():
-        differenced = [difference(series[i], orders[i]) for i in members]
-        batch = ModelBatch.build(differenced, [orders[i] for i in members])
-        x = minimize_batch(batch.negative_loglik, batch.free, max_iterations)
-        rows = np.arange(len(members))
-        ar, ma, sar, sma = batch.polynomials(x, rows)
-        loglik, sigma2 = concentrated_loglik(*batch.sums(x, rows), batch.count)
-        for j, i in enumerate(members):
-            o, scale, count = orders[i], batch.scale[j], int(batch.count[j])
-            fits[i] = ArimaFit(o, ar[j, :o.p].copy(), ma[j, :o.q].copy(), sar[j, :o.P].copy(), sma[j, :o.Q].copy(),
-                               float(batch.center[j] + scale * x[j, -1] * o.constant),
-                               float(sigma2[j] * scale ** 2),
-                               float(loglik[j] - count * math.log(scale)), count)
-    return fits
-
-
 # ---- automatic order selection ---------------------------------------------------------------------
 
 def select_differences(values: np.ndarray, m: int, seasonal: bool, max_d: int, max_D: int) -> tuple[int, int]:
@@ -372,41 +216,95 @@ def select_differences(values: np.ndarray, m: int, seasonal: bool, max_d: int, m
     return d, D
 
 
+
+
+def regression_residuals(values: np.ndarray, exog: np.ndarray | None) -> np.ndarray:
+    """(n,) y less its least-squares fit on the regressors (n, K) and an intercept (y without them)."""
+    if exog is None or exog.shape[1] == 0:
+        return values
+    design = np.concatenate([np.ones((len(values), 1)), exog], axis=1)
+    return values - design @ np.linalg.lstsq(design, values, rcond=None)[0]
+
+
 def auto_arima(series: list[np.ndarray], m: int, *, seasonal: bool = True, allow_constant: bool = True,
                max_d: int = 2, max_D: int = 1, bounds: SearchBounds = SearchBounds(),
-               max_iterations: int = 200) -> list[ArimaFit]:
-    """Hyndman-Khandakar automatic ARIMA of each series (n_i,) with period m: every series' stepwise
-    search (``arima_search.stepwise_search``) runs as a coroutine, and each round the candidates
-    of all series are fitted in one batch. A series whose every candidate fails gets
-    ARIMA(0,d,0)(0,D,0) without constant."""
+               max_iterations: int = 200, exog: list[np.ndarray | None] | None = None,
+               approximation: bool | None = None) -> list[ArimaFit]:
+    """Hyndman-Khandakar automatic ARIMA of each series (n_i,) with period m, with regressors
+    ``exog[i]`` (n_i, K_i) or None: every series' stepwise search (``stepwise_search``) runs as a
+    coroutine, and each round the candidates of all series are fitted in one batch, by CSS where
+    ``approximation`` applies (None: R's rule, n_i > 150 or m > 12) and by exact maximum likelihood
+    elsewhere. A series whose every candidate fails gets ARIMA(0,d,0)(0,D,0) without constant."""
     seasonal = seasonal and m > 1
     period = m if seasonal else 1
-    differences = [select_differences(values, m, seasonal, max_d, max_D) for values in series]
+    exog = exog or [None] * len(series)
+    approximate = [(len(values) > 150 or period > 12) if approximation is None else approximation
+                   for values in series]
+    differences = [select_differences(regression_residuals(values, x), m, seasonal, max_d, max_D)
+                   for values, x in zip(series, exog)]
     searches = [stepwise_search(len(values), period, seasonal, allow_constant and d + D <= 1, bounds)
                 for values, (d, D) in zip(series, differences)]
     requests = {i: next(search) for i, search in enumerate(searches)}
     chosen: dict[int, ArimaFit] = {}
     fitted: list[dict[tuple, ArimaFit]] = [{} for _ in series]
+    scores: list[dict[tuple, float]] = [{} for _ in series]
+
+    def order_of(i: int, key: Candidate) -> ArimaOrder:
+        p, q, P, Q, c = key
+        return ArimaOrder(p, differences[i][0], q, P, differences[i][1], Q, period, c)
+
     while requests:
-        jobs = [(i, ArimaOrder(p, differences[i][0], q, P, differences[i][1], Q, period, c), (p, q, P, Q, c))
-                for i, candidates in requests.items() for p, q, P, Q, c in candidates]
-        feasible = [job for job in jobs if len(series[job[0]]) >= job[1].min_length()]
-        fits = fit_arima_batch([series[i] for i, _, _ in feasible], [order for _, order, _ in feasible], max_iterations)
-        for (i, _, key), fit in zip(feasible, fits):
-            fitted[i][key] = fit
+        jobs = [(i, order_of(i, key), key) for i, candidates in requests.items() for key in candidates]
+        feasible = [job for job in jobs if len(series[job[0]]) >= job[1].min_length() + n_exog(exog[job[0]])]
+        for method in ("css", "ml"):
+            part = [job for job in feasible if approximate[job[0]] == (method == "css")]
+            fits = fit_arima_batch([series[i] for i, _, _ in part], [order for _, order, _ in part], max_iterations,
+                                   exog=[exog[i] for i, _, _ in part], method=method)
+            for (i, _, key), fit in zip(part, fits):
+                fitted[i][key] = fit
         for i in list(requests):
-            scores = {key: score(fitted[i].get(key)) for i2, _, key in jobs if i2 == i}
+            round_scores = {key: score(fitted[i].get(key)) for i2, _, key in jobs if i2 == i}
+            scores[i].update(round_scores)
             try:
-                requests[i] = searches[i].send(scores)
+                requests[i] = searches[i].send(round_scores)
             except StopIteration as stop:
                 del requests[i]
                 if stop.value is not None:
                     chosen[i] = fitted[i][stop.value]
+    refit_exactly(series, exog, [i for i in chosen if approximate[i]], fitted, scores, chosen, max_iterations)
     missing = [i for i in range(len(series)) if i not in chosen]
-    fallback = fit_arima_batch([series[i] for i in missing], [ArimaOrder(0, differences[i][0], 0, 0, differences[i][1],
-                                                              0, period) for i in missing])
+    fallback = fit_arima_batch([series[i] for i in missing], [order_of(i, (0, 0, 0, 0, False)) for i in missing],
+                               exog=[exog[i] for i in missing])
     chosen.update(zip(missing, fallback))
     return [chosen[i] for i in range(len(series))]
+
+
+def refit_exactly(series: list[np.ndarray], exog: list[np.ndarray | None], approximated: list[int],
+                  fitted: list[dict[tuple, ArimaFit]], scores: list[dict[tuple, float]],
+                  chosen: dict[int, ArimaFit], max_iterations: int) -> None:
+    """Replace the CSS fits in ``chosen`` by exact maximum-likelihood fits started from them: each
+    series' candidates in order of their approximate AICc, the next where a fit scores inf (R's
+    auto.arima after an approximate search); a series with none left is dropped from ``chosen``."""
+    queues = {i: [key for key in sorted(scores[i], key=scores[i].get) if math.isfinite(scores[i][key])]
+              for i in approximated}
+    while queues:
+        jobs = [(i, queue.pop(0)) for i, queue in queues.items() if queue]
+        for i in [i for i, queue in queues.items() if not queue and i not in dict(jobs)]:
+            del queues[i]
+            chosen.pop(i, None)
+        if not jobs:
+            break
+        starts = [fitted[i][key] for i, key in jobs]
+        fits = fit_arima_batch([series[i] for i, _ in jobs], [start.order for start in starts], max_iterations,
+                               exog=[exog[i] for i, _ in jobs], start=starts)
+        for (i, _), fit in zip(jobs, fits):
+            if math.isfinite(score(fit)):
+                chosen[i] = fit
+                del queues[i]
+
+
+def n_exog(x: np.ndarray | None) -> int:
+    return 0 if x is None else x.shape[1]
 
 
 def score(fit: ArimaFit | None) -> float:

@@ -10,8 +10,9 @@ A **local** model (naive, Theta, ETS, ARIMA: one fit per series) derives from
 ``LocalForecaster`` and writes two functions of one series, ``fit_series(values, season)`` (its
 parameters as a float64 tensor) and ``forecast_series(values, season, parameters, horizon,
 quantiles)``. ``fit`` keeps each series' parameters by id; ``predict`` uses them for a series it
-has seen with the same values it was fitted on, and fits afresh a series it has not seen (or
-whose history changed: a longer series is refitted, as a forecaster rolled forward should be).
+has seen with the same values (and regressors) it was fitted on, and fits afresh a series it
+has not seen (or whose history changed: a longer series is refitted, as a forecaster rolled
+forward should be).
 A saved run keeps every series' parameters (in ``model.safetensors``, see the end of
 ``LocalForecaster``), so a loaded model forecasts without refitting.
 A **global** model (N-BEATS, PatchTST) predicts any series with one set of weights.
@@ -148,7 +149,8 @@ to fit many series in one batch).
         are not used: each fit is short."""
         panel = training_panel(task)
         parameters = self.fit_many(list(panel), panel.season)
-        self.fitted = {series.id: (digest(series.values), fitted) for series, fitted in zip(panel, parameters)}
+        self.fitted = {series.id: (digest(series.values, series.exog), fitted)
+                       for series, fitted in zip(panel, parameters)}
         return self
 
     def fit_many(self, series: Sequence[Series], season: int) -> list[Tensor]:
@@ -164,7 +166,7 @@ to fit many series in one batch).
         means, bands = [], []
         for series in panel:
             known = self.fitted.get(series.id)
-            same = known is not None and known[0] == digest(series.values)
+            same = known is not None and known[0] == digest(series.values, series.exog)
             parameters = known[1] if same else self.fit_many([series], panel.season)[0]
             mean, band = self.forecast_one(series, panel.season, parameters, horizon, levels)
             if not (torch.isfinite(mean).all() and torch.isfinite(band).all()):
@@ -226,6 +228,10 @@ to fit many series in one batch).
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
-def digest(values: Tensor) -> bytes:
-    """SHA-256 of a series' float64 values: whether a series is the one a model was fitted to."""
-    return hashlib.sha256(values.double().contiguous().numpy().tobytes()).digest()
+def digest(values: Tensor, exog: Tensor | None = None) -> bytes:
+    """SHA-256 of a series' float64 values, then of its regressors if it has any: whether a
+    series is the one a model was fitted to."""
+    hasher = hashlib.sha256(values.double().contiguous().numpy().tobytes())
+    if exog is not None:
+        hasher.update(exog.double().contiguous().numpy().tobytes())
+    return hasher.digest()
