@@ -11,7 +11,8 @@ from scipy import stats
 
 from seqlab.data.series import Panel, Series
 from seqlab.errors import ConfigError, DataError
-from seqlab.forecast.deepar import DeepAR, DeepARConfig, disc_points, sample_student_t
+from seqlab.forecast.deepar import DeepAR, DeepARConfig
+from seqlab.forecast.student_t import disc_points, sample_student_t
 from seqlab.tasks.forecast import Forecasting, ForecastOptions
 from seqlab.training import TrainConfig, Trainer
 

@@ -50,7 +50,7 @@ from torch.distributions import StudentT
 from seqlab.data.series import Panel, check_horizon
 from seqlab.errors import ConfigError, DataError
 from seqlab.forecast.base import Forecast, check_quantiles, sample_quantiles, series_generator
-from seqlab.forecast.student_t import StudentTHead
+from seqlab.forecast.student_t import StudentTHead, disc_points, student_t_from_disc
 from seqlab.registry import register
 
 SCALE_FLOOR = 1e-8
@@ -221,36 +221,3 @@ class DeepAR(nn.Module):
         bands = [sample_quantiles(one, levels)[1] for one in paths] if len(levels) else []  # each (Q, H)
         return Forecast(panel.ids, point, {float(q): torch.stack([band[i] for band in bands])
                                            for i, q in enumerate(levels.tolist())})
-
-
-def disc_points(shape: tuple[int, ...], generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """(U, W), each of ``shape``, float64: points (U, V) uniform on the unit disc, by rejection
-    from the square [-1, 1)^2 with ``generator``, and W = U^2 + V^2 in (0, 1). What is drawn
-    does not depend on any distribution parameter (Bailey's method needs nothing else)."""
-    count = math.prod(shape)
-    u = torch.empty(count, dtype=torch.float64)
-    w = torch.empty(count, dtype=torch.float64)
-    pending = torch.arange(count)
-    while len(pending):                                  # pi/4 of the candidates are kept
-        candidates = torch.rand(len(pending), 2, generator=generator, dtype=torch.float64) * 2 - 1
-        radius = candidates.pow(2).sum(dim=1)
-        inside = (radius < 1) & (radius > 0)
-        u[pending[inside]] = candidates[inside, 0]
-        w[pending[inside]] = radius[inside]
-        pending = pending[~inside]
-    return u.view(shape), w.view(shape)
-
-
-def student_t_from_disc(df: Tensor, u: Tensor, w: Tensor) -> Tensor:
-    """Standard Student-t variates T = U sqrt(df (W^(-2/df) - 1) / W) of disc points (U, W)
-    (Bailey 1994, "Polar generation of random variates with the t-distribution", Math. Comp.
-    62: the polar Box-Muller method with the t's radial law); float64."""
-    return u * torch.sqrt(df * torch.expm1(-(2 / df) * torch.log(w)) / w)
-
-
-def sample_student_t(df: Tensor, loc: Tensor, scale: Tensor, generator: torch.Generator) -> Tensor:
-    """One Student-t variate loc + scale T per element (broadcast), T drawn with ``generator``
-    by Bailey's polar method; float64 on the CPU."""
-    df, loc, scale = torch.broadcast_tensors(df.double(), loc.double(), scale.double())
-    u, w = disc_points(tuple(df.shape), generator)
-    return loc + scale * student_t_from_disc(df, u, w)
