@@ -2,9 +2,10 @@
 
 ``ETS(ETSConfig(form="MAdM"))`` fits one form; ``form="auto"`` fits every candidate form of
 ``candidate_forms`` (R's forecast::ets(model="ZZZ") set: 15 forms for positive seasonal data)
-and keeps the one of least AICc. The recursions, likelihood and the batched maximum-likelihood
-fit live in ``ets_fit``; this file holds the model, its forecasts and the named M4 benchmarks
-``SES`` = ETS(A,N,N), ``Holt`` = ETS(A,A,N) and ``Damped`` = ETS(A,Ad,N).
+and keeps the one of least AICc. The forms, recursions and likelihood live in ``ets_fit``, the
+batched maximum-likelihood fit (R's bounds, admissible region and starting values) in
+``ets_estimate``; this file holds the model and its forecasts (M4's Holt and Damped are
+``baselines`` on it).
 
 Forecasts: the point forecast is the recursion run on with zero innovations (for the
 multiplicative forms it is not the predictive mean, as in R). Quantiles are Gaussian with the
@@ -31,7 +32,8 @@ from torch import Tensor
 from seqlab.data.series import Series
 from seqlab.errors import ConfigError, DataError
 from seqlab.forecast.base import LocalForecaster, gaussian_quantiles
-from seqlab.forecast.ets_fit import Form, candidate_forms, ets_filter, fit_rows, predict_step, unpack, update_step
+from seqlab.forecast.ets_estimate import fit_rows
+from seqlab.forecast.ets_fit import Form, candidate_forms, ets_filter, predict_step, unpack, update_step
 from seqlab.registry import register
 
 
