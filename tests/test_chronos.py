@@ -12,10 +12,9 @@ from seqlab.errors import ConfigError, DataError
 from seqlab.forecast.base import series_generator
 from seqlab.forecast.chronos import (EOS_ID, N_SPECIAL, PAD_ID, Chronos, ChronosConfig, dequantise, mean_scale,
                                      tokenise)
-from seqlab.tasks.forecast import Forecasting, ForecastOptions
 from seqlab.training import TrainConfig, Trainer
 
-from test_nbeats import panel_of_sines
+from test_nbeats import panel_of_sines, sines_task
 
 TINY = dict(d_model=16, n_layers=1, n_heads=2)
 
@@ -167,10 +166,7 @@ def test_predict_takes_the_median_and_quantiles_of_each_series_own_paths():
 
 def test_training_on_the_task_windows_beats_naive2(tmp_path):
     torch.set_num_threads(1)
-    panel = panel_of_sines()
-    rows = ["unique_id,ds,y"] + [f"{s.id},{2000 + t},{v:.6f}" for s in panel for t, v in enumerate(s.values.tolist())]
-    (tmp_path / "panel.csv").write_text("\n".join(rows) + "\n")
-    task = Forecasting.from_options(ForecastOptions(data=str(tmp_path / "panel.csv"), horizon=8, season=8))
+    task = sines_task(tmp_path)
     torch.manual_seed(0)
     model = Chronos(ChronosConfig(horizon=8, context=32, n_bins=256, low=-4.0, high=4.0, d_model=32, n_layers=1,
                                   n_heads=2, n_paths=50))

@@ -13,20 +13,8 @@ from seqlab.data.series import Panel, Series
 from seqlab.errors import ConfigError, DataError
 from seqlab.forecast.deepar import DeepAR, DeepARConfig
 from seqlab.forecast.student_t import disc_points, sample_student_t
-from seqlab.tasks.forecast import Forecasting, ForecastOptions
 from seqlab.training import TrainConfig, Trainer
-
-
-def panel_of_sines(n_series=12, length=80, seed=0, season=8, noise=0.04):
-    generator = torch.Generator().manual_seed(seed)
-    series = []
-    for index in range(n_series):
-        t = torch.arange(length, dtype=torch.float64)
-        level = 20 + 10 * torch.rand((), generator=generator, dtype=torch.float64)
-        values = level * (1 + 0.3 * torch.sin(2 * math.pi * (t + index) / season)) + 0.02 * level * t \
-            + noise * level * torch.randn(length, generator=generator, dtype=torch.float64)
-        series.append(Series(f"s{index}", values))
-    return Panel(tuple(series), season=season)
+from test_nbeats import panel_of_sines, sines_task
 
 
 def softplus(x):
@@ -126,7 +114,7 @@ def test_sampled_paths_follow_the_teacher_forced_distributions():
 
 def test_forecasts_scale_with_the_series():
     torch.manual_seed(4)
-    context = panel_of_sines(n_series=1, length=16).series[0].values
+    context = panel_of_sines(n_series=1, length=16, noise=0.04).series[0].values
     exact = DeepAR(DeepARConfig(horizon=6, context=16, season=8, hidden=8, scale_offset=0.0)).eval()
     small = exact.sample_paths(context[None], 6, 50, [torch.Generator().manual_seed(5)])
     large = exact.sample_paths(context[None] * 1000, 6, 50, [torch.Generator().manual_seed(5)])
@@ -144,10 +132,7 @@ def test_forecasts_scale_with_the_series():
 
 def test_training_on_the_task_windows_beats_naive2_and_covers_its_intervals(tmp_path):
     panel = panel_of_sines(n_series=40, noise=0.1)                 # noise that dominates the model's error
-    rows = ["unique_id,ds,y"] + [f"{s.id},{2000 + t},{v:.6f}" for s in panel for t, v in enumerate(s.values.tolist())]
-    (tmp_path / "panel.csv").write_text("\n".join(rows) + "\n")
-    task = Forecasting.from_options(ForecastOptions(data=str(tmp_path / "panel.csv"), horizon=8, season=8,
-                                                    level=0.8))
+    task = sines_task(tmp_path, panel, level=0.8)
     torch.manual_seed(0)
     model = DeepAR(DeepARConfig(horizon=8, context=32, season=8, hidden=16, n_layers=1, dropout=0.0))
     config = TrainConfig(steps=300, batch_size=64, lr=1e-2, warmup_steps=20, weight_decay=0.0, eval_every=300,
@@ -170,7 +155,7 @@ def test_bad_configs_and_requests():
             DeepARConfig(**{field: value})
     assert DeepARConfig(season=1, seasonal_lags=3).lags == (1,)
     model = DeepAR(DeepARConfig(horizon=4, context=8, season=2, hidden=4, n_samples=10))
-    panel = panel_of_sines(n_series=2, length=12, season=2)
+    panel = panel_of_sines(n_series=2, length=12, season=2, noise=0.04)
     with pytest.raises(ConfigError, match="quantile level must be in"):
         model.predict(panel, 4, (1.5,))
     with pytest.raises(ConfigError):
@@ -188,7 +173,7 @@ def test_a_series_is_forecast_alike_in_any_batch(monkeypatch):
 
     torch.manual_seed(6)
     model = DeepAR(DeepARConfig(horizon=5, context=16, season=8, hidden=8, n_samples=40))
-    panel = panel_of_sines(n_series=5, length=30)
+    panel = panel_of_sines(n_series=5, length=30, noise=0.04)
     together = model.predict(panel, 5, (0.1, 0.9))
     monkeypatch.setattr(deepar, "PREDICT_ROWS", 40)                                     # one series per batch
     alone = model.predict(panel, 5, (0.1, 0.9))

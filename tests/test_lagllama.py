@@ -13,9 +13,8 @@ from seqlab.data.series import Panel, Series
 from seqlab.errors import ConfigError
 from seqlab.forecast.base import series_generator
 from seqlab.forecast.lagllama import LagLlama, LagLlamaConfig, default_lags, lag_features, padded_window, robust_scale
-from seqlab.tasks.forecast import Forecasting, ForecastOptions
 from seqlab.training import TrainConfig, Trainer
-from test_nbeats import panel_of_sines
+from test_nbeats import panel_of_sines, sines_task
 
 
 def small_model(seed=0, **overrides):
@@ -153,10 +152,7 @@ def test_predict_summarises_paths_drawn_with_each_series_generator():
 
 
 def test_training_on_the_task_windows_beats_naive2(tmp_path):
-    panel = panel_of_sines()
-    rows = ["unique_id,ds,y"] + [f"{s.id},{2000 + t},{v:.6f}" for s in panel for t, v in enumerate(s.values.tolist())]
-    (tmp_path / "panel.csv").write_text("\n".join(rows) + "\n")
-    task = Forecasting.from_options(ForecastOptions(data=str(tmp_path / "panel.csv"), horizon=8, season=8))
+    task = sines_task(tmp_path)
     torch.manual_seed(0)
     model = LagLlama(LagLlamaConfig(horizon=8, context=task.context, season=8, d_model=32, n_layers=2,
                                     n_samples=100))

@@ -13,16 +13,42 @@ from seqlab.tasks.forecast import Forecasting, ForecastOptions
 from seqlab.training import TrainConfig, Trainer
 
 
-def panel_of_sines(n_series=12, length=80, seed=0):
+def panel_of_sines(n_series=12, length=80, seed=0, season=8, noise=None):
+    """Seasonal series with a trend, each at its own level; ``noise``: the noise's standard
+    deviation as a fraction of the level (None: 1, whatever the level)."""
     generator = torch.Generator().manual_seed(seed)
     series = []
     for index in range(n_series):
         t = torch.arange(length, dtype=torch.float64)
         level = 20 + 10 * torch.rand((), generator=generator, dtype=torch.float64)
-        values = level * (1 + 0.3 * torch.sin(2 * math.pi * (t + index) / 8)) + 0.02 * level * t \
-            + torch.randn(length, generator=generator, dtype=torch.float64)
+        values = level * (1 + 0.3 * torch.sin(2 * math.pi * (t + index) / season)) + 0.02 * level * t \
+            + (1 if noise is None else noise * level) * torch.randn(length, generator=generator, dtype=torch.float64)
         series.append(Series(f"s{index}", values))
-    return Panel(tuple(series), season=8)
+    return Panel(tuple(series), season=season)
+
+
+def sines_task(directory, panel=None, **options) -> Forecasting:
+    """The forecasting task (horizon 8, season 8 unless ``options`` say otherwise) of ``panel``
+    (default ``panel_of_sines()``), written in the long format under ``directory``."""
+    panel = panel_of_sines() if panel is None else panel
+    rows = ["unique_id,ds,y"] + [f"{s.id},{2000 + t},{v:.6f}" for s in panel for t, v in enumerate(s.values.tolist())]
+    (directory / "panel.csv").write_text("\n".join(rows) + "\n")
+    return Forecasting.from_options(ForecastOptions(data=str(directory / "panel.csv"),
+                                                    **{"horizon": 8, "season": 8, **options}))
+
+
+def pinball_by_hand(context, target, forecast, levels, scale_of) -> float:
+    """The mean pinball loss of ``forecast`` (B, Q, H), one error at a time, each divided by
+    ``scale_of(window)``."""
+    total, count = 0.0, 0
+    for row in range(len(context)):
+        scale = scale_of(context[row])
+        for level_index, q in enumerate(levels):
+            for step in range(target.shape[1]):
+                error = (target[row, step] - forecast[row, level_index, step]).item() / scale
+                total += max(q * error, (q - 1) * error)
+                count += 1
+    return total / count
 
 
 def test_the_bases():
@@ -70,23 +96,12 @@ def test_the_loss_is_the_mean_pinball_loss_on_the_lookback_scale():
     torch.manual_seed(2)
     model = NBEATS(NBEATSConfig(horizon=3, context=5, n_blocks=1, width=8, levels=(0.1, 0.5, 0.9)))
     context, target = torch.rand(4, 5) + 1, torch.rand(4, 3) * 3
-    forecast = model(context)
-    total, count = 0.0, 0
-    for row in range(4):
-        scale = context[row].abs().mean().item()
-        for level_index, q in enumerate((0.1, 0.5, 0.9)):
-            for step in range(3):
-                error = (target[row, step] - forecast[row, level_index, step]).item() / scale
-                total += max(q * error, (q - 1) * error)
-                count += 1
-    assert model.loss(context, target).item() == pytest.approx(total / count, rel=1e-5)
+    expected = pinball_by_hand(context, target, model(context), (0.1, 0.5, 0.9), lambda x: x.abs().mean().item())
+    assert model.loss(context, target).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_training_on_the_task_windows_learns_the_seasonal_pattern(tmp_path):
-    panel = panel_of_sines()
-    rows = ["unique_id,ds,y"] + [f"{s.id},{2000 + t},{v:.6f}" for s in panel for t, v in enumerate(s.values.tolist())]
-    (tmp_path / "panel.csv").write_text("\n".join(rows) + "\n")
-    task = Forecasting.from_options(ForecastOptions(data=str(tmp_path / "panel.csv"), horizon=8, season=8))
+    task = sines_task(tmp_path)
     torch.manual_seed(0)
     model = NBEATS(NBEATSConfig(horizon=8, context=32, n_blocks=2, n_layers=2, width=64))
     before = task.evaluate(model, "valid")["mase"]

@@ -11,9 +11,8 @@ from seqlab.data.series import Panel, Series
 from seqlab.errors import ConfigError
 from seqlab.forecast.patchtst import PatchTST, PatchTSTConfig, patchify
 from seqlab.forecast.revin import RevIN
-from seqlab.tasks.forecast import Forecasting, ForecastOptions
 from seqlab.training import TrainConfig, Trainer
-from test_nbeats import panel_of_sines
+from test_nbeats import panel_of_sines, pinball_by_hand, sines_task
 
 
 def test_denormalise_inverts_normalise():
@@ -179,23 +178,13 @@ def test_the_loss_is_the_mean_pinball_loss_on_the_revin_scale():
     model = PatchTST(PatchTSTConfig(horizon=3, context=8, patch_len=4, stride=2, d_model=8, n_heads=2, n_layers=1,
                                     d_ff=8, dropout=0.0, levels=levels)).eval()
     context, target = torch.rand(4, 8) * 5 + 1, torch.rand(4, 3) * 3
-    forecast = model(context)
-    total, count = 0.0, 0
-    for row in range(4):
-        sigma = (context[row].double().var(unbiased=False) + 1e-5).sqrt().item()
-        for level_index, q in enumerate(levels):
-            for step in range(3):
-                error = (target[row, step] - forecast[row, level_index, step]).item() / sigma
-                total += max(q * error, (q - 1) * error)
-                count += 1
-    assert model.loss(context, target).item() == pytest.approx(total / count, rel=1e-5)
+    sigma = lambda window: (window.double().var(unbiased=False) + 1e-5).sqrt().item()  # noqa: E731
+    expected = pinball_by_hand(context, target, model(context), levels, sigma)
+    assert model.loss(context, target).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_training_on_the_task_windows_learns_the_seasonal_pattern(tmp_path):
-    panel = panel_of_sines()
-    rows = ["unique_id,ds,y"] + [f"{s.id},{2000 + t},{v:.6f}" for s in panel for t, v in enumerate(s.values.tolist())]
-    (tmp_path / "panel.csv").write_text("\n".join(rows) + "\n")
-    task = Forecasting.from_options(ForecastOptions(data=str(tmp_path / "panel.csv"), horizon=8, season=8))
+    task = sines_task(tmp_path)
     torch.manual_seed(0)
     model = PatchTST(PatchTSTConfig(horizon=8, context=32, patch_len=8, stride=4, d_model=32, n_heads=4, n_layers=2,
                                     d_ff=64, dropout=0.0))
