@@ -24,6 +24,7 @@ Every registered task must have a suite here (``test_every_task_has_a_contract_s
 """
 
 import itertools
+import math
 import random
 
 import pytest
@@ -606,6 +607,14 @@ def test_a_forecast_depends_on_its_own_series_alone(name, forecast_task):
     torch.testing.assert_close(alone.mean[0], together.mean[1], rtol=rtol, atol=0.0)
     for low, high in zip(levels, levels[1:]):
         assert (together.quantiles[low] <= together.quantiles[high]).all()
+
+
+@pytest.mark.parametrize("name", FORECASTER_NAMES)
+def test_the_validation_histories_are_forecast_inside_an_evaluation(name, forecast_task):
+    # evaluate runs under no_grad; a local model fits the shorter validation histories there.
+    model = make_for_task(name, forecast_task)
+    metrics = forecast_task.evaluate(model, "valid")
+    assert all(math.isfinite(metrics[key]) for key in ("mase", "smape", "owa", "msis"))
 
 
 @pytest.mark.parametrize("name", FORECASTER_NAMES)

@@ -34,9 +34,10 @@ def minimise(objective: Callable[[Tensor, Tensor], Tensor], x0: Tensor, active: 
         or after ``max_iterations``; only rows still running are evaluated.
     """
     def value_and_grad(x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.detach().requires_grad_(True)
-        f = objective(x, rows)
-        (g,) = torch.autograd.grad(torch.where(torch.isfinite(f), f, torch.zeros_like(f)).sum(), x)
+        with torch.enable_grad():          # a fit may run inside a caller's no_grad (an evaluation)
+            x = x.detach().requires_grad_(True)
+            f = objective(x, rows)
+            (g,) = torch.autograd.grad(torch.where(torch.isfinite(f), f, torch.zeros_like(f)).sum(), x)
         return f.detach(), torch.where(torch.isfinite(g) & active[rows], g, torch.zeros_like(g))
 
     every = torch.arange(x0.shape[0])
