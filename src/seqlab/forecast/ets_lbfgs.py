@@ -9,6 +9,7 @@ multiplicative-error form) are +inf, which the line search backs away from.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -72,13 +73,18 @@ def minimise(objective: Callable[[Tensor, Tensor], Tensor], x0: Tensor, active: 
         reach = direction[:, :LOGITS].abs().amax(1).clamp_min(1e-300)
         step = torch.minimum(step, MAX_LOGIT_STEP / reach)
         searching = slope < 0
-        new_x, new_f, new_g = x_r.clone(), f_r.clone(), g_r.clone()
+        new_x, new_f = x_r.clone(), f_r.clone()
         for _ in range(30):
+            # trials need values only, and only of the rows still searching; the gradient is
+            # taken once, where a row's search ends
             trial = x_r + step[:, None] * direction
-            trial_f, trial_g = value_and_grad(trial, rows)
+            trial_f = torch.full_like(f_r, math.inf)
+            pending = searching.nonzero().squeeze(1)
+            with torch.no_grad():
+                trial_f[pending] = objective(trial[pending], rows[pending])
             accept = searching & torch.isfinite(trial_f) & (trial_f <= f_r + 1e-4 * step * slope)
             new_x = torch.where(accept[:, None], trial, new_x)
-            new_f, new_g = torch.where(accept, trial_f, new_f), torch.where(accept[:, None], trial_g, new_g)
+            new_f = torch.where(accept, trial_f, new_f)
             searching = searching & ~accept
             if not searching.any():
                 break
@@ -87,6 +93,10 @@ def minimise(objective: Callable[[Tensor, Tensor], Tensor], x0: Tensor, active: 
             guess = torch.where(torch.isfinite(trial_f), -slope * step * step / (2 * curvature), 0.1 * step)
             step = torch.where(searching, torch.minimum(torch.maximum(guess, 0.1 * step), 0.5 * step), step)
         failed = searching | (slope >= 0)
+        new_g = g_r.clone()
+        moved = (~failed).nonzero().squeeze(1)
+        if len(moved):
+            new_f[moved], new_g[moved] = value_and_grad(new_x[moved], rows[moved])
         s, y = new_x - x_r, new_g - g_r
         sy = (s * y).sum(1)
         usable = ~failed & (sy > 1e-12 * s.norm(dim=1) * y.norm(dim=1))
