@@ -140,6 +140,19 @@ def test_seqlab_forecast_writes_the_forecasts_and_keeps_the_users_files(tmp_path
     assert "unknown model 'nope'" in capsys.readouterr().err
 
 
+def test_seqlab_forecast_trains_a_neural_model_within_its_budget(tmp_path, capsys, monkeypatch):
+    import seqlab.forecast.ahead as ahead
+
+    monkeypatch.setattr(ahead, "TRAINING_STEPS", 5)
+    path = write_long(tmp_path / "panel.csv")
+    assert main(["forecast", str(path), "--models", "snaive,nbeats", "--horizon", "3", "--season", "4",
+                 "--budget", "30", "--out", str(tmp_path / "out")]) == 0
+    assert "| step | snaive | nbeats |" in capsys.readouterr().out
+    rows = (tmp_path / "out" / "forecasts.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2 * 3 and any(",nbeats," in row for row in rows)
+    assert all(math.isfinite(float(value)) for row in rows[1:] for value in row.split(",")[3:])
+
+
 def test_every_registered_forecaster_meets_the_forecaster_protocol():
     from seqlab import registry
     from seqlab.contracts import Forecaster

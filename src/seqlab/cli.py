@@ -430,6 +430,8 @@ def _forecast_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     parser.add_argument("--horizon", type=int, required=True, help="values to forecast past the end")
     parser.add_argument("--season", type=int, help="the seasonal period (default: from the timestamps)")
     parser.add_argument("--level", type=float, default=0.95, help="the central interval (default: 0.95)")
+    parser.add_argument("--budget", type=float, default=60.0, metavar="SECONDS",
+                        help="training time of each neural model (default: 60)")
     parser.add_argument("--out", help="where to write forecasts.csv and forecast.png (default: forecasts/NAME)")
     _common_flags(parser, progress=False)
     parser.set_defaults(handler=_forecast)
@@ -440,7 +442,8 @@ def _forecast(args: argparse.Namespace) -> int:
 
     models = [name for name in args.models.split(",") if name]
     out = args.out or f"forecasts/{Path(args.series).stem}"
-    made = forecast_file(args.series, models, args.horizon, out, season=args.season, level=args.level)
+    made = forecast_file(args.series, models, args.horizon, out, season=args.season, level=args.level,
+                         budget_seconds=args.budget)
     print(made.table)
     print(f"\nwritten: {', '.join(str(path) for path in made.files)}")
     return 0

@@ -3,7 +3,10 @@ series and forecast past its end.
 
 Every model is fitted to the whole of every series (nothing is held out: this is for use, the
 forecasting task is for evaluation) and forecasts ``horizon`` values ahead with its central
-``level`` interval. The output directory gets ``forecasts.csv`` (long format: unique_id, step,
+``level`` interval. A neural model (one the Trainer trains) is trained for ``budget_seconds``
+(at most ``TRAINING_STEPS`` steps, its own learning rate) on windows of the series, as the
+forecasting task draws them: windows that end before the last ``horizon`` values, which it
+validates on. The output directory gets ``forecasts.csv`` (long format: unique_id, step,
 model, mean, lower, upper) and ``forecast.png`` (the last history of the first few series with
 each model's forecast and interval); the returned text is a table of the first series'
 forecasts, one row per step and one column per model.
@@ -12,9 +15,12 @@ forecasts, one row per step and one column per model.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from torch import nn
 
 from seqlab import registry
 from seqlab.data.series import Panel, check_horizon, m4_prefix, read_csv_panel, read_m4
@@ -23,6 +29,7 @@ from seqlab.forecast.plots import forecast_figure
 from seqlab.report_render import check_report_directory, mark_written
 
 WRITTEN = ("forecasts.csv", "forecast.png")
+TRAINING_STEPS = 2000
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,9 @@ def read_any(path: str | Path, season: int | None) -> Panel:
 
 
 def forecast_file(path: str | Path, models: Sequence[str], horizon: int, out_dir: str | Path,
-                  season: int | None = None, level: float = 0.95) -> Forecasts:
-    """Fit each of ``models`` to every series of ``path`` and forecast ``horizon`` values ahead."""
+                  season: int | None = None, level: float = 0.95, budget_seconds: float = 60.0) -> Forecasts:
+    """Fit (or train, for ``budget_seconds`` each) ``models`` on every series of ``path`` and
+    forecast ``horizon`` values ahead."""
     check_horizon(horizon)
     for name in models:
         registry.get(name, "forecast")                    # an unknown name fails before any work
@@ -52,8 +60,8 @@ def forecast_file(path: str | Path, models: Sequence[str], horizon: int, out_dir
     quantiles = interval_quantiles(level)
     by_model = {}
     for name in models:
-        model = registry.build(name, "forecast")
-        by_model[name] = model.fit(panel).predict(panel, horizon, quantiles)
+        model = fitted(name, panel, horizon, level, budget_seconds)
+        by_model[name] = model.predict(panel, horizon, quantiles)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = out_dir / "forecast.png"
@@ -61,6 +69,24 @@ def forecast_file(path: str | Path, models: Sequence[str], horizon: int, out_dir
     files = (write_csv(out_dir / "forecasts.csv", by_model, level), figure)
     mark_written(out_dir, WRITTEN)
     return Forecasts(panel, by_model, first_series_table(panel, by_model, level), files)
+
+
+def fitted(name: str, panel: Panel, horizon: int, level: float, budget_seconds: float) -> nn.Module:
+    """Model ``name`` fitted to ``panel``, or, if the Trainer trains it, built for the horizon
+    and trained on the panel's windows (see the module docstring)."""
+    if registry.get(name, "forecast").trains == "fit":
+        return registry.build(name, "forecast").fit(panel)
+    from seqlab.tasks.forecast import Forecasting, ForecastOptions
+    from seqlab.training import TrainConfig, Trainer
+
+    options = ForecastOptions(data="", horizon=horizon, season=panel.season, level=level)
+    task = Forecasting(options, dataclasses.replace(panel, horizon=horizon))
+    model = registry.build_for_task(name, task.model_defaults(), {}, task="forecast")
+    defaults = getattr(model, "train_defaults", {})
+    config = TrainConfig(steps=TRAINING_STEPS, budget_seconds=budget_seconds, eval_every=TRAINING_STEPS,
+                         eval_batches=1, progress=False, **defaults)
+    Trainer(model, task, config).fit()
+    return model
 
 
 def write_csv(path: Path, by_model: dict[str, Forecast], level: float) -> Path:
