@@ -46,8 +46,11 @@ from seqlab.tasks.seq2seq import Seq2Seq, Seq2SeqOptions
 from seqlab.forecast.base import LocalForecaster
 from seqlab.tasks.forecast import Forecasting, ForecastOptions
 from seqlab.tasks.tagging import Tagging
+from seqlab.tasks.asr import SpeechOptions, SpeechRecognition
+from seqlab.data.audio import StreamingLogMel, load_audio, log_mel
+from helpers import write_tone_digits
 
-SUITES = ("lm", "tag", "classify", "seq2seq", "mlm", "forecast")
+SUITES = ("lm", "tag", "classify", "seq2seq", "mlm", "forecast", "asr")
 VOCAB = 11
 LM_NAMES = [entry.name for entry in registry.entries("lm")]
 # Every registered language model, plus the Transformer's other position schemes and shapes:
@@ -75,6 +78,8 @@ LM_CASES = LM_NAMES + TRANSFORMER_VARIANTS + SSM_VARIANTS
 TAGGER_NAMES = [entry.name for entry in registry.entries("tag")]
 CLASSIFIER_NAMES = [entry.name for entry in registry.entries("classify")]
 FORECASTER_NAMES = [entry.name for entry in registry.entries("forecast")]
+ASR_NAMES = [entry.name for entry in registry.entries("asr")] + [
+    "ctc-bilstm[subsample=1,n_layers=1]", "ctc-bilstm[subsample=4,normalisation=running]"]
 MLM_NAMES = [entry.name for entry in registry.entries("mlm")] + [
     "bert[positions=learned]", "bert[positions=alibi,norm_position=pre]", "bert[positions=sinusoidal,n_kv_heads=2]"]
 SEQ2SEQ_NAMES = [entry.name for entry in registry.entries("seq2seq")] + [
@@ -85,7 +90,13 @@ SEQ2SEQ_NAMES = [entry.name for entry in registry.entries("seq2seq")] + [
 ]
 # Smaller than the defaults where the default would only make the suite slow (the contract
 # does not depend on the size): the feature CRF's 2^20 hash buckets.
-SMALL = {("tag", "crf"): {"n_buckets": 4096}}
+SMALL = {("tag", "crf"): {"n_buckets": 4096},
+         ("asr", "ctc-bilstm"): {"hidden_size": 16, "n_layers": 2},
+         ("asr", "ctc-conformer"): {"d_model": 16, "n_heads": 2, "n_layers": 2, "conv_kernel": 3, "stem_channels": 8},
+         ("asr", "rnnt-conformer"): {"d_model": 16, "n_heads": 2, "n_layers": 2, "conv_kernel": 3, "stem_channels": 8,
+                                     "predictor_size": 16, "joint_size": 16, "time_chunk": 3},
+         ("asr", "whisper-tiny"): {"d_model": 16, "n_heads": 2, "n_encoder_layers": 1, "n_decoder_layers": 1,
+                                   "d_ff": 32}}
 
 
 def test_every_task_has_a_contract_suite():
@@ -633,3 +644,78 @@ def test_forecaster_checkpoint_round_trip_gives_identical_forecasts(name, foreca
         del loaded.fit_many                          # a series it has not seen is fitted afresh
     lines = [" ".join(str(value) for value in series.values.tolist()) for series in panel]
     assert again.predict(loaded, lines) == forecast_task.predict(model, lines)
+
+
+# ---- speech recognisers ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def asr_task(tmp_path_factory):
+    tones = write_tone_digits(tmp_path_factory.mktemp("tones") / "recordings", speakers=("alice",),
+                              indices=range(10))
+    return SpeechRecognition.from_options(SpeechOptions(data=str(tones), max_digits=3, test_passes=1))
+
+
+def tone_files(task) -> list[str]:
+    from pathlib import Path
+
+    return sorted(str(path) for path in Path(task.options.data).glob("*.wav"))
+
+
+def asr_batch(task, rows=4):
+    test = task._split("test")
+    return task.batch_of(test.features[:rows], test.transcripts[:rows])
+
+
+@pytest.mark.parametrize("name", ASR_NAMES)
+def test_recogniser_is_invariant_to_padding_and_batch_order(name, asr_task):
+    model = make_for_task(name, asr_task)
+    features, lengths, targets, target_lengths = asr_batch(asr_task)
+    with torch.no_grad():
+        together = model.nll(features, lengths, targets, target_lengths)
+        padded = torch.cat([features, torch.randn(4, 30, features.shape[2])], dim=1)     # padding is noise
+        order = torch.tensor([2, 0, 3, 1])
+        reordered = model.nll(padded[order], lengths[order], targets[order], target_lengths[order])
+        alone = torch.cat([model.nll(features[i:i + 1, :lengths[i]], lengths[i:i + 1], targets[i:i + 1],
+                                     target_lengths[i:i + 1]) for i in range(4)])
+    assert together.shape == (4,) and torch.isfinite(together).all() and (together > 0).all()
+    relative_close(reordered, together[order])
+    relative_close(alone, together)
+    transcripts = model.transcribe(features, lengths)
+    assert model.transcribe(padded[order], lengths[order]) == [transcripts[i] for i in order.tolist()]
+    assert all(3 <= symbol < model.vocab_size for row in transcripts for symbol in row)
+
+
+@pytest.mark.parametrize("name", ASR_NAMES)
+def test_recogniser_gradient_reaches_every_parameter(name, asr_task):
+    model = make_for_task(name, asr_task).train()
+    asr_task.loss(model, asr_batch(asr_task)).backward()
+    missing = [n for n, parameter in model.named_parameters() if parameter.grad is None or not parameter.grad.any()]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ASR_NAMES)
+def test_recogniser_checkpoint_round_trip_gives_identical_transcripts(name, asr_task, tmp_path):
+    model = make_for_task(name, asr_task)
+    loaded, again = round_trip(model, asr_task, tmp_path / "run")
+    files = tone_files(asr_task)[:3]
+    assert again.predict(loaded, files) == asr_task.predict(model, files)
+    features, lengths, targets, target_lengths = asr_batch(asr_task)
+    with torch.no_grad():
+        assert torch.equal(loaded.nll(features, lengths, targets, target_lengths),
+                           model.nll(features, lengths, targets, target_lengths))
+
+
+@pytest.mark.parametrize("name", [name for name in ASR_NAMES if hasattr(registry.get(name.split("[")[0], "asr").model_class, "stream")])
+@settings(max_examples=4, deadline=None)
+@given(chunk=st.integers(1, 2000))
+def test_streaming_recogniser_fed_in_chunks_writes_the_whole_recordings_transcript(name, asr_task, chunk):
+    model = make_for_task(name, asr_task)
+    files = tone_files(asr_task)
+    audio = torch.cat([load_audio(files[i], 8000) for i in (3, 17, 25)])
+    whole = model.transcribe(*asr_task.batch_of([log_mel(audio, asr_task.features, center=False)]))[0]
+    assert whole                                                          # a random model writes something
+    extractor, state, written = StreamingLogMel(asr_task.features), model.start_stream(), []
+    for start in range(0, len(audio), chunk):
+        symbols, state = model.stream(extractor.push(audio[start:start + chunk]), state)
+        written += symbols
+    assert written == whole

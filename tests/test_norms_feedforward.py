@@ -130,6 +130,7 @@ HAND = {
     "gelu": _gelu,
     "gelu_tanh": _gelu_tanh,
     "relu": lambda z: max(z, 0.0),
+    "silu": _silu,
     "swiglu": lambda z: _silu(z) * z,
     "geglu": lambda z: _gelu(z) * z,
     "geglu_tanh": lambda z: _gelu_tanh(z) * z,
@@ -223,7 +224,7 @@ def test_bf16_autocast_stays_close_to_fp32(activation):
 
 
 def test_feedforward_errors():
-    with pytest.raises(ConfigError, match="gelu, gelu_tanh, relu, swiglu, geglu, geglu_tanh"):
+    with pytest.raises(ConfigError, match="gelu, gelu_tanh, relu, silu, swiglu, geglu, geglu_tanh"):
         FeedForward(4, 8, "tanh")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="d_model"):
         FeedForward(0, 8, "relu")

@@ -225,6 +225,8 @@ def _key_values(pairs: list[str]) -> dict[str, Any]:
 
 def _eval_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     parser.add_argument("run", help="a run directory (its best checkpoint) or one checkpoint directory")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="inputs given after the run, one each (e.g. the WAV files to transcribe)")
     parser.add_argument("--data", help="evaluate on this data instead (a whole file is the test split)")
     parser.add_argument("--split", default="test", choices=("train", "valid", "test"),
                         help="the split of the run's own data (default: test)")
@@ -290,6 +292,8 @@ def _run_task(run: str) -> str:
 
 def _predict_arguments(parser: argparse.ArgumentParser, task_class: Any, expected_task: str | None) -> None:
     parser.add_argument("run", help="a run directory (its best checkpoint) or one checkpoint directory")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="inputs given after the run, one each (e.g. the WAV files to transcribe)")
     inline = getattr(task_class, "inline_flag", "--text") if task_class else "--text"
     parser.add_argument("--input", help="a UTF-8 file of inputs, one per line (default: standard input)")
     parser.add_argument(*dict.fromkeys(["--text", inline]), dest="text", action="append", metavar="TEXT",
@@ -306,8 +310,8 @@ def _predict_arguments(parser: argparse.ArgumentParser, task_class: Any, expecte
 def _predict(args: argparse.Namespace) -> int:
     from seqlab.runs import predict_with_run
 
-    if args.text is not None:
-        inputs = args.text
+    if args.text is not None or args.inputs:
+        inputs = [*args.inputs, *(args.text or [])]
     else:
         inputs = _read_input(args.input).splitlines()
         while inputs and not inputs[-1].strip():      # trailing blank lines only: one output per input

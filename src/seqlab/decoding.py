@@ -8,7 +8,9 @@ Written once against the recurrent views of the contracts, so the prefix is neve
 - encoder-decoders (:class:`~seqlab.contracts.EncoderDecoder`): :func:`decode_greedy`,
   :func:`decode_sample` and :func:`beam_search`; ``encode`` reads the source once,
   ``init_state`` puts the memory in the state, ``step`` reads one target token at a time and
-  ``select`` keeps, drops, repeats and reorders batch rows of a state.
+  ``select`` keeps, drops, repeats and reorders batch rows of a state. The source is (B, S)
+  token ids, or (B, S, F) float frames for a model with ``source_is_features = True`` (a
+  speech encoder-decoder, ``seqlab.speech.whisper``).
 
 Shapes: B batch, T prompt length, S source length, K beam size, V vocabulary size.
 """
@@ -302,9 +304,12 @@ def _check_seq2seq_call(
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
         if not 0 <= value < model.tgt_vocab_size:
             raise ConfigError(f"{name} must be in [0, {model.tgt_vocab_size}), got {value}")
-    check_token_ids(src, "src", "(batch, source length)", model.src_vocab_size, "the source vocabulary")
-    if src_mask.shape != src.shape:
-        raise DataError(f"src_mask has shape {tuple(src_mask.shape)}, src has {tuple(src.shape)}; they must match")
+    if getattr(model, "source_is_features", False):
+        _check_feature_source(src, src_mask)
+    else:
+        check_token_ids(src, "src", "(batch, source length)", model.src_vocab_size, "the source vocabulary")
+        if src_mask.shape != src.shape:
+            raise DataError(f"src_mask has shape {tuple(src_mask.shape)}, src has {tuple(src.shape)}; they must match")
     if src_mask.dtype != torch.bool:
         raise DataError(f"src_mask must be bool (true at real tokens), got dtype {src_mask.dtype}")
     empty_rows = (~src_mask.any(dim=1)).nonzero().flatten().tolist()
@@ -313,6 +318,28 @@ def _check_seq2seq_call(
     gaps = (src_mask[:, 1:] & ~src_mask[:, :-1]).any(dim=1).nonzero().flatten().tolist()
     if gaps:
         raise DataError(f"src_mask row {gaps[0]} is not left-aligned (a real token follows padding)")
+
+
+def _check_feature_source(src: Tensor, src_mask: Tensor) -> None:
+    """DataError unless ``src`` is a non-empty (B, S, F) float tensor of feature frames and
+    ``src_mask`` is (B, S): the source of a model with ``source_is_features = True`` (speech)."""
+    if src.dim() != 3:
+        raise DataError(f"src must be 3-D (batch, frames, features) feature frames, got shape {tuple(src.shape)}")
+    if src.numel() == 0:
+        raise DataError(f"src is empty (shape {tuple(src.shape)}); give at least one frame per row")
+    if not src.is_floating_point():
+        raise DataError(f"src must hold float feature frames, got dtype {src.dtype}")
+    if src_mask.shape != src.shape[:2]:
+        raise DataError(f"src_mask has shape {tuple(src_mask.shape)}, src has {tuple(src.shape)}; "
+                        f"src_mask must be (batch, frames) = {tuple(src.shape[:2])}")
+
+
+def _source_on(model: EncoderDecoder, src: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``src`` and ``src_mask`` on the model's device; token ids as int64, feature frames kept float."""
+    device = device_of(model)
+    if getattr(model, "source_is_features", False):
+        return src.to(device), src_mask.to(device)
+    return src.to(device=device, dtype=torch.long), src_mask.to(device)
 
 
 def _log_softmax(logits: Tensor) -> Tensor:
@@ -359,7 +386,7 @@ def decode_sample(
     _check_sampling(temperature, top_k, top_p)
     _check_seq2seq_call(model, src, src_mask, max_length, bos_id, eos_id)
     device = device_of(model)
-    src, src_mask = src.to(device=device, dtype=torch.long), src_mask.to(device)
+    src, src_mask = _source_on(model, src, src_mask)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     batch_size = src.shape[0]
 
@@ -473,7 +500,7 @@ def beam_search(
     _check_length_penalty(length_penalty, alpha)
     _check_seq2seq_call(model, src, src_mask, max_length, bos_id, eos_id)
     device = device_of(model)
-    src, src_mask = src.to(device=device, dtype=torch.long), src_mask.to(device)
+    src, src_mask = _source_on(model, src, src_mask)
     batch_size, beam = src.shape[0], beam_size
     bound_divisor = _length_divisor(max_length, length_penalty, alpha)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]

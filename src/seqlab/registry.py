@@ -35,7 +35,7 @@ from seqlab.errors import ConfigError
 from seqlab.fields import config_to_dict, make_config  # noqa: F401 (re-exported: registry.config_to_dict)
 
 Trains = Literal["trainer", "fit"]
-MODEL_PACKAGES = ("seqlab.models", "seqlab.classical", "seqlab.forecast")
+MODEL_PACKAGES = ("seqlab.models", "seqlab.classical", "seqlab.forecast", "seqlab.speech")
 
 
 @dataclass(frozen=True)

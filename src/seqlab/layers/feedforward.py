@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from seqlab.errors import ConfigError
 
-Activation = Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh"]
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu", "geglu_tanh"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 GATED_ACTIVATIONS: frozenset[str] = frozenset({"swiglu", "geglu", "geglu_tanh"})
 
@@ -62,7 +62,7 @@ def _activation_fn(activation: str) -> Callable[[Tensor], Tensor]:
         return lambda z: F.gelu(z, approximate="tanh")
     if activation == "relu":
         return F.relu
-    return F.silu  # swiglu
+    return F.silu  # silu (Swish), swiglu
 
 
 class FeedForward(nn.Module):

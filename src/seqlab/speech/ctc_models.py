@@ -1,0 +1,129 @@
+"""CTC recognisers: an encoder, a linear layer to the output ids, and CTC (Graves et al. 2006).
+
+    p(y | x) = sum over frame labellings a that collapse to y of prod_t softmax(W h_t + b)[a_t]
+
+with ``h = encoder(frontend(x))`` and the blank at id 0. CTC never writes BOS and EOS (ids 1
+and 2): the output layer has units for the blank and the characters only, and the decoders see
+log-probability -inf for the two. Training minimises ``-log p(y | x)``
+(``seqlab.speech.ctc.ctc_nll``); decoding is the best path (greedy) or the prefix beam search,
+which can fuse a language model (``seqlab.speech.ctc_beam``). Two encoders:
+
+- ``ctc-bilstm``: frames stacked in pairs, then a bidirectional LSTM (Graves et al. 2013);
+- ``ctc-conformer``: a convolutional stem that subsamples time by 4, then Conformer blocks
+  (Gulati et al. 2020).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from seqlab.registry import register
+from seqlab.speech.ctc import ctc_greedy, ctc_nll
+from seqlab.speech.ctc_beam import ctc_prefix_beam_search_batch
+from seqlab.speech.encoders import BiLSTMEncoder, ConformerEncoder
+from seqlab.speech.frontend import FrontEnd, SpeechConfig
+from seqlab.speech.recogniser import BOS, FIRST_SYMBOL, Recogniser
+
+
+class CTCRecogniser(Recogniser):
+    """An encoder with a CTC output layer; subclasses say which encoder (``make_encoder``)."""
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config, self.vocab_size = config, config.vocab_size
+        self.frontend = FrontEnd(config)
+        self.encoder = self.make_encoder(config)
+        self.output = nn.Linear(self.encoder.output_dim, config.vocab_size - (FIRST_SYMBOL - BOS))
+
+    def make_encoder(self, config: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def log_probs(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T', V) per-frame log-probabilities of the output ids and (B,) their lengths."""
+        compact, encoded_lengths = self._compact_log_probs(features, lengths)
+        reserved = compact.new_full((*compact.shape[:-1], FIRST_SYMBOL - BOS), float("-inf"))
+        return torch.cat([compact[..., :1], reserved, compact[..., 1:]], dim=-1), encoded_lengths
+
+    def _compact_log_probs(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T', 1 + C) log-probabilities of the blank and the C characters: the output layer
+        has no unit for BOS and EOS, which CTC never writes."""
+        encoded, encoded_lengths = self.encoder(self.frontend(features, lengths), lengths)
+        return self.output(encoded).float().log_softmax(dim=-1), encoded_lengths
+
+    def nll(self, features: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        compact, encoded_lengths = self._compact_log_probs(features, lengths)
+        shifted = torch.where(targets >= FIRST_SYMBOL, targets - (FIRST_SYMBOL - 1), targets)   # compact ids
+        return ctc_nll(compact, encoded_lengths, shifted, target_lengths)
+
+    @torch.no_grad()
+    def transcribe(self, features: Tensor, lengths: Tensor, *, beam_size: int = 1, scorer: Any = None,
+                   lm_weight: float = 0.0, length_bonus: float = 0.0) -> list[list[int]]:
+        """Greedy when ``beam_size`` is 1 with neither a scorer nor a length bonus; otherwise the
+        prefix beam search with the scorer fused at ``lm_weight``."""
+        log_probs, encoded_lengths = self.log_probs(features, lengths)
+        if beam_size == 1 and scorer is None and length_bonus == 0:
+            return ctc_greedy(log_probs, encoded_lengths)
+        searched = ctc_prefix_beam_search_batch(log_probs.cpu(), encoded_lengths.cpu(), beam_size=beam_size,
+                                                scorer=scorer, lm_weight=lm_weight, length_bonus=length_bonus)
+        return [n_best[0][0] if n_best else [] for n_best in searched]   # none: no labelling is possible
+
+
+@dataclass(frozen=True, kw_only=True)
+class CTCBiLSTMConfig(SpeechConfig):
+    """A bidirectional LSTM with a CTC output layer.
+
+    Attributes:
+        hidden_size: each direction's LSTM units.
+        n_layers: stacked bidirectional layers.
+        subsample: frames stacked into one before the LSTM (1, 2 or 4).
+        dropout: between the layers.
+    """
+
+    hidden_size: int = 128
+    n_layers: int = 3
+    subsample: int = 4
+    dropout: float = 0.1
+
+
+@register("ctc-bilstm", task="asr", config=CTCBiLSTMConfig)
+class CTCBiLSTM(CTCRecogniser):
+    """Bidirectional LSTM with CTC (Graves et al. 2013)."""
+
+    def make_encoder(self, config: CTCBiLSTMConfig) -> nn.Module:
+        return BiLSTMEncoder(config.n_mels, config.hidden_size, config.n_layers, config.dropout, config.subsample)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CTCConformerConfig(SpeechConfig):
+    """A Conformer with a CTC output layer.
+
+    Attributes:
+        d_model: the blocks' width.
+        n_heads: attention heads.
+        n_layers: Conformer blocks.
+        conv_kernel: the depthwise convolution's width, in (subsampled) frames.
+        ff_mult: the feed-forward modules' hidden width, as a multiple of d_model.
+        stem_channels: channels of the subsampling stem's convolutions.
+        dropout: on the residual branches and the attention weights.
+    """
+
+    d_model: int = 96
+    n_heads: int = 4
+    n_layers: int = 3
+    conv_kernel: int = 15
+    ff_mult: int = 4
+    stem_channels: int = 64
+    dropout: float = 0.1
+
+
+@register("ctc-conformer", task="asr", config=CTCConformerConfig)
+class CTCConformer(CTCRecogniser):
+    """Conformer with CTC (Gulati et al. 2020)."""
+
+    def make_encoder(self, config: CTCConformerConfig) -> nn.Module:
+        return ConformerEncoder(config.n_mels, config.d_model, config.n_heads, config.n_layers, config.conv_kernel,
+                                config.ff_mult, config.dropout, stem_channels=config.stem_channels)

@@ -1,0 +1,393 @@
+"""Speech recognition: a recording in, its transcript out.
+
+The data is the Free Spoken Digit Dataset made into connected-digit utterances
+(``seqlab.data.spoken_digits``): ``--data fsdd`` (looked up in ``./fsdd``, then
+``$SEQLAB_DATA/fsdd``, by default ``../shared/data/fsdd``) or the directory of its recordings.
+``--split official`` keeps FSDD's test recordings (0-4 of every digit and speaker) out of
+training; ``--split speaker`` tests on a speaker never heard (``theo``).
+
+A batch is (log-mel frames (B, T, F), padded with 0; frame counts (B,); transcript ids (B, L),
+padded with 0; transcript lengths (B,)). Frames come from ``seqlab.data.audio.log_mel`` with
+25 ms windows every 10 ms and ``center=False`` (a frame is made only of the samples it covers,
+so a streaming recogniser fed the audio in chunks sees the very same frames); the models
+normalise them (``seqlab.speech.frontend``). Transcripts are characters, the space included
+(``seqlab.speech.vocabulary``). A recogniser provides ``nll`` and ``transcribe``
+(``seqlab.speech.recogniser``).
+
+Metrics: loss (the negative log-likelihood per transcript symbol, in nats), wer and cer
+(corpus-level, through jiwer: ``seqlab.metrics.speech``), and rtf, the real-time factor:
+seconds spent recognising (features to text) per second of audio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from seqlab.contracts import device_of
+from seqlab.data.audio import FeatureConfig, load_audio, log_mel
+from seqlab.data.spoken_digits import (ConnectedDigits, connect, find_fsdd, list_recordings, random_groups,
+                                       split_recordings)
+from seqlab.errors import ConfigError, DataError
+from seqlab.fields import config_to_dict, make_config
+from seqlab.metrics.speech import error_rates
+from seqlab.report import Column, Curve
+from seqlab.speech.vocabulary import SymbolVocabulary
+from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
+
+DIGITS = "0 1 2 3 4 5 6 7 8 9"        # the transcripts' characters: the digits and the space
+SHOWN_UTTERANCES = 6
+MIN_SECONDS = 0.1                     # the shortest recording every model's stem can read
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechOptions:
+    """The data of a speech recognition run.
+
+    Attributes:
+        data: fsdd (the Free Spoken Digit Dataset, found in ./fsdd or $SEQLAB_DATA/fsdd) or the
+            directory of its recordings.
+        split: official (FSDD's test recordings 0-4 never trained on) or speaker (test on
+            held_out_speaker, train on the others).
+        held_out_speaker: the speaker of the speaker split's test set.
+        max_digits: the most digits in one utterance (each has 1 to max_digits).
+        valid_passes: times each validation recording is heard in the fixed validation set.
+        test_passes: times each test recording is heard in the fixed test set.
+        data_seed: seeds the fixed validation and test utterances.
+        sample_rate: the rate every recording is resampled to, in Hz.
+        n_mels: mel channels per frame.
+        beam_size: hypotheses the evaluation's decoder keeps (1: greedy).
+        eval_batch_size: utterances recognised at once in evaluation.
+    """
+
+    data: str = "fsdd"
+    split: Literal["official", "speaker"] = "official"
+    held_out_speaker: str = "theo"
+    max_digits: int = 7
+    valid_passes: int = 1
+    test_passes: int = 2
+    data_seed: int = 0
+    sample_rate: int = 8000
+    n_mels: int = 40
+    beam_size: int = 1
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("max_digits", "valid_passes", "test_passes", "n_mels", "beam_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.split not in ("official", "speaker"):
+            raise ConfigError(f"split must be official or speaker, got {self.split!r}")
+
+    @property
+    def features(self) -> FeatureConfig:
+        """25 ms windows every 10 ms at ``sample_rate``, ``n_mels`` channels."""
+        return FeatureConfig(sample_rate=self.sample_rate, n_fft=self.sample_rate // 40,
+                             hop_length=self.sample_rate // 100, n_mels=self.n_mels)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscribeOptions:
+    """How ``seqlab transcribe`` decodes.
+
+    Attributes:
+        beam_size: hypotheses kept (1: greedy).
+        lm: a character-level n-gram language model run (`seqlab train ngram --task lm
+            --tokenizer char` over transcripts, one per line) fused into a CTC model's beam.
+        lm_weight: weight of the language model's log-probability in the beam's score.
+        length_bonus: added to the beam's score per symbol written (CTC models).
+    """
+
+    beam_size: int = 1
+    lm: str | None = None
+    lm_weight: float = 0.5
+    length_bonus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ConfigError(f"beam_size must be >= 1, got {self.beam_size}")
+
+
+@dataclass
+class Utterances:
+    """Fixed utterances of one split: their frames and transcripts."""
+
+    features: list[Tensor]          # (T_i, F) log-mel frames
+    transcripts: list[str]
+    seconds: float                  # of audio, all together
+
+    def __len__(self) -> int:
+        return len(self.transcripts)
+
+
+@register_task("asr")
+class SpeechRecognition(Task):
+    """Connected spoken digits (module docstring).
+
+    Args:
+        options: the data's options.
+        splits: recordings per split name, as waveforms with their digits; empty to predict.
+        vocabulary: a saved run's; None builds it from the digits.
+    """
+
+    Options = SpeechOptions
+    PredictOptions = TranscribeOptions
+    predict_command = "transcribe"
+    predict_help = "one WAV file per line (or the files after the run); printed as its transcript"
+    inline_flag = "--audio"
+    report = ReportSpec(
+        columns=(Column("test CER %", "cer", "{:.2f}", "lower", 100.0),
+                 Column("test WER %", "wer", "{:.2f}", "lower", 100.0),
+                 Column("RTF", "rtf", "{:.4f}", "lower")),
+        curve=Curve("valid_cer", "validation CER (%)", "lower", 100.0),
+        speed="train frames/s",
+    )
+    default_budget_seconds = 1200.0
+    matched_config_fields = ("vocab_size", "n_mels")
+    artifact_loaders = {"vocabulary": SymbolVocabulary.load}
+
+    def __init__(self, options: SpeechOptions, recordings: dict[str, list[tuple[Tensor, int]]],
+                 vocabulary: SymbolVocabulary | None = None):
+        self.options = options
+        self.features = options.features
+        self.vocabulary = vocabulary or SymbolVocabulary.build([DIGITS])
+        self.recordings = recordings
+        self._fixed = {split: self._fixed_utterances(split, seed)
+                       for seed, split in enumerate(("valid", "test"), start=1) if recordings.get(split)}
+
+    # ---- building ------------------------------------------------------------------------
+
+    @classmethod
+    def from_options(cls, options: SpeechOptions) -> SpeechRecognition:
+        return cls(options, read_recordings(options))
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
+                  with_data: bool = True) -> SpeechRecognition:
+        """The task a run was trained on: over its own data, another FSDD ``data`` (same split),
+        or no data (to transcribe)."""
+        values = {key: value for key, value in spec.items() if key != "task"}
+        if data is not None:
+            values["data"] = str(data)
+        options = make_config(SpeechOptions, values)
+        recordings = read_recordings(options) if with_data else {}
+        return cls(options, recordings, artifacts["vocabulary"])
+
+    def spec(self) -> dict[str, Any]:
+        """The options, with a data directory made absolute (a run is read again from elsewhere)."""
+        options = config_to_dict(self.options)
+        if Path(options["data"]).exists():
+            options["data"] = str(Path(options["data"]).resolve())
+        return {"task": self.name, **options}
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocabulary}
+
+    def model_defaults(self) -> dict[str, Any]:
+        """The output ids and mel channels a recogniser for this task must take."""
+        return {"vocab_size": self.vocabulary.size, "n_mels": self.options.n_mels}
+
+    @classmethod
+    def example_model_defaults(cls) -> dict[str, Any]:
+        return {"vocab_size": 3 + len(set(DIGITS)), "n_mels": SpeechOptions().n_mels}
+
+    # ---- utterances ----------------------------------------------------------------------
+
+    def _utterance(self, split: str, group: Sequence[int], generator: torch.Generator) -> ConnectedDigits:
+        chosen = [self.recordings[split][index] for index in group]
+        return connect([waveform for waveform, _ in chosen], [digit for _, digit in chosen],
+                       self.options.sample_rate, generator)
+
+    def _fixed_utterances(self, split: str, seed: int) -> Utterances:
+        """The split's fixed utterances: each recording heard once per pass."""
+        generator = torch.Generator().manual_seed(self.options.data_seed * 1000 + seed)
+        passes = self.options.valid_passes if split == "valid" else self.options.test_passes
+        groups = random_groups(len(self.recordings[split]), self.options.max_digits, passes, generator)
+        utterances = [self._utterance(split, group, generator) for group in groups]
+        samples = sum(len(u.samples) for u in utterances)
+        return Utterances([log_mel(u.samples, self.features, center=False) for u in utterances],
+                          [u.transcript for u in utterances], samples / self.options.sample_rate)
+
+    def batch_of(self, features: Sequence[Tensor], transcripts: Sequence[str] | None = None) -> tuple[Tensor, ...]:
+        """Frames (B, T, F) padded with 0 and lengths (B,); with ``transcripts``, their ids
+        (B, L) padded with 0 and lengths (B,)."""
+        lengths = torch.tensor([len(f) for f in features], dtype=torch.long)
+        frames = nn.utils.rnn.pad_sequence(list(features), batch_first=True)
+        if transcripts is None:
+            return frames, lengths
+        ids = [torch.tensor(self.vocabulary.encode(text, f"utterance {number}"), dtype=torch.long)
+               for number, text in enumerate(transcripts)]
+        target_lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
+        return frames, lengths, nn.utils.rnn.pad_sequence(ids, batch_first=True), target_lengths
+
+    # ---- training and evaluation ---------------------------------------------------------
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Fresh utterances of random training recordings: a number of digits from 1 to
+        ``max_digits`` drawn for the batch, which keeps its padding small."""
+        n_recordings = len(self.recordings["train"])
+        size = int(torch.randint(1, self.options.max_digits + 1, (), generator=generator))
+        utterances = []
+        for _ in range(batch_size):
+            group = torch.randint(0, n_recordings, (size,), generator=generator).tolist()
+            utterances.append(self._utterance("train", group, generator))
+        features = [log_mel(u.samples, self.features, center=False) for u in utterances]
+        return self.batch_of(features, [u.transcript for u in utterances])
+
+    def batch_tokens(self, batch: Sequence[Tensor]) -> int:
+        """Real frames in a ``train_batch``."""
+        return int(batch[1].sum())
+
+    def loss_items(self, batch: Sequence[Tensor]) -> int:
+        """Transcript symbols, which the loss averages over."""
+        return int(batch[3].sum())
+
+    def loss(self, model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
+        """The negative log-likelihood per transcript symbol."""
+        features, lengths, targets, target_lengths = batch
+        return model.nll(features, lengths, targets, target_lengths).sum() / target_lengths.sum()
+
+    @property
+    def train_tokens(self) -> int:
+        return 0
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str = "valid", *, max_batches: int | None = None,
+                 details: bool = False) -> dict[str, Any]:
+        """loss, wer, cer, rtf and utterances over a split (its first ``max_batches`` batches
+        when given); with ``details``, the first utterances' references and hypotheses."""
+        utterances = self._split(split)
+        size = self.options.eval_batch_size
+        count = len(utterances) if max_batches is None else min(len(utterances), max_batches * size)
+        device, was_training = device_of(model), model.training
+        model.eval()
+        total_nll, total_symbols, hypotheses, seconds = 0.0, 0, [], 0.0
+        try:
+            for start in range(0, count, size):
+                rows = range(start, min(start + size, count))
+                features, lengths, targets, target_lengths = (
+                    t.to(device) for t in self.batch_of([utterances.features[i] for i in rows],
+                                                        [utterances.transcripts[i] for i in rows]))
+                total_nll += float(model.nll(features, lengths, targets, target_lengths).sum())
+                total_symbols += int(target_lengths.sum())
+                started = time.perf_counter()
+                ids = model.transcribe(features, lengths, beam_size=self.options.beam_size)
+                seconds += time.perf_counter() - started
+                hypotheses.extend(self.vocabulary.decode(row) for row in ids)
+        finally:
+            model.train(was_training)
+        references = utterances.transcripts[:count]
+        audio_seconds = sum(len(f) for f in utterances.features[:count]) * self.features.hop_length / self.options.sample_rate
+        metrics: dict[str, Any] = {"loss": total_nll / total_symbols, **error_rates(references, hypotheses),
+                                   "rtf": seconds / audio_seconds, "utterances": float(count)}
+        if details:
+            metrics["examples"] = [{"reference": r, "hypothesis": h} for r, h in zip(references[:10], hypotheses)]
+        return metrics
+
+    def _split(self, split: str) -> Utterances:
+        if split not in self._fixed:
+            if not self.recordings:
+                raise DataError("this speech task was opened without its data; give --data to evaluate")
+            raise ConfigError(f"unknown split {split!r}; this task has {', '.join(self._fixed)}")
+        return self._fixed[split]
+
+    # ---- use and reports -----------------------------------------------------------------
+
+    def predict(self, model: nn.Module, inputs: Sequence[str], options: Any = None) -> list[str]:
+        """The transcript of each WAV file named in ``inputs``.
+
+        Raises:
+            DataError: an empty line, or a file that is not a mono WAV this pipeline can read,
+                naming it.
+        """
+        options = options or TranscribeOptions()
+        scorer = None if options.lm is None else language_model_scorer(options.lm, self.vocabulary)
+        fusion = {"scorer": scorer, "lm_weight": options.lm_weight} if scorer is not None else {}
+        if options.length_bonus:
+            fusion["length_bonus"] = options.length_bonus
+        features = []
+        for number, line in enumerate(inputs, start=1):
+            if not line.strip():
+                raise DataError(f"input line {number} is empty; give one WAV file per line")
+            samples = load_audio(line.strip(), self.options.sample_rate)
+            if len(samples) < MIN_SECONDS * self.options.sample_rate:
+                raise DataError(f"{line.strip()}: the recording lasts {len(samples) / self.options.sample_rate:.3f} s; "
+                                f"give at least {MIN_SECONDS} s of speech")
+            features.append(log_mel(samples, self.features, center=False))
+        device, was_training = device_of(model), model.training
+        model.eval()
+        transcripts = []
+        try:
+            with torch.no_grad():
+                for start in range(0, len(features), self.options.eval_batch_size):
+                    frames, lengths = self.batch_of(features[start:start + self.options.eval_batch_size])
+                    ids = model.transcribe(frames.to(device), lengths.to(device), beam_size=options.beam_size,
+                                           **fusion)
+                    transcripts.extend(self.vocabulary.decode(row) for row in ids)
+        finally:
+            model.train(was_training)
+        return transcripts
+
+    def describe(self) -> str:
+        options = self.options
+        split = ("FSDD's official split (recordings 0-4 of every digit and speaker never trained on)"
+                 if options.split == "official" else f"speaker held out: `{options.held_out_speaker}`")
+        sizes = ", ".join(f"{name} {len(parts):,} recordings" for name, parts in self.recordings.items())
+        fixed = ", ".join(f"{name} {len(u):,} utterances ({u.seconds / 60:.1f} min)" for name, u in self._fixed.items())
+        return (f"connected spoken digits (1-{options.max_digits} per utterance) from `{options.data}`, {split}; "
+                f"{sizes}; {fixed}; {options.n_mels} log-mel channels at {options.sample_rate} Hz")
+
+    def showcase(self, model: nn.Module) -> Showcase:
+        """The first test utterances' references and hypotheses."""
+        examples = self.evaluate(model, "test", max_batches=1, details=True)["examples"][:SHOWN_UTTERANCES]
+        lines = [f"{'ok ' if e['reference'] == e['hypothesis'] else 'ERR'} ref {e['reference']:<14} "
+                 f"hyp {e['hypothesis']}" for e in examples]
+        return Showcase({"Test utterances: reference and hypothesis": "\n".join(lines)})
+
+
+def read_recordings(options: SpeechOptions) -> dict[str, list[tuple[Tensor, int]]]:
+    """Each split's recordings (waveform at ``options.sample_rate``, digit)."""
+    recordings = split_recordings(list_recordings(find_fsdd(options.data)), options.split, options.held_out_speaker)
+    return {split: [(load_audio(r.path, options.sample_rate), r.digit) for r in part]
+            for split, part in recordings.items()}
+
+
+def language_model_scorer(run: str, vocabulary: SymbolVocabulary) -> Any:
+    """A prefix scorer of the character n-gram language model saved in ``run``, over the
+    recogniser's symbols (each character mapped to the model's id of it; the line break, when
+    the model knows it, ends a transcript).
+
+    Raises:
+        ConfigError: the run is not a character-level n-gram language model.
+        DataError: a character of the recogniser's vocabulary that the model never saw.
+    """
+    from seqlab.checkpoint import load_checkpoint
+    from seqlab.classical.ngram import NGramLM
+    from seqlab.speech.ctc_beam import NGramScorer
+
+    loaded = load_checkpoint(run)
+    tokenizer = getattr(loaded.task(with_data=False), "tokenizer", None)
+    if not isinstance(loaded.model, NGramLM) or tokenizer is None or tokenizer.kind != "char":
+        raise ConfigError(f"--lm {run!r} is not a character-level n-gram language model run; train one with "
+                          "`seqlab train ngram --task lm --tokenizer char --data TRANSCRIPTS.txt`")
+    mapping = {}
+    for character in vocabulary.characters:
+        ids = tokenizer.encode(character, unknown="replace")
+        if len(ids) != 1 or ids[0] == tokenizer.unk_id:
+            raise DataError(f"--lm {run!r} never saw the character {character!r} that the recogniser writes; "
+                            "train it on text that has every character of the transcripts")
+        mapping[vocabulary.id_of(character)] = ids[0]
+    end = tokenizer.encode("\n", unknown="replace")
+    end_id = end[0] if len(end) == 1 and end[0] != tokenizer.unk_id else None
+    return NGramScorer(loaded.model, mapping, end_lm_id=end_id)
+
+
+def with_options(task: SpeechRecognition, **changes: Any) -> SpeechRecognition:
+    """``task`` with some options changed and the same recordings (a test's smaller task)."""
+    return SpeechRecognition(dataclasses.replace(task.options, **changes), task.recordings, task.vocabulary)

@@ -1,0 +1,112 @@
+"""The speech recognition task from the command line: train, eval, transcribe (with a fused
+n-gram language model), compare, and one clear line for every bad recording."""
+
+from __future__ import annotations
+
+import json
+import struct
+import wave
+
+import pytest
+
+from helpers import fails_cleanly, write_tone_digits
+from seqlab.cli import main
+
+SMALL = ["--set", "hidden_size=16", "--set", "n_layers=1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    return write_tone_digits(tmp_path_factory.mktemp("fsdd") / "recordings", speakers=("alice",))
+
+
+@pytest.fixture(scope="module")
+def run(tones, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ctc"
+    assert main(["train", "ctc-bilstm", "--task", "asr", "--data", str(tones), "--max-digits", "2",
+                 "--test-passes", "1", "--steps", "4", "--batch-size", "4", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def write_wav(path, samples, *, rate=8000, channels=1):
+    with wave.open(str(path), "wb") as file:
+        file.setnchannels(channels)
+        file.setsampwidth(2)
+        file.setframerate(rate)
+        file.writeframes(struct.pack(f"<{len(samples)}h", *samples))
+    return path
+
+
+def test_eval_reports_error_rates_and_real_time_factor(run, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"loss", "wer", "cer", "rtf", "utterances"} <= set(metrics) and metrics["utterances"] > 0
+
+
+def test_transcribe_takes_files_after_the_run(run, tones, capsys):
+    files = [str(tones / "3_alice_0.wav"), str(tones / "7_alice_1.wav")]
+    capsys.readouterr()
+    assert main(["transcribe", str(run), *files]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(set(line) <= set("0123456789 ") for line in lines)
+    assert main(["transcribe", str(run), *files, "--beam-size", "3", "--length-bonus", "0.5"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_transcribe_fuses_a_character_ngram_model(run, tones, tmp_path, capsys):
+    text = tmp_path / "transcripts.txt"
+    text.write_text("\n".join(["1 2", "3 4 5", "6 7 8 9", "0 1", "2 3 4"] * 200) + "\n", encoding="utf-8")
+    lm = tmp_path / "lm"
+    assert main(["train", "ngram", "--task", "lm", "--data", str(text), "--tokenizer", "char", "--context", "16", "--out", str(lm),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["transcribe", str(run), str(tones / "3_alice_0.wav"), "--beam-size", "4", "--lm", str(lm),
+                 "--lm-weight", "0.5"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    letters = tmp_path / "letters.txt"
+    letters.write_text("abc abc\n" * 400, encoding="utf-8")
+    assert main(["train", "ngram", "--task", "lm", "--data", str(letters), "--tokenizer", "char", "--context", "16",
+                 "--out", str(tmp_path / "lm2"), "--no-progress"]) == 0
+    fails_cleanly(capsys, ["transcribe", str(run), str(tones / "3_alice_0.wav"), "--beam-size", "2", "--lm",
+                           str(tmp_path / "lm2")], "never saw the character")
+
+
+def test_bad_recordings_fail_with_one_line_naming_the_file(run, tmp_path, capsys):
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio", encoding="utf-8")
+    fails_cleanly(capsys, ["transcribe", str(run), str(text)], "notes.wav")
+    stereo = write_wav(tmp_path / "stereo.wav", [0, 1000] * 400, channels=2)
+    fails_cleanly(capsys, ["transcribe", str(run), str(stereo)], "stereo.wav")
+    empty = write_wav(tmp_path / "empty.wav", [])
+    fails_cleanly(capsys, ["transcribe", str(run), str(empty)], "empty.wav")
+    odd = write_wav(tmp_path / "odd.wav", [0, 1000] * 4000, rate=7919)
+    fails_cleanly(capsys, ["transcribe", str(run), str(odd)], "odd.wav")
+    short = write_wav(tmp_path / "short.wav", [0, 1000] * 10)
+    fails_cleanly(capsys, ["transcribe", str(run), str(short)], "short.wav")
+    fails_cleanly(capsys, ["transcribe", str(run), str(tmp_path / "absent.wav")], "absent.wav")
+
+
+def test_a_16_khz_recording_is_resampled(run, tones, tmp_path, capsys):
+    from seqlab.data.audio import read_wav, resample
+
+    samples, rate = read_wav(tones / "5_alice_0.wav")
+    louder = resample(samples, rate, 16000)
+    path = write_wav(tmp_path / "five16k.wav", [round(32767 * float(x)) for x in louder.clamp(-1, 1)], rate=16000)
+    capsys.readouterr()
+    assert main(["transcribe", str(run), str(path)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_compare_tabulates_error_rates(tones, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", "--task", "asr", "--data", str(tones), "--models", "ctc-bilstm,whisper-tiny",
+                 "--max-digits", "2", "--test-passes", "1", "--steps", "2", "--budget", "120", "--out", str(out),
+                 "--no-progress"]) == 0
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "test CER %" in report and "whisper-tiny" in report and "RTF" in report
+
+
+def test_unknown_data_is_one_line(tmp_path, capsys):
+    fails_cleanly(capsys, ["train", "ctc-bilstm", "--task", "asr", "--data", str(tmp_path), "--steps", "1",
+                           "--out", str(tmp_path / "r")], "no FSDD recordings")
