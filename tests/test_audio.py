@@ -151,6 +151,7 @@ def test_mel_conversions_match_librosa_and_invert() -> None:
 @pytest.mark.parametrize("sample_rate, n_fft, n_mels, f_min, f_max", [
     (8000, 200, 40, 0.0, None), (8000, 200, 80, 0.0, None), (16000, 400, 40, 0.0, None),
     (16000, 400, 80, 20.0, 7600.0), (22050, 1024, 128, 60.0, 8000.0), (8000, 256, 23, 100.0, 3800.0),
+    (8000, 201, 40, 0.0, None), (22050, 551, 64, 0.0, None),            # odd n_fft: bins at k sr / n_fft
 ])
 def test_mel_filterbank_matches_librosa(sample_rate: int, n_fft: int, n_mels: int, f_min: float,
                                         f_max: float | None) -> None:

@@ -110,7 +110,8 @@ def test_nll_equals_hand_computed_cross_entropy():
     with torch.no_grad():
         for row, symbols in enumerate(sequences):
             mask = torch.ones(1, int(lengths[row]), dtype=torch.bool)
-            logits = model(features[row:row + 1, : int(lengths[row])], mask, torch.tensor([[BOS, *symbols]]))[0]
+            frames = model.frontend(features[row:row + 1, : int(lengths[row])], lengths[row:row + 1])
+            logits = model(frames, mask, torch.tensor([[BOS, *symbols]]))[0]
             expected = 0.0
             for position, target in enumerate([*symbols, EOS]):
                 expected -= float(logits[position, target] - torch.logsumexp(logits[position], dim=0))

@@ -191,7 +191,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
     if not 0.0 <= f_min < f_max <= sample_rate / 2:
         raise ConfigError(f"mel filterbank needs 0 <= f_min < f_max <= sample_rate / 2 = "
                           f"{sample_rate / 2}, got f_min={f_min}, f_max={f_max}")
-    bin_hz = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)   # (K,)
+    bin_hz = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * (sample_rate / n_fft)   # (K,) k sr / n_fft
     edge_mels = torch.linspace(float(hz_to_mel(torch.tensor(float(f_min), dtype=torch.float64))),
                                float(hz_to_mel(torch.tensor(float(f_max), dtype=torch.float64))),
                                n_mels + 2, dtype=torch.float64)

@@ -8,7 +8,8 @@ log-probability -inf for the two. Training minimises ``-log p(y | x)``
 (``seqlab.speech.ctc.ctc_nll``); decoding is the best path (greedy) or the prefix beam search,
 which can fuse a language model (``seqlab.speech.ctc_beam``). Two encoders:
 
-- ``ctc-bilstm``: frames stacked in pairs, then a bidirectional LSTM (Graves et al. 2013);
+- ``ctc-bilstm``: frames stacked by ``subsample`` (4), then a bidirectional LSTM (Graves et al.
+  2013);
 - ``ctc-conformer``: a convolutional stem that subsamples time by 4, then Conformer blocks
   (Gulati et al. 2020).
 """
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seqlab.errors import DataError
 from seqlab.registry import register
 from seqlab.speech.ctc import ctc_greedy, ctc_nll
 from seqlab.speech.ctc_beam import ctc_prefix_beam_search_batch
@@ -55,8 +57,14 @@ class CTCRecogniser(Recogniser):
         return self.output(encoded).float().log_softmax(dim=-1), encoded_lengths
 
     def nll(self, features: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        real = torch.arange(targets.shape[1], device=targets.device) < target_lengths[:, None]
+        bad = (real & ((targets < FIRST_SYMBOL) | (targets >= self.vocab_size))).nonzero()
+        if len(bad):
+            row, position = bad[0].tolist()
+            raise DataError(f"utterance {row} of the batch: target id {int(targets[row, position])} at position "
+                            f"{position} is not a transcript symbol; they are {FIRST_SYMBOL}..{self.vocab_size - 1}")
         compact, encoded_lengths = self._compact_log_probs(features, lengths)
-        shifted = torch.where(targets >= FIRST_SYMBOL, targets - (FIRST_SYMBOL - 1), targets)   # compact ids
+        shifted = torch.where(real, targets - (FIRST_SYMBOL - 1), 0)                      # compact ids
         return ctc_nll(compact, encoded_lengths, shifted, target_lengths)
 
     @torch.no_grad()
@@ -77,7 +85,7 @@ class CTCBiLSTMConfig(SpeechConfig):
     """A bidirectional LSTM with a CTC output layer.
 
     Attributes:
-        hidden_size: each direction's LSTM units.
+        hidden_size: the LSTM units of both directions together (even; half run each way).
         n_layers: stacked bidirectional layers.
         subsample: frames stacked into one before the LSTM (1, 2 or 4).
         dropout: between the layers.

@@ -34,7 +34,7 @@ class SpeechConfig:
         normalisation: utterance (mean and variance of the whole utterance) or running (of the
             frames so far: what a streaming model can do).
         spec_freq_masks: SpecAugment's frequency masks per utterance (0: none).
-        spec_freq_width: the widest frequency mask, in mel channels.
+        spec_freq_width: the widest frequency mask, in mel channels (at most n_mels).
         spec_time_masks: SpecAugment's time masks per utterance (0: none).
         spec_time_ratio: the longest time mask, as a fraction of the utterance's frames.
     """
@@ -73,6 +73,7 @@ class FrontEnd(nn.Module):
             features = running_normalise(features, lengths)
         if self.training and (config.spec_freq_masks or config.spec_time_masks):
             features = spec_augment(features, lengths, torch.default_generator,
-                                    freq_masks=config.spec_freq_masks, max_freq_width=config.spec_freq_width,
+                                    freq_masks=config.spec_freq_masks,
+                                    max_freq_width=min(config.spec_freq_width, features.shape[-1]),
                                     time_masks=config.spec_time_masks, max_time_ratio=config.spec_time_ratio)
         return features

@@ -52,16 +52,16 @@ from seqlab.layers.norms import make_norm
 from seqlab.layers.positions import LearnedPositions, SinusoidalPositions
 from seqlab.models.transformer import gpt2_init
 from seqlab.registry import register
+from seqlab.speech.frontend import FrontEnd, SpeechConfig
 from seqlab.speech.recogniser import BOS, EOS, FIRST_SYMBOL, Recogniser
 
 
 @dataclass(frozen=True, kw_only=True)
-class WhisperConfig:
-    """Whisper-style encoder-decoder recogniser for the asr task.
+class WhisperConfig(SpeechConfig):
+    """Whisper-style encoder-decoder recogniser for the asr task (the normalisation and
+    SpecAugment fields are ``SpeechConfig``'s).
 
     Attributes:
-        vocab_size: output ids, the reserved BLANK/PAD, BOS and EOS included (from the task).
-        n_mels: mel bins per feature frame (from the task).
         d_model: width of the stem's output and of both Transformer stacks.
         n_heads: attention heads; must divide d_model.
         n_encoder_layers: Transformer blocks in the encoder.
@@ -74,8 +74,6 @@ class WhisperConfig:
             generated ids (EOS included) in decoding.
     """
 
-    vocab_size: int
-    n_mels: int
     d_model: int = 128
     n_heads: int = 4
     n_encoder_layers: int = 3
@@ -85,6 +83,7 @@ class WhisperConfig:
     max_target_len: int = 32
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         minimums = {"vocab_size": FIRST_SYMBOL + 1, "n_mels": 1, "d_model": 1, "n_heads": 1, "n_encoder_layers": 1,
                     "n_decoder_layers": 1, "d_ff": 1, "max_target_len": 2}
         for field, minimum in minimums.items():
@@ -173,6 +172,7 @@ class WhisperRecogniser(EncoderDecoder, Recogniser):
         self.config = config
         self.vocab_size = self.tgt_vocab_size = config.vocab_size
         self.src_vocab_size = 0    # no source vocabulary: the source is feature frames
+        self.frontend = FrontEnd(config)
         self.stem = ConvStem(config.n_mels, config.d_model)
         self.encoder_positions = SinusoidalPositions(config.d_model)
         self.encoder_blocks = _blocks(config, config.n_encoder_layers, decoder=False)
@@ -274,6 +274,7 @@ class WhisperRecogniser(EncoderDecoder, Recogniser):
         """(B,) ``-log p(y EOS | x)``: the teacher-forced cross-entropy summed over each
         transcript's symbols and its EOS (see :meth:`teacher_forcing`)."""
         mask = frame_mask(features, lengths)
+        features = self.frontend(features, lengths)
         targets, target_lengths = targets.to(mask.device), target_lengths.to(mask.device)
         tgt_in, tgt_out, tgt_mask = self.teacher_forcing(targets, target_lengths)
         log_probs = self(features, mask, tgt_in).float().log_softmax(dim=-1)       # (B, L + 1, V)
@@ -297,6 +298,7 @@ class WhisperRecogniser(EncoderDecoder, Recogniser):
         if beam_size < 1:
             raise ConfigError(f"beam_size must be >= 1, got {beam_size}")
         mask = frame_mask(features, lengths)
+        features = self.frontend(features, lengths)
         max_length = self.config.max_target_len
         if beam_size == 1:
             decoded = decode_greedy(self, features, mask, max_length=max_length, bos_id=BOS, eos_id=EOS)

@@ -120,7 +120,7 @@ class Utterances:
 
     features: list[Tensor]          # (T_i, F) log-mel frames
     transcripts: list[str]
-    seconds: float                  # of audio, all together
+    samples: list[int]              # each utterance's audio samples
 
     def __len__(self) -> int:
         return len(self.transcripts)
@@ -210,9 +210,8 @@ class SpeechRecognition(Task):
         passes = self.options.valid_passes if split == "valid" else self.options.test_passes
         groups = random_groups(len(self.recordings[split]), self.options.max_digits, passes, generator)
         utterances = [self._utterance(split, group, generator) for group in groups]
-        samples = sum(len(u.samples) for u in utterances)
         return Utterances([log_mel(u.samples, self.features, center=False) for u in utterances],
-                          [u.transcript for u in utterances], samples / self.options.sample_rate)
+                          [u.transcript for u in utterances], [len(u.samples) for u in utterances])
 
     def batch_of(self, features: Sequence[Tensor], transcripts: Sequence[str] | None = None) -> tuple[Tensor, ...]:
         """Frames (B, T, F) padded with 0 and lengths (B,); with ``transcripts``, their ids
@@ -283,7 +282,7 @@ class SpeechRecognition(Task):
         finally:
             model.train(was_training)
         references = utterances.transcripts[:count]
-        audio_seconds = sum(len(f) for f in utterances.features[:count]) * self.features.hop_length / self.options.sample_rate
+        audio_seconds = sum(utterances.samples[:count]) / self.options.sample_rate
         metrics: dict[str, Any] = {"loss": total_nll / total_symbols, **error_rates(references, hypotheses),
                                    "rtf": seconds / audio_seconds, "utterances": float(count)}
         if details:
@@ -339,7 +338,8 @@ class SpeechRecognition(Task):
         split = ("FSDD's official split (recordings 0-4 of every digit and speaker never trained on)"
                  if options.split == "official" else f"speaker held out: `{options.held_out_speaker}`")
         sizes = ", ".join(f"{name} {len(parts):,} recordings" for name, parts in self.recordings.items())
-        fixed = ", ".join(f"{name} {len(u):,} utterances ({u.seconds / 60:.1f} min)" for name, u in self._fixed.items())
+        fixed = ", ".join(f"{name} {len(u):,} utterances ({sum(u.samples) / self.options.sample_rate / 60:.1f} min)"
+                          for name, u in self._fixed.items())
         return (f"connected spoken digits (1-{options.max_digits} per utterance) from `{options.data}`, {split}; "
                 f"{sizes}; {fixed}; {options.n_mels} log-mel channels at {options.sample_rate} Hz")
 
