@@ -62,3 +62,16 @@ def write_tone_digits(directory, speakers=("alice", "bob"), indices=range(10), s
                     file.setframerate(sample_rate)
                     file.writeframes(struct.pack(f"<{n}h", *(round(32767 * x) for x in samples)))
     return directory
+
+
+def chunks(sizes: list[int], total: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) pieces of 0..total with the drawn sizes, the last taking the rest."""
+    pieces, start = [], 0
+    for size in sizes:
+        if start >= total:
+            break
+        pieces.append((start, min(total, start + size)))
+        start = pieces[-1][1]
+    if start < total:
+        pieces.append((start, total))
+    return pieces

@@ -61,9 +61,13 @@ def test_transcribe_fuses_a_character_ngram_model(run, tones, tmp_path, capsys):
     assert main(["train", "ngram", "--task", "lm", "--data", str(text), "--tokenizer", "char", "--context", "16", "--out", str(lm),
                  "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["transcribe", str(run), str(tones / "3_alice_0.wav"), "--beam-size", "4", "--lm", str(lm),
-                 "--lm-weight", "0.5"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 1
+    transcripts = {}
+    for weight in ("0", "20"):
+        assert main(["transcribe", str(run), str(tones / "3_alice_0.wav"), "--beam-size", "4", "--lm", str(lm),
+                     "--lm-weight", weight]) == 0
+        transcripts[weight] = capsys.readouterr().out.splitlines()
+    assert len(transcripts["0"]) == 1
+    assert transcripts["20"] != transcripts["0"]                      # a heavy language model changes the output
     letters = tmp_path / "letters.txt"
     letters.write_text("abc abc\n" * 400, encoding="utf-8")
     assert main(["train", "ngram", "--task", "lm", "--data", str(letters), "--tokenizer", "char", "--context", "16",
@@ -88,7 +92,7 @@ def test_bad_recordings_fail_with_one_line_naming_the_file(run, tmp_path, capsys
 
 
 def test_a_16_khz_recording_is_resampled(run, tones, tmp_path, capsys):
-    from seqlab.data.audio import read_wav, resample
+    from seqlab.data.audio import FeatureConfig, load_audio, log_mel, read_wav, resample
 
     samples, rate = read_wav(tones / "5_alice_0.wav")
     louder = resample(samples, rate, 16000)
@@ -96,6 +100,10 @@ def test_a_16_khz_recording_is_resampled(run, tones, tmp_path, capsys):
     capsys.readouterr()
     assert main(["transcribe", str(run), str(path)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
+    config = FeatureConfig(sample_rate=8000)                           # what the run reads: 8 kHz frames
+    at_16k = log_mel(load_audio(path, 8000), config, center=False)
+    at_8k = log_mel(load_audio(tones / "5_alice_0.wav", 8000), config, center=False)
+    assert at_16k.shape == at_8k.shape and (at_16k - at_8k).abs().max() < 0.05
 
 
 def test_compare_tabulates_error_rates(tones, tmp_path, capsys):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import chunks
 from seqlab.errors import ConfigError, DataError
 from seqlab.layers.conformer import ConformerBlock, ConvolutionModule, lengths_to_mask
 from seqlab.layers.positions import sinusoidal_table
@@ -38,19 +39,6 @@ def make_block(causal: bool, kernel: int = 3, seed: int = 0, dtype=torch.float64
             if "norm" in name or name.endswith("_bias"):
                 parameter.add_(0.3 * torch.randn_like(parameter))
     return block
-
-
-def random_chunks(draw_sizes: list[int], total: int) -> list[tuple[int, int]]:
-    """Consecutive (start, end) pieces of 0..total with the drawn sizes, the last taking the rest."""
-    pieces, start = [], 0
-    for size in draw_sizes:
-        if start >= total:
-            break
-        pieces.append((start, min(total, start + size)))
-        start = pieces[-1][1]
-    if start < total:
-        pieces.append((start, total))
-    return pieces
 
 
 # ---- relative positions -------------------------------------------------------------------------
@@ -129,7 +117,7 @@ def test_cached_causal_attention_equals_the_whole_sequence(sizes):
     attention = make_attention(causal=True)
     x = torch.randn(2, 9, D, dtype=torch.float64)
     cache = attention.make_cache(2, max_len=2)                          # grows on the way
-    pieces = [attention(x[:, start:end], cache=cache) for start, end in random_chunks(sizes, 9)]
+    pieces = [attention(x[:, start:end], cache=cache) for start, end in chunks(sizes, 9)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), relative_attention_ref(attention, x),
                                rtol=1e-10, atol=1e-12)
 
@@ -199,7 +187,7 @@ def test_block_chunk_by_chunk_equals_the_whole_sequence(sizes, seed):
     block = make_block(causal=True, kernel=4, seed=seed % 3, dtype=torch.float32)
     x = torch.randn(2, 13, D, generator=torch.Generator().manual_seed(seed))
     cache = block.init_cache(2)
-    pieces = [block.forward_chunk(x[:, start:end], cache)[0] for start, end in random_chunks(sizes, 13)]
+    pieces = [block.forward_chunk(x[:, start:end], cache)[0] for start, end in chunks(sizes, 13)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), block(x), rtol=1e-5, atol=1e-5)
 
 

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import chunks
 from seqlab.errors import ConfigError, DataError
 from seqlab.speech.encoders import BiLSTMEncoder, ConformerEncoder, ConvSubsampling, LSTMEncoder
 from seqlab.speech.recogniser import SpeechEncoder, StreamingEncoder
@@ -32,19 +33,6 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
 
 ENCODERS = ["bilstm1", "bilstm2", "bilstm4", "lstm", "conformer", "causal-conformer"]
 STREAMING = ["lstm", "causal-conformer"]
-
-
-def chunks(sizes: list[int], total: int) -> list[tuple[int, int]]:
-    """Consecutive (start, end) pieces of 0..total with the drawn sizes, the last taking the rest."""
-    pieces, start = [], 0
-    for size in sizes:
-        if start >= total:
-            break
-        pieces.append((start, min(total, start + size)))
-        start = pieces[-1][1]
-    if start < total:
-        pieces.append((start, total))
-    return pieces
 
 
 # ---- the stem -----------------------------------------------------------------------------------

@@ -65,8 +65,8 @@ class ConnectedDigits:
 
 def find_fsdd(data: str) -> Path:
     """The directory of FSDD's ``.wav`` files that ``data`` names: a directory holding them (or
-    holding ``recordings/`` with them), or ``fsdd``: ``./fsdd``, then ``$SEQLAB_DATA/fsdd``
-    (``SEQLAB_DATA`` defaults to ``../shared/data``).
+    holding ``recordings/`` with them); the name ``fsdd``, when no ``./fsdd`` exists, means
+    ``$SEQLAB_DATA/fsdd`` (``SEQLAB_DATA`` defaults to ``../shared/data``).
 
     Raises:
         DataError: nothing found there, saying where it looked.

@@ -184,7 +184,7 @@ class _Beam:
 
     @property
     def log_total(self) -> float:
-        return _log_add(self.log_blank, self.log_label)
+        return log_add(self.log_blank, self.log_label)
 
 
 def ctc_prefix_beam_search(log_probs: Tensor, *, beam_size: int, scorer: PrefixScorer | None = None,
@@ -232,14 +232,14 @@ def ctc_prefix_beam_search(log_probs: Tensor, *, beam_size: int, scorer: PrefixS
         extended: dict[tuple[int, ...], _Beam] = {}
         for prefix, probs in beam.items():
             kept = extended.setdefault(prefix, _Beam())
-            kept.log_blank = _log_add(kept.log_blank, probs.log_total + frame[BLANK])
+            kept.log_blank = log_add(kept.log_blank, probs.log_total + frame[BLANK])
             if prefix:
-                kept.log_label = _log_add(kept.log_label, probs.log_label + frame[prefix[-1]])
+                kept.log_label = log_add(kept.log_label, probs.log_label + frame[prefix[-1]])
             for symbol in symbols:
                 source = probs.log_blank if prefix and symbol == prefix[-1] else probs.log_total
                 if source + frame[symbol] > -math.inf:
                     child = extended.setdefault(prefix + (symbol,), _Beam())
-                    child.log_label = _log_add(child.log_label, source + frame[symbol])
+                    child.log_label = log_add(child.log_label, source + frame[symbol])
         alive = [(probs.log_total + prior(prefix), prefix) for prefix, probs in extended.items()
                  if probs.log_total > -math.inf]
         alive.sort(key=lambda scored: scored[0], reverse=True)
@@ -278,7 +278,7 @@ def ctc_prefix_beam_search_batch(log_probs: Tensor, lengths: Tensor | None = Non
     return [ctc_prefix_beam_search(log_probs[b, :count], **options) for b, count in enumerate(frame_counts)]
 
 
-def _log_add(a: float, b: float) -> float:
+def log_add(a: float, b: float) -> float:
     """log(exp(a) + exp(b)) of two floats, -inf allowed."""
     if a < b:
         a, b = b, a

@@ -26,7 +26,7 @@ from seqlab.errors import DataError
 from seqlab.registry import register
 from seqlab.speech.ctc import ctc_greedy, ctc_nll
 from seqlab.speech.ctc_beam import ctc_prefix_beam_search_batch
-from seqlab.speech.encoders import BiLSTMEncoder, ConformerEncoder
+from seqlab.speech.encoders import BiLSTMEncoder, ConformerConfig
 from seqlab.speech.frontend import FrontEnd, SpeechConfig
 from seqlab.speech.recogniser import BOS, FIRST_SYMBOL, Recogniser
 
@@ -106,26 +106,8 @@ class CTCBiLSTM(CTCRecogniser):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CTCConformerConfig(SpeechConfig):
-    """A Conformer with a CTC output layer.
-
-    Attributes:
-        d_model: the blocks' width.
-        n_heads: attention heads.
-        n_layers: Conformer blocks.
-        conv_kernel: the depthwise convolution's width, in (subsampled) frames.
-        ff_mult: the feed-forward modules' hidden width, as a multiple of d_model.
-        stem_channels: channels of the subsampling stem's convolutions.
-        dropout: on the residual branches and the attention weights.
-    """
-
-    d_model: int = 96
-    n_heads: int = 4
-    n_layers: int = 3
-    conv_kernel: int = 15
-    ff_mult: int = 4
-    stem_channels: int = 64
-    dropout: float = 0.1
+class CTCConformerConfig(ConformerConfig):
+    """A Conformer with a CTC output layer (the fields are ``ConformerConfig``'s)."""
 
 
 @register("ctc-conformer", task="asr", config=CTCConformerConfig)
@@ -133,5 +115,4 @@ class CTCConformer(CTCRecogniser):
     """Conformer with CTC (Gulati et al. 2020)."""
 
     def make_encoder(self, config: CTCConformerConfig) -> nn.Module:
-        return ConformerEncoder(config.n_mels, config.d_model, config.n_heads, config.n_layers, config.conv_kernel,
-                                config.ff_mult, config.dropout, stem_channels=config.stem_channels)
+        return config.conformer_encoder(causal=False)

@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqlab.errors import ConfigError, DataError
 from seqlab.layers.conformer import ConformerBlock, ConformerCache, lengths_to_mask
+from seqlab.speech.frontend import SpeechConfig
 
 KERNEL, STRIDE = 3, 2           # each convolution of the stem, in time and in mel
 
@@ -305,3 +306,31 @@ class ConformerEncoder(nn.Module):
         for block, cache in zip(self.blocks, caches):
             hidden, _ = block.forward_chunk(hidden, cache)
         return hidden, state
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConformerConfig(SpeechConfig):
+    """The config of a recogniser with a Conformer encoder; each such model's config extends it.
+
+    Attributes:
+        d_model: the blocks' width.
+        n_heads: attention heads.
+        n_layers: Conformer blocks.
+        conv_kernel: the depthwise convolution's width, in (subsampled) frames.
+        ff_mult: the feed-forward modules' hidden width, as a multiple of d_model.
+        stem_channels: channels of the subsampling stem's convolutions.
+        dropout: on the residual branches and the attention weights.
+    """
+
+    d_model: int = 96
+    n_heads: int = 4
+    n_layers: int = 3
+    conv_kernel: int = 15
+    ff_mult: int = 4
+    stem_channels: int = 64
+    dropout: float = 0.1
+
+    def conformer_encoder(self, *, causal: bool) -> ConformerEncoder:
+        """The encoder this config describes (causal: a streaming one)."""
+        return ConformerEncoder(self.n_mels, self.d_model, self.n_heads, self.n_layers, self.conv_kernel,
+                                self.ff_mult, self.dropout, causal=causal, stem_channels=self.stem_channels)

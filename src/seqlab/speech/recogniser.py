@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from seqlab.errors import ConfigError
+
 BLANK = 0
 PAD = 0
 BOS = 1
@@ -72,3 +74,11 @@ class StreamingEncoder(SpeechEncoder, Protocol):
 
     def init_stream(self, batch_size: int) -> Any: ...
     def forward_chunk(self, features: Tensor, state: Any) -> tuple[Tensor, Any]: ...
+
+
+def refuse_fusion(model: str, scorer: Any, lm_weight: float, length_bonus: float) -> None:
+    """ConfigError when a recogniser that decodes without a language model (``model``) is
+    asked for shallow fusion or a length bonus: those belong to CTC's prefix beam search."""
+    if scorer is not None or lm_weight or length_bonus:
+        raise ConfigError(f"shallow fusion (lm, lm_weight) and length_bonus are only for CTC models; decode {model} "
+                          "with beam_size alone")

@@ -25,30 +25,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from seqlab.data.audio import RunningNormaliser
 from seqlab.errors import ConfigError
 from seqlab.registry import register
-from seqlab.speech.encoders import ConformerEncoder, EncoderStream
-from seqlab.speech.frontend import FrontEnd, Normalisation, SpeechConfig
-from seqlab.speech.recogniser import BLANK, Recogniser
+from seqlab.speech.encoders import ConformerConfig, EncoderStream
+from seqlab.speech.frontend import FrontEnd, Normalisation, RunningNormaliser
+from seqlab.speech.recogniser import BLANK, Recogniser, refuse_fusion
 from seqlab.speech.transducer_decode import (GreedyDecoding, greedy_frames, greedy_start, transducer_beam_search,
                                              transducer_greedy)
 from seqlab.speech.transducer_loss import rnnt_nll_from_joint
 
 
 @dataclass(frozen=True, kw_only=True)
-class RNNTConformerConfig(SpeechConfig):
-    """A causal Conformer transducer.
+class RNNTConformerConfig(ConformerConfig):
+    """A causal Conformer transducer (the encoder's fields are ``ConformerConfig``'s).
 
     Attributes:
         normalisation: running by default: what a streaming model can compute.
-        d_model: the encoder blocks' width.
-        n_heads: attention heads.
-        n_layers: Conformer blocks.
-        conv_kernel: the causal depthwise convolution's width, in (subsampled) frames.
-        ff_mult: the feed-forward modules' hidden width, as a multiple of d_model.
-        stem_channels: channels of the subsampling stem's convolutions.
-        dropout: on the residual branches, the attention weights and the prediction network.
         predictor_size: the prediction network's embedding and LSTM width.
         joint_size: the joint network's hidden width.
         time_chunk: frames per slice of the joint in training (memory; none: all at once).
@@ -56,13 +48,6 @@ class RNNTConformerConfig(SpeechConfig):
     """
 
     normalisation: Normalisation = "running"
-    d_model: int = 96
-    n_heads: int = 4
-    n_layers: int = 3
-    conv_kernel: int = 15
-    ff_mult: int = 4
-    stem_channels: int = 64
-    dropout: float = 0.1
     predictor_size: int = 96
     joint_size: int = 96
     time_chunk: int | None = 16
@@ -88,9 +73,7 @@ class RNNTConformer(Recogniser):
         super().__init__()
         self.config, self.vocab_size = config, config.vocab_size
         self.frontend = FrontEnd(config)
-        self.encoder = ConformerEncoder(config.n_mels, config.d_model, config.n_heads, config.n_layers,
-                                        config.conv_kernel, config.ff_mult, config.dropout, causal=True,
-                                        stem_channels=config.stem_channels)
+        self.encoder = config.conformer_encoder(causal=True)
         self.encoder_projection = nn.Linear(config.d_model, config.joint_size)
         self.embedding = nn.Embedding(config.vocab_size, config.predictor_size)
         self.predictor = nn.LSTM(config.predictor_size, config.predictor_size, batch_first=True)
@@ -133,9 +116,7 @@ class RNNTConformer(Recogniser):
     def transcribe(self, features: Tensor, lengths: Tensor, *, beam_size: int = 1, scorer: Any = None,
                    lm_weight: float = 0.0, length_bonus: float = 0.0) -> list[list[int]]:
         """Greedy (``beam_size`` 1) or time-synchronous beam search."""
-        if scorer is not None or lm_weight or length_bonus:
-            raise ConfigError("shallow fusion (lm, lm_weight, length_bonus) is for CTC models; a transducer's "
-                              "prediction network is its language model")
+        refuse_fusion(self.registry_name, scorer, lm_weight, length_bonus)   # the prediction network is its LM
         encoded, encoded_lengths = self.encode(features, lengths)
         symbols = self.config.max_symbols_per_frame
         if beam_size == 1:

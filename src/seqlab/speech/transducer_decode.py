@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from seqlab.errors import ConfigError, DataError
+from seqlab.speech.ctc_beam import log_add
 from seqlab.speech.recogniser import BLANK
 
 PredictorState = tuple[Tensor, ...]
@@ -155,12 +156,6 @@ class _Hypothesis:
     state: PredictorState          # each with a batch of 1 on dim 1
 
 
-def _log_add(a: float, b: float) -> float:
-    if a < b:
-        a, b = b, a
-    return a if b == -math.inf else a + math.log1p(math.exp(b - a))
-
-
 def _stack_states(hypotheses: list[_Hypothesis]) -> PredictorState:
     return tuple(torch.cat(parts, dim=1) for parts in zip(*(h.state for h in hypotheses)))
 
@@ -233,7 +228,7 @@ def _end_frame(ended: dict[tuple[int, ...], _Hypothesis], hypothesis: _Hypothesi
     """Add ``hypothesis`` to the frame's ended set, log-adding it to one with the same labels."""
     same = ended.get(hypothesis.labels)
     if same is not None:
-        hypothesis.log_prob = _log_add(same.log_prob, hypothesis.log_prob)
+        hypothesis.log_prob = log_add(same.log_prob, hypothesis.log_prob)
     ended[hypothesis.labels] = hypothesis
 
 

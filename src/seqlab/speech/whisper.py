@@ -53,7 +53,7 @@ from seqlab.layers.positions import LearnedPositions, SinusoidalPositions
 from seqlab.models.transformer import gpt2_init
 from seqlab.registry import register
 from seqlab.speech.frontend import FrontEnd, SpeechConfig
-from seqlab.speech.recogniser import BOS, EOS, FIRST_SYMBOL, Recogniser
+from seqlab.speech.recogniser import BOS, EOS, FIRST_SYMBOL, Recogniser, refuse_fusion
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,9 +292,7 @@ class WhisperRecogniser(EncoderDecoder, Recogniser):
             ConfigError: a ``scorer``, ``lm_weight`` or ``length_bonus`` (shallow fusion and the
                 length bonus belong to CTC prefix beam search), or ``beam_size < 1``.
         """
-        if scorer is not None or lm_weight != 0.0 or length_bonus != 0.0:
-            raise ConfigError("shallow fusion (scorer, lm_weight) and length_bonus are only for CTC models; "
-                              "decode whisper-tiny with beam_size alone")
+        refuse_fusion(self.registry_name, scorer, lm_weight, length_bonus)
         if beam_size < 1:
             raise ConfigError(f"beam_size must be >= 1, got {beam_size}")
         mask = frame_mask(features, lengths)

@@ -21,7 +21,6 @@ seconds spent recognising (features to text) per second of audio.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,7 +386,3 @@ def language_model_scorer(run: str, vocabulary: SymbolVocabulary) -> Any:
     end_id = end[0] if len(end) == 1 and end[0] != tokenizer.unk_id else None
     return NGramScorer(loaded.model, mapping, end_lm_id=end_id)
 
-
-def with_options(task: SpeechRecognition, **changes: Any) -> SpeechRecognition:
-    """``task`` with some options changed and the same recordings (a test's smaller task)."""
-    return SpeechRecognition(dataclasses.replace(task.options, **changes), task.recordings, task.vocabulary)
