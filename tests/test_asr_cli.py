@@ -118,3 +118,25 @@ def test_compare_tabulates_error_rates(tones, tmp_path, capsys):
 def test_unknown_data_is_one_line(tmp_path, capsys):
     fails_cleanly(capsys, ["train", "ctc-bilstm", "--task", "asr", "--data", str(tmp_path), "--steps", "1",
                            "--out", str(tmp_path / "r")], "no FSDD recordings")
+
+
+def test_a_manifest_trains_evaluates_and_names_a_bad_line(tones, tmp_path, capsys):
+    lines = [f"{tones / f'{digit}_alice_{index}.wav'}\t{digit} {digit}" for digit in range(10) for index in range(3)]
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "ctc-bilstm", "--task", "asr", "--data", str(manifest), "--steps", "2", "--batch-size", "4",
+                 "--out", str(run), *SMALL]) == 0
+    held_out = tmp_path / "held_out.tsv"
+    held_out.write_text("3_alice_5.wav\t3\n4_alice_5.wav\t4 x\n", encoding="utf-8")      # relative paths
+    (tmp_path / "3_alice_5.wav").write_bytes((tones / "3_alice_5.wav").read_bytes())
+    (tmp_path / "4_alice_5.wav").write_bytes((tones / "4_alice_5.wav").read_bytes())
+    fails_cleanly(capsys, ["eval", str(run), "--data", str(held_out)], "held_out.tsv:2: transcript '4 x' has 'x'")
+    held_out.write_text("3_alice_5.wav\t3\nmissing.wav\t4\n", encoding="utf-8")
+    fails_cleanly(capsys, ["eval", str(run), "--data", str(held_out)], "held_out.tsv:2")
+    held_out.write_text("3_alice_5.wav\t3\n4_alice_5.wav\t4\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(held_out)]) == 0
+    assert json.loads(capsys.readouterr().out)["utterances"] == 2
+    held_out.write_text("3_alice_5.wav 3\n", encoding="utf-8")
+    fails_cleanly(capsys, ["eval", str(run), "--data", str(held_out)], "held_out.tsv:1")

@@ -1,10 +1,16 @@
 """Speech recognition: a recording in, its transcript out.
 
-The data is the Free Spoken Digit Dataset made into connected-digit utterances
-(``seqlab.data.spoken_digits``): ``--data fsdd`` (looked up in ``./fsdd``, then
-``$SEQLAB_DATA/fsdd``, by default ``../shared/data/fsdd``) or the directory of its recordings.
-``--split official`` keeps FSDD's test recordings (0-4 of every digit and speaker) out of
-training; ``--split speaker`` tests on a speaker never heard (``theo``).
+The data is one of:
+
+- the Free Spoken Digit Dataset made into connected-digit utterances
+  (``seqlab.data.spoken_digits``): ``--data fsdd`` (looked up in ``./fsdd``, then
+  ``$SEQLAB_DATA/fsdd``, by default ``../shared/data/fsdd``) or the directory of its
+  recordings. ``--split official`` keeps FSDD's test recordings (0-4 of every digit and
+  speaker) out of training; ``--split speaker`` tests on a speaker never heard (``theo``);
+- a TSV manifest of ``recording.wav<TAB>transcript`` lines (``seqlab.data.speech_manifest``),
+  shuffled with ``data_seed`` and cut by ``split_fractions``; given to ``seqlab eval RUN
+  --data``, all of it is the test split. Its transcripts' characters are the vocabulary, and a
+  transcript the run's vocabulary cannot write is an error naming its line.
 
 A batch is (log-mel frames (B, T, F), padded with 0; frame counts (B,); transcript ids (B, L),
 padded with 0; transcript lengths (B,)). Frames come from ``seqlab.data.audio.log_mel`` with
@@ -31,6 +37,8 @@ from torch import Tensor, nn
 
 from seqlab.contracts import device_of
 from seqlab.data.audio import FeatureConfig, load_audio, log_mel
+from seqlab.data.speech_manifest import (Utterances, check_duration, is_manifest, manifest_utterances,
+                                         read_manifest, split_entries)
 from seqlab.data.spoken_digits import (ConnectedDigits, connect, find_fsdd, list_recordings, random_groups,
                                        split_recordings)
 from seqlab.errors import ConfigError, DataError
@@ -42,7 +50,6 @@ from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
 
 DIGITS = "0 1 2 3 4 5 6 7 8 9"        # the transcripts' characters: the digits and the space
 SHOWN_UTTERANCES = 6
-MIN_SECONDS = 0.1                     # the shortest recording every model's stem can read
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,10 +57,11 @@ class SpeechOptions:
     """The data of a speech recognition run.
 
     Attributes:
-        data: fsdd (the Free Spoken Digit Dataset, found in ./fsdd or $SEQLAB_DATA/fsdd) or the
-            directory of its recordings.
+        data: fsdd (the Free Spoken Digit Dataset, found in ./fsdd or $SEQLAB_DATA/fsdd), the
+            directory of its recordings, or a TSV manifest of recording.wav<TAB>transcript lines.
         split: official (FSDD's test recordings 0-4 never trained on) or speaker (test on
             held_out_speaker, train on the others).
+        split_fractions: fractions of a manifest's recordings for train, valid and test.
         held_out_speaker: the speaker of the speaker split's test set.
         max_digits: the most digits in one utterance (each has 1 to max_digits).
         valid_passes: times each validation recording is heard in the fixed validation set.
@@ -67,6 +75,7 @@ class SpeechOptions:
 
     data: str = "fsdd"
     split: Literal["official", "speaker"] = "official"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     held_out_speaker: str = "theo"
     max_digits: int = 7
     valid_passes: int = 1
@@ -83,6 +92,9 @@ class SpeechOptions:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.split not in ("official", "speaker"):
             raise ConfigError(f"split must be official or speaker, got {self.split!r}")
+        fractions = self.split_fractions
+        if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-9:
+            raise ConfigError(f"split_fractions must be three positive fractions summing to 1, got {fractions}")
 
     @property
     def features(self) -> FeatureConfig:
@@ -113,26 +125,17 @@ class TranscribeOptions:
             raise ConfigError(f"beam_size must be >= 1, got {self.beam_size}")
 
 
-@dataclass
-class Utterances:
-    """Fixed utterances of one split: their frames and transcripts."""
-
-    features: list[Tensor]          # (T_i, F) log-mel frames
-    transcripts: list[str]
-    samples: list[int]              # each utterance's audio samples
-
-    def __len__(self) -> int:
-        return len(self.transcripts)
-
-
 @register_task("asr")
 class SpeechRecognition(Task):
-    """Connected spoken digits (module docstring).
+    """Speech recognition over connected spoken digits or a manifest (module docstring).
 
     Args:
         options: the data's options.
-        splits: recordings per split name, as waveforms with their digits; empty to predict.
-        vocabulary: a saved run's; None builds it from the digits.
+        recordings: FSDD's recordings per split name, as (waveform, digit); none for a manifest
+            or to transcribe.
+        vocabulary: a saved run's; None builds it from the digits or the manifest's training
+            transcripts.
+        utterances: a manifest's fixed utterances per split name.
     """
 
     Options = SpeechOptions
@@ -151,32 +154,50 @@ class SpeechRecognition(Task):
     matched_config_fields = ("vocab_size", "n_mels")
     artifact_loaders = {"vocabulary": SymbolVocabulary.load}
 
-    def __init__(self, options: SpeechOptions, recordings: dict[str, list[tuple[Tensor, int]]],
-                 vocabulary: SymbolVocabulary | None = None):
+    def __init__(self, options: SpeechOptions, recordings: dict[str, list[tuple[Tensor, int]]] | None = None,
+                 vocabulary: SymbolVocabulary | None = None, utterances: dict[str, Utterances] | None = None):
         self.options = options
         self.features = options.features
-        self.vocabulary = vocabulary or SymbolVocabulary.build([DIGITS])
-        self.recordings = recordings
-        self._fixed = {split: self._fixed_utterances(split, seed)
-                       for seed, split in enumerate(("valid", "test"), start=1) if recordings.get(split)}
+        self.recordings = recordings or {}
+        if utterances is not None:                         # a manifest's recordings
+            if vocabulary is None and "train" not in utterances:
+                raise DataError("a speech task over a manifest needs its training split or a run's vocabulary")
+            self.vocabulary = vocabulary or SymbolVocabulary.build(utterances["train"].transcripts)
+            self._fixed = utterances
+        else:                                              # connected digits, made from FSDD's recordings
+            self.vocabulary = vocabulary or SymbolVocabulary.build([DIGITS])
+            self._fixed = {split: self._fixed_utterances(split, seed)
+                           for seed, split in enumerate(("valid", "test"), start=1) if self.recordings.get(split)}
+        for split in self._fixed.values():                 # a transcript the vocabulary cannot write fails now
+            for transcript, source in zip(split.transcripts, split.sources):
+                self.vocabulary.encode(transcript, source)
 
     # ---- building ------------------------------------------------------------------------
 
     @classmethod
     def from_options(cls, options: SpeechOptions) -> SpeechRecognition:
+        if is_manifest(options.data):
+            return cls(options, utterances=read_manifest_splits(options))
         return cls(options, read_recordings(options))
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
                   with_data: bool = True) -> SpeechRecognition:
         """The task a run was trained on: over its own data, another FSDD ``data`` (same split),
-        or no data (to transcribe)."""
+        a manifest (all of it the test split), or no data (to transcribe)."""
         values = {key: value for key, value in spec.items() if key != "task"}
         if data is not None:
             values["data"] = str(data)
         options = make_config(SpeechOptions, values)
-        recordings = read_recordings(options) if with_data else {}
-        return cls(options, recordings, artifacts["vocabulary"])
+        vocabulary = artifacts["vocabulary"]
+        if not with_data:
+            return cls(options, vocabulary=vocabulary)
+        if is_manifest(options.data) and data is not None:
+            test = manifest_utterances(read_manifest(options.data), options.features)
+            return cls(options, vocabulary=vocabulary, utterances={"test": test})
+        if is_manifest(options.data):
+            return cls(options, vocabulary=vocabulary, utterances=read_manifest_splits(options))
+        return cls(options, read_recordings(options), vocabulary)
 
     def spec(self) -> dict[str, Any]:
         """The options, with a data directory made absolute (a run is read again from elsewhere)."""
@@ -210,25 +231,34 @@ class SpeechRecognition(Task):
         groups = random_groups(len(self.recordings[split]), self.options.max_digits, passes, generator)
         utterances = [self._utterance(split, group, generator) for group in groups]
         return Utterances([log_mel(u.samples, self.features, center=False) for u in utterances],
-                          [u.transcript for u in utterances], [len(u.samples) for u in utterances])
+                          [u.transcript for u in utterances], [len(u.samples) for u in utterances],
+                          [f"{split} utterance {number}" for number in range(len(utterances))])
 
-    def batch_of(self, features: Sequence[Tensor], transcripts: Sequence[str] | None = None) -> tuple[Tensor, ...]:
+    def batch_of(self, features: Sequence[Tensor], transcripts: Sequence[str] | None = None,
+                 sources: Sequence[str] | None = None) -> tuple[Tensor, ...]:
         """Frames (B, T, F) padded with 0 and lengths (B,); with ``transcripts``, their ids
-        (B, L) padded with 0 and lengths (B,)."""
+        (B, L) padded with 0 and lengths (B,) (``sources`` name them in errors)."""
         lengths = torch.tensor([len(f) for f in features], dtype=torch.long)
         frames = nn.utils.rnn.pad_sequence(list(features), batch_first=True)
         if transcripts is None:
             return frames, lengths
-        ids = [torch.tensor(self.vocabulary.encode(text, f"utterance {number}"), dtype=torch.long)
-               for number, text in enumerate(transcripts)]
+        sources = sources or [f"utterance {number}" for number in range(len(transcripts))]
+        ids = [torch.tensor(self.vocabulary.encode(text, source), dtype=torch.long)
+               for text, source in zip(transcripts, sources)]
         target_lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
         return frames, lengths, nn.utils.rnn.pad_sequence(ids, batch_first=True), target_lengths
 
     # ---- training and evaluation ---------------------------------------------------------
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Fresh utterances of random training recordings: a number of digits from 1 to
-        ``max_digits`` drawn for the batch, which keeps its padding small."""
+        """Random training utterances of a manifest; or fresh connected digits of random
+        training recordings, a number of digits from 1 to ``max_digits`` drawn for the batch,
+        which keeps its padding small."""
+        if "train" in self._fixed:
+            train = self._fixed["train"]
+            rows = torch.randint(0, len(train), (batch_size,), generator=generator).tolist()
+            return self.batch_of([train.features[i] for i in rows], [train.transcripts[i] for i in rows],
+                                 [train.sources[i] for i in rows])
         n_recordings = len(self.recordings["train"])
         size = int(torch.randint(1, self.options.max_digits + 1, (), generator=generator))
         utterances = []
@@ -271,7 +301,8 @@ class SpeechRecognition(Task):
                 rows = range(start, min(start + size, count))
                 features, lengths, targets, target_lengths = (
                     t.to(device) for t in self.batch_of([utterances.features[i] for i in rows],
-                                                        [utterances.transcripts[i] for i in rows]))
+                                                        [utterances.transcripts[i] for i in rows],
+                                                        [utterances.sources[i] for i in rows]))
                 total_nll += float(model.nll(features, lengths, targets, target_lengths).sum())
                 total_symbols += int(target_lengths.sum())
                 started = time.perf_counter()
@@ -290,7 +321,7 @@ class SpeechRecognition(Task):
 
     def _split(self, split: str) -> Utterances:
         if split not in self._fixed:
-            if not self.recordings:
+            if not self._fixed:
                 raise DataError("this speech task was opened without its data; give --data to evaluate")
             raise ConfigError(f"unknown split {split!r}; this task has {', '.join(self._fixed)}")
         return self._fixed[split]
@@ -314,9 +345,7 @@ class SpeechRecognition(Task):
             if not line.strip():
                 raise DataError(f"input line {number} is empty; give one WAV file per line")
             samples = load_audio(line.strip(), self.options.sample_rate)
-            if len(samples) < MIN_SECONDS * self.options.sample_rate:
-                raise DataError(f"{line.strip()}: the recording lasts {len(samples) / self.options.sample_rate:.3f} s; "
-                                f"give at least {MIN_SECONDS} s of speech")
+            check_duration(samples, self.options.sample_rate, line.strip())
             features.append(log_mel(samples, self.features, center=False))
         device, was_training = device_of(model), model.training
         model.eval()
@@ -334,6 +363,11 @@ class SpeechRecognition(Task):
 
     def describe(self) -> str:
         options = self.options
+        if is_manifest(options.data):
+            sizes = ", ".join(f"{name} {len(u):,} recordings ({sum(u.samples) / options.sample_rate / 60:.1f} min)"
+                              for name, u in self._fixed.items())
+            return (f"recordings of `{options.data}`: {sizes}; {len(self.vocabulary.characters)} characters; "
+                    f"{options.n_mels} log-mel channels at {options.sample_rate} Hz")
         split = ("FSDD's official split (recordings 0-4 of every digit and speaker never trained on)"
                  if options.split == "official" else f"speaker held out: `{options.held_out_speaker}`")
         sizes = ", ".join(f"{name} {len(parts):,} recordings" for name, parts in self.recordings.items())
@@ -386,3 +420,10 @@ def language_model_scorer(run: str, vocabulary: SymbolVocabulary) -> Any:
     end_id = end[0] if len(end) == 1 and end[0] != tokenizer.unk_id else None
     return NGramScorer(loaded.model, mapping, end_lm_id=end_id)
 
+
+
+def read_manifest_splits(options: SpeechOptions) -> dict[str, Utterances]:
+    """The frames and transcripts of a manifest's recordings, shuffled with ``data_seed`` and
+    cut by ``split_fractions``."""
+    parts = split_entries(read_manifest(options.data), options.split_fractions, options.data_seed)
+    return {split: manifest_utterances(part, options.features) for split, part in parts.items()}
