@@ -128,3 +128,12 @@ def test_evaluate_and_transcribe_an_untrained_model(task, tones):
 def test_options_are_checked():
     with pytest.raises(ConfigError, match="max_digits must be >= 1"):
         SpeechOptions(max_digits=0)
+    with pytest.raises(ConfigError, match=r"sample_rate must be in \[4000, 192000\] Hz, got 1000"):
+        SpeechOptions(sample_rate=1000)
+
+
+def test_a_decoder_too_short_for_the_transcripts_is_refused_before_training(task):
+    model = registry.build_for_task("whisper-tiny", task.model_defaults(), {"max_target_len": 4, "d_model": 16,
+                                    "n_heads": 2, "d_ff": 16}, task="asr")
+    with pytest.raises(ConfigError, match="max_target_len is 4 but this task's transcripts run to 5 characters"):
+        task.check_model(model)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.contracts import device_of
-from seqlab.data.audio import FeatureConfig, load_audio, log_mel
+from seqlab.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, FeatureConfig, load_audio, log_mel
 from seqlab.data.speech_manifest import (Utterances, check_duration, is_manifest, manifest_utterances,
                                          read_manifest, split_entries)
 from seqlab.data.spoken_digits import (ConnectedDigits, connect, find_fsdd, list_recordings, random_groups,
@@ -90,6 +90,8 @@ class SpeechOptions:
         for name in ("max_digits", "valid_passes", "test_passes", "n_mels", "beam_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            raise ConfigError(f"sample_rate must be in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz, got {self.sample_rate}")
         if self.split not in ("official", "speaker"):
             raise ConfigError(f"split must be official or speaker, got {self.split!r}")
         fractions = self.split_fractions
@@ -212,6 +214,17 @@ class SpeechRecognition(Task):
     def model_defaults(self) -> dict[str, Any]:
         """The output ids and mel channels a recogniser for this task must take."""
         return {"vocab_size": self.vocabulary.size, "n_mels": self.options.n_mels}
+
+    def check_model(self, model: nn.Module) -> None:
+        """Also refuse, before training, a decoder too short for this task's longest transcript
+        (a Whisper-style model's ``max_target_len`` counts BOS or EOS too)."""
+        super().check_model(model)
+        limit = getattr(getattr(model, "config", None), "max_target_len", None)
+        longest = max((len(t) for u in self._fixed.values() for t in u.transcripts),
+                      default=2 * self.options.max_digits - 1)
+        if limit is not None and longest >= limit:
+            raise ConfigError(f"the model's max_target_len is {limit} but this task's transcripts run to {longest} "
+                              f"characters; set max_target_len={longest + 1} or more")
 
     @classmethod
     def example_model_defaults(cls) -> dict[str, Any]:
