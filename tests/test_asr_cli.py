@@ -52,6 +52,12 @@ def test_transcribe_takes_files_after_the_run(run, tones, capsys):
     assert len(lines) == 2 and all(set(line) <= set("0123456789 ") for line in lines)
     assert main(["transcribe", str(run), *files, "--beam-size", "3", "--length-bonus", "0.5"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+    assert main(["transcribe", str(run), *files, "--timestamps"]) == 0
+    stamped = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in stamped] == lines          # the transcript, then its words' times
+    for line in stamped:
+        words = line.split("\t")[1].split()
+        assert [w.split("@")[0] for w in words] == line.split("\t")[0].split()
 
 
 def test_transcribe_fuses_a_character_ngram_model(run, tones, tmp_path, capsys):

@@ -13,7 +13,7 @@ from seqlab.data.spoken_digits import connect, find_fsdd, list_recordings, rando
 from seqlab.errors import ConfigError, DataError
 from seqlab.metrics.speech import error_rates
 from seqlab.speech.vocabulary import SymbolVocabulary
-from seqlab.tasks.asr import SpeechOptions, SpeechRecognition
+from seqlab.tasks.asr import SpeechOptions, SpeechRecognition, TranscribeOptions
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,10 @@ def test_a_decoder_too_short_for_the_transcripts_is_refused_before_training(task
                                     "n_heads": 2, "d_ff": 16}, task="asr")
     with pytest.raises(ConfigError, match="max_target_len is 4 but this task's transcripts run to 5 characters"):
         task.check_model(model)
+
+
+def test_timestamps_are_for_ctc_models(task, tones):
+    model = registry.build_for_task("whisper-tiny", task.model_defaults(), {"d_model": 16, "n_heads": 2, "d_ff": 16},
+                                    task="asr")
+    with pytest.raises(ConfigError, match="timestamps come from a CTC forced alignment"):
+        task.predict(model, [str(tones / "3_alice_0.wav")], TranscribeOptions(timestamps=True))

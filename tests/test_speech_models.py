@@ -26,3 +26,19 @@ def test_ctc_compact_output_layer_scores_the_recognisers_ids(name):
     for bad in (1, 2, 9):
         with pytest.raises(DataError, match=f"utterance 1 of the batch: target id {bad} at position 0"):
             model.nll(features, lengths, torch.tensor([[3, 8, 8], [bad, 0, 0]]), target_lengths)
+
+
+def test_word_timings_read_the_forced_alignment():
+    torch.manual_seed(0)
+    model = registry.build_for_task("ctc-bilstm", {"vocab_size": 9, "n_mels": 12}, {"hidden_size": 16, "n_layers": 1},
+                                    task="asr").eval()
+    path = [0, 4, 4, 0, 3, 5, 0, 0]                  # blank 1 1 blank space 2 blank blank: "1 2"
+    log_probs = torch.full((8, 9), -9.0)
+    log_probs[torch.arange(8), path] = -0.01
+    model.log_probs = lambda features, lengths: (log_probs[None], torch.tensor([8]))
+    timings = model.word_timings(torch.zeros(1, 16, 12), torch.tensor([16]), [[4, 3, 5]], separator_id=3,
+                                 frame_seconds=0.01)                 # 16 input frames -> 8: 0.02 s a frame
+    (first, start, end), (second, start2, end2) = timings[0]
+    assert (first, second) == ([4], [5])
+    assert (start, end, start2, end2) == pytest.approx((0.02, 0.06, 0.10, 0.12))
+    assert model.word_timings(torch.zeros(1, 16, 12), torch.tensor([16]), [[]], 3, 0.01) == [[]]

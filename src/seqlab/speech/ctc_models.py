@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from seqlab.errors import DataError
 from seqlab.registry import register
-from seqlab.speech.ctc import ctc_greedy, ctc_nll
+from seqlab.speech.ctc import ctc_align, ctc_greedy, ctc_nll, word_timestamps
 from seqlab.speech.ctc_beam import ctc_prefix_beam_search_batch
 from seqlab.speech.encoders import BiLSTMEncoder, ConformerConfig
 from seqlab.speech.frontend import FrontEnd, SpeechConfig
@@ -78,6 +78,26 @@ class CTCRecogniser(Recogniser):
         searched = ctc_prefix_beam_search_batch(log_probs.cpu(), encoded_lengths.cpu(), beam_size=beam_size,
                                                 scorer=scorer, lm_weight=lm_weight, length_bonus=length_bonus)
         return [n_best[0][0] if n_best else [] for n_best in searched]   # none: no labelling is possible
+
+
+    @torch.no_grad()
+    def word_timings(self, features: Tensor, lengths: Tensor, transcripts: list[list[int]], separator_id: int,
+                     frame_seconds: float) -> list[list[tuple[list[int], float, float]]]:
+        """When each word of each transcript is spoken: the forced alignment (Viterbi over the
+        CTC chain, ``seqlab.speech.ctc.ctc_align``) of the transcript to the utterance, read as
+        ``(word ids, start s, end s)``. An encoder frame lasts ``frame_seconds`` (the input's hop)
+        times the utterance's input frames per encoder frame."""
+        log_probs, encoded_lengths = self.log_probs(features, lengths)
+        timings = []
+        for row, transcript in enumerate(transcripts):
+            if not transcript:
+                timings.append([])
+                continue
+            length = int(encoded_lengths[row])
+            alignment = ctc_align(log_probs[row, :length], None, torch.tensor(transcript))
+            stride = frame_seconds * int(lengths[row]) / length
+            timings.append(word_timestamps(alignment, transcript, separator_id, stride))
+        return timings
 
 
 @dataclass(frozen=True, kw_only=True)

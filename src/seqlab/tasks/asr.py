@@ -115,12 +115,15 @@ class TranscribeOptions:
             --tokenizer char` over transcripts, one per line) fused into a CTC model's beam.
         lm_weight: weight of the language model's log-probability in the beam's score.
         length_bonus: added to the beam's score per symbol written (CTC models).
+        timestamps: follow each transcript with a tab and its words' times, ``word@start-end``
+            in seconds, from a forced alignment (CTC models).
     """
 
     beam_size: int = 1
     lm: str | None = None
     lm_weight: float = 0.5
     length_bonus: float = 0.0
+    timestamps: bool = False
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -349,6 +352,9 @@ class SpeechRecognition(Task):
                 naming it.
         """
         options = options or TranscribeOptions()
+        if options.timestamps and not hasattr(model, "word_timings"):
+            raise ConfigError(f"--timestamps come from a CTC forced alignment; a {type(model).__name__} has none: "
+                              "use a ctc-* run")
         scorer = None if options.lm is None else language_model_scorer(options.lm, self.vocabulary)
         fusion = {"scorer": scorer, "lm_weight": options.lm_weight} if scorer is not None else {}
         if options.length_bonus:
@@ -367,12 +373,26 @@ class SpeechRecognition(Task):
             with torch.no_grad():
                 for start in range(0, len(features), self.options.eval_batch_size):
                     frames, lengths = self.batch_of(features[start:start + self.options.eval_batch_size])
-                    ids = model.transcribe(frames.to(device), lengths.to(device), beam_size=options.beam_size,
-                                           **fusion)
-                    transcripts.extend(self.vocabulary.decode(row) for row in ids)
+                    frames, lengths = frames.to(device), lengths.to(device)
+                    ids = model.transcribe(frames, lengths, beam_size=options.beam_size, **fusion)
+                    texts = [self.vocabulary.decode(row) for row in ids]
+                    if options.timestamps:
+                        texts = [text + "\t" + " ".join(f"{self.vocabulary.decode(word)}@{start:.2f}-{end:.2f}"
+                                                         for word, start, end in timing)
+                                 for text, timing in zip(texts, self._word_timings(model, frames, lengths, ids))]
+                    transcripts.extend(texts)
         finally:
             model.train(was_training)
         return transcripts
+
+    def _word_timings(self, model: nn.Module, frames: Tensor, lengths: Tensor, ids: list[list[int]]) -> list:
+        """Each transcript's words with their times (``model.word_timings``), or none for a
+        vocabulary without a space."""
+        separator = self.vocabulary.id_of(" ")
+        if separator is None:
+            return [[] for _ in ids]
+        hop_seconds = self.features.hop_length / self.options.sample_rate
+        return model.word_timings(frames, lengths, ids, separator, hop_seconds)
 
     def describe(self) -> str:
         options = self.options
