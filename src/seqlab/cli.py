@@ -119,12 +119,14 @@ def _models(args: argparse.Namespace) -> int:
         if defaults:
             print("training defaults: " + ", ".join(f"{key}={value}" for key, value in defaults.items()))
         return 0
-    print(f"{'name':<14}{'task':<10}{'trains by':<11}{'parameters':>12}  summary")
+    width = max(len(entry.name) for entry in registry.entries()) + 2
+    print(f"{'name':<{width}}{'task':<10}{'trains by':<11}{'parameters':>12}  summary")
     for task in task_names():
         example = get_task(task).example_model_defaults()
         for entry in registry.entries(task):
             model = registry.build_for_task(entry.name, example, {}, task=task)
-            print(f"{entry.name:<14}{task:<10}{entry.trains:<11}{registry.parameter_count(model):>12,}  {entry.summary}")
+            print(f"{entry.name:<{width}}{task:<10}{entry.trains:<11}{registry.parameter_count(model):>12,}  "
+                  f"{entry.summary}")
     print("(parameters at the default config, for each task's example data sizes; "
           "`seqlab models NAME` lists a model's config fields)")
     return 0
