@@ -36,7 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.contracts import device_of
-from seqlab.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, FeatureConfig, load_audio, log_mel
+from seqlab.data.audio import (MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, FeatureConfig, StreamingLogMel, load_audio,
+                               log_mel)
 from seqlab.data.speech_manifest import (Utterances, check_duration, is_manifest, manifest_utterances,
                                          read_manifest, split_entries)
 from seqlab.data.spoken_digits import (ConnectedDigits, connect, find_fsdd, list_recordings, random_groups,
@@ -117,6 +118,8 @@ class TranscribeOptions:
         length_bonus: added to the beam's score per symbol written (CTC models).
         timestamps: follow each transcript with a tab and its words' times, ``word@start-end``
             in seconds, from a forced alignment (CTC models).
+        chunk_seconds: read each recording in chunks of this many seconds, as a stream
+            (streaming models: rnnt-conformer); the transcript is the whole recording's.
     """
 
     beam_size: int = 1
@@ -124,10 +127,13 @@ class TranscribeOptions:
     lm_weight: float = 0.5
     length_bonus: float = 0.0
     timestamps: bool = False
+    chunk_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ConfigError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.chunk_seconds is not None and not self.chunk_seconds > 0:
+            raise ConfigError(f"chunk_seconds must be > 0, got {self.chunk_seconds}")
 
 
 @register_task("asr")
@@ -352,6 +358,8 @@ class SpeechRecognition(Task):
                 naming it.
         """
         options = options or TranscribeOptions()
+        if options.chunk_seconds is not None:
+            return [self._transcribe_stream(model, line, options.chunk_seconds) for line in inputs]
         if options.timestamps and not hasattr(model, "word_timings"):
             raise ConfigError(f"--timestamps come from a CTC forced alignment; a {type(model).__name__} has none: "
                               "use a ctc-* run")
@@ -384,6 +392,28 @@ class SpeechRecognition(Task):
         finally:
             model.train(was_training)
         return transcripts
+
+    @torch.no_grad()
+    def _transcribe_stream(self, model: nn.Module, path: str, chunk_seconds: float) -> str:
+        """The transcript of the recording at ``path`` read ``chunk_seconds`` at a time: its
+        frames as each chunk completes them (``StreamingLogMel``), fed to ``model.stream``."""
+        if not hasattr(model, "start_stream"):
+            raise ConfigError(f"--chunk-seconds streams a recording; a {type(model).__name__} reads whole recordings: "
+                              "use an rnnt-conformer run")
+        samples = load_audio(path.strip(), self.options.sample_rate)
+        check_duration(samples, self.options.sample_rate, path.strip())
+        was_training = model.training
+        model.eval()
+        try:
+            extractor, state, symbols = StreamingLogMel(self.features), model.start_stream(), []
+            step = max(1, round(chunk_seconds * self.options.sample_rate))
+            for start in range(0, len(samples), step):
+                frames = extractor.push(samples[start:start + step]).to(device_of(model))
+                new, state = model.stream(frames, state)
+                symbols.extend(new)
+        finally:
+            model.train(was_training)
+        return self.vocabulary.decode(symbols)
 
     def _word_timings(self, model: nn.Module, frames: Tensor, lengths: Tensor, ids: list[list[int]]) -> list:
         """Each transcript's words with their times (``model.word_timings``), or none for a
