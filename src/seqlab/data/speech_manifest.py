@@ -5,7 +5,6 @@ line is a ``DataError`` naming ``file:line``."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -63,23 +62,6 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     if not entries:
         raise DataError(f"{path} lists no recordings; write one recording<TAB>transcript line each")
     return entries
-
-
-def split_entries(entries: list[ManifestEntry], fractions: Sequence[float], seed: int) -> dict[str, list[ManifestEntry]]:
-    """``entries`` shuffled with ``seed`` and cut into train, valid and test by ``fractions``.
-
-    Raises:
-        DataError: too few entries to give every split one.
-    """
-    entries = list(entries)
-    random.Random(seed).shuffle(entries)
-    n_train, n_valid = round(len(entries) * fractions[0]), round(len(entries) * fractions[1])
-    parts = {"train": entries[:n_train], "valid": entries[n_train:n_train + n_valid],
-             "test": entries[n_train + n_valid:]}
-    if not all(parts.values()):
-        raise DataError(f"the manifest lists {len(entries)} recordings, too few to split into train, valid and test "
-                        f"by {', '.join(map(str, fractions))}")
-    return parts
 
 
 def manifest_utterances(entries: Sequence[ManifestEntry], config: FeatureConfig) -> Utterances:

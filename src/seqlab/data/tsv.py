@@ -6,11 +6,13 @@ split (``train.tsv``, ``dev.tsv`` or ``valid.tsv`` or ``val.tsv``, ``test.tsv``)
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence, TypeVar
 
 from seqlab.errors import DataError
 
+Item = TypeVar("Item")
 SPLIT_NAMES = {"train": ("train",), "valid": ("dev", "valid", "val"), "test": ("test",)}
 
 
@@ -68,3 +70,21 @@ def read_tsv(path: Path) -> list[LabeledText]:
     if not examples:
         raise DataError(f"{path} has no examples; write one label<TAB>text line per example")
     return examples
+
+
+def split_by_fractions(items: Sequence[Item], fractions: Sequence[float], seed: int, what: str) -> dict[str, list[Item]]:
+    """``items`` shuffled with ``seed`` and cut into train, valid and test by ``fractions``
+    (rounded counts; test takes the rest).
+
+    Raises:
+        DataError: a split left empty, saying how many ``what`` (e.g. "examples in reviews.tsv")
+            there are.
+    """
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    n_train, n_valid = round(len(items) * fractions[0]), round(len(items) * fractions[1])
+    splits = {"train": items[:n_train], "valid": items[n_train:n_train + n_valid], "test": items[n_train + n_valid:]}
+    if not all(splits.values()):
+        raise DataError(f"{len(items)} {what} are too few to split into train, valid and test by "
+                        f"{', '.join(map(str, fractions))}; give more")
+    return splits

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from seqlab.contracts import device_of
 from seqlab.data.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, FeatureConfig, load_audio, log_mel
-from seqlab.data.speech_manifest import Utterances, is_manifest, manifest_utterances, read_manifest, split_entries
+from seqlab.data.speech_manifest import Utterances, is_manifest, manifest_utterances, read_manifest
+from seqlab.data.tsv import split_by_fractions
 from seqlab.data.spoken_digits import (ConnectedDigits, connect, find_fsdd, list_recordings, random_groups,
                                        split_recordings)
 from seqlab.errors import ConfigError, DataError
@@ -363,5 +364,6 @@ def read_recordings(options: SpeechOptions) -> dict[str, list[tuple[Tensor, int]
 def read_manifest_splits(options: SpeechOptions) -> dict[str, Utterances]:
     """The frames and transcripts of a manifest's recordings, shuffled with ``data_seed`` and
     cut by ``split_fractions``."""
-    parts = split_entries(read_manifest(options.data), options.split_fractions, options.data_seed)
+    parts = split_by_fractions(read_manifest(options.data), options.split_fractions, options.data_seed,
+                               f"recordings in {options.data}")
     return {split: manifest_utterances(part, options.features) for split, part in parts.items()}

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import re
 import time
 from collections import Counter
@@ -49,7 +48,7 @@ from seqlab.contracts import device_of
 from seqlab.data import listops
 from seqlab.data.json_files import read_json_file, write_json_file
 from seqlab.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
-from seqlab.data.tsv import LabeledText, find_tsv_files, read_tsv
+from seqlab.data.tsv import LabeledText, find_tsv_files, read_tsv, split_by_fractions
 from seqlab.errors import ConfigError, DataError
 from seqlab.fields import config_to_dict, make_config
 from seqlab.metrics.tagging import confusion_matrix, confusion_summary
@@ -425,13 +424,5 @@ def read_splits(options: ClassificationOptions) -> dict[str, list[LabeledText]]:
         return {split: read_tsv(file) for split, file in find_tsv_files(path).items()}
     if not path.is_file():
         raise DataError(f"--data {options.data!r} is not listops, a TSV file or a directory")
-    examples = read_tsv(path)
-    random.Random(options.data_seed).shuffle(examples)
-    n_train = round(len(examples) * options.split_fractions[0])
-    n_valid = round(len(examples) * options.split_fractions[1])
-    splits = {"train": examples[:n_train], "valid": examples[n_train:n_train + n_valid],
-              "test": examples[n_train + n_valid:]}
-    if not all(splits.values()):
-        raise DataError(f"{path} has {len(examples)} examples, too few to split into train, valid and test by "
-                        f"{', '.join(map(str, options.split_fractions))}; give more examples or a directory of three files")
-    return splits
+    return split_by_fractions(read_tsv(path), options.split_fractions, options.data_seed,
+                              f"examples in {path} (or give a directory of three files)")
