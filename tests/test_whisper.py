@@ -231,3 +231,23 @@ def test_training_steps_overfit_a_tiny_batch():
     model.eval()
     assert losses[-1] < 0.05 * losses[0]
     assert model.transcribe(features, lengths) == [[3, 4, 5, 6], [7, 3], [5, 5, 5]]
+
+
+def test_hybrid_ctc_adds_its_loss_in_training_only():
+    from seqlab.contracts import auxiliary_loss
+    from seqlab.speech.ctc import ctc_nll
+
+    model = tiny_model(spec_freq_masks=0, spec_time_masks=0)          # training mode without randomness
+    features, lengths = padded_batch([9, 4])
+    targets, target_lengths = torch.tensor([[3, 6, 4], [5, 0, 0]]), torch.tensor([3, 1])
+    model.nll(features, lengths, targets, target_lengths)
+    assert auxiliary_loss(model) is None
+    model.train()
+    model.nll(features, lengths, targets, target_lengths)
+    extra = auxiliary_loss(model)
+    memory = model.encode(model.frontend(features, lengths), torch.arange(9)[None, :] < lengths[:, None])
+    log_probs = model.ctc_output(memory["memory"]).log_softmax(-1)
+    expected = model.config.ctc_weight * ctc_nll(log_probs, memory["memory_mask"].sum(1), torch.tensor(
+        [[1, 4, 2], [3, 0, 0]]), target_lengths).sum() / 4
+    torch.testing.assert_close(extra, expected)
+    assert auxiliary_loss(model) is None                              # read once

@@ -28,6 +28,13 @@ The model is both a :class:`~seqlab.contracts.EncoderDecoder` whose source is fe
 Whisper's multitask tokens (language, task, timestamps) are left out: the one task here is
 transcription, so the decoder starts from BOS.
 
+Hybrid CTC/attention training (Watanabe et al. 2017, "Hybrid CTC/Attention Architecture for
+End-to-End Speech Recognition"): with ``ctc_weight`` = lambda > 0 a linear CTC layer reads the
+encoder's output and, in training, adds ``lambda * CTC NLL`` (per transcript symbol, as the
+task's loss) as the model's auxiliary loss (``seqlab.contracts.auxiliary_loss``). CTC's
+monotonic alignment teaches the encoder where each symbol is long before cross-attention finds
+it alone; ``nll`` itself stays the attention decoder's, and decoding uses the decoder only.
+
 Shapes: B batch, T frames, F mel bins, T' encoder positions, L transcript length, D
 ``d_model``, V ``vocab_size`` (reserved ids included).
 """
@@ -52,6 +59,7 @@ from seqlab.layers.norms import make_norm
 from seqlab.layers.positions import LearnedPositions, SinusoidalPositions
 from seqlab.models.transformer import gpt2_init
 from seqlab.registry import register
+from seqlab.speech.ctc import ctc_nll, repeated_labels
 from seqlab.speech.frontend import FrontEnd, SpeechConfig
 from seqlab.speech.recogniser import BOS, EOS, FIRST_SYMBOL, Recogniser, refuse_fusion
 
@@ -72,6 +80,8 @@ class WhisperConfig(SpeechConfig):
         max_target_len: the decoder's learned position table: BOS plus at most
             max_target_len - 1 transcript symbols in training, and at most max_target_len
             generated ids (EOS included) in decoding.
+        ctc_weight: lambda of the auxiliary CTC loss on the encoder (hybrid CTC/attention;
+            0: none).
     """
 
     d_model: int = 128
@@ -81,6 +91,7 @@ class WhisperConfig(SpeechConfig):
     d_ff: int = 512
     dropout: float = 0.1
     max_target_len: int = 32
+    ctc_weight: float = 0.3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,6 +104,8 @@ class WhisperConfig(SpeechConfig):
             raise ConfigError(f"WhisperConfig.n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"WhisperConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.ctc_weight < 1e3:
+            raise ConfigError(f"WhisperConfig.ctc_weight must be >= 0, got {self.ctc_weight}")
 
 
 class ConvStem(nn.Module):
@@ -182,6 +195,8 @@ class WhisperRecogniser(EncoderDecoder, Recogniser):
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.decoder_blocks = _blocks(config, config.n_decoder_layers, decoder=True)
         self.decoder_norm = nn.LayerNorm(config.d_model)
+        # The auxiliary CTC layer: the blank and the characters (CTC never writes BOS or EOS).
+        self.ctc_output = nn.Linear(config.d_model, config.vocab_size - (FIRST_SYMBOL - BOS)) if config.ctc_weight else None
         gpt2_init(self, config.n_encoder_layers + config.n_decoder_layers)
 
     @staticmethod
@@ -277,9 +292,28 @@ class WhisperRecogniser(EncoderDecoder, Recogniser):
         features = self.frontend(features, lengths)
         targets, target_lengths = targets.to(mask.device), target_lengths.to(mask.device)
         tgt_in, tgt_out, tgt_mask = self.teacher_forcing(targets, target_lengths)
-        log_probs = self(features, mask, tgt_in).float().log_softmax(dim=-1)       # (B, L + 1, V)
+        memory = self.encode(features, mask)
+        if self.training and self.ctc_output is not None:
+            self.auxiliary_loss = self._ctc_loss(memory, targets, target_lengths)
+        logits = self._decode(tgt_in, memory["memory"], memory["memory_mask"], None)
+        log_probs = logits.float().log_softmax(dim=-1)                              # (B, L + 1, V)
         token_log_probs = log_probs.gather(-1, tgt_out[:, :, None]).squeeze(-1)    # (B, L + 1)
         return -(token_log_probs * tgt_mask).sum(dim=1)
+
+    def _ctc_loss(self, memory: dict[str, Tensor], targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """``ctc_weight`` times the CTC NLL of the transcripts given the encoder's output, per
+        transcript symbol (targets mapped to the CTC layer's ids: blank 0, characters from 1).
+        An utterance with fewer encoder frames than CTC needs for its transcript (its symbols
+        and its repeats) adds nothing: the attention decoder still learns it."""
+        log_probs = self.ctc_output(memory["memory"]).float().log_softmax(dim=-1)   # (B, T', 1 + C)
+        frames = memory["memory_mask"].sum(dim=1)
+        real = torch.arange(targets.shape[1], device=targets.device) < target_lengths[:, None]
+        compact = torch.where(real, targets - (FIRST_SYMBOL - 1), 0)
+        fits = frames >= target_lengths + repeated_labels(compact, target_lengths)
+        if not fits.any():
+            return log_probs.new_zeros(())
+        nll = ctc_nll(log_probs[fits], frames[fits], compact[fits], target_lengths[fits])
+        return self.config.ctc_weight * nll.sum() / target_lengths.sum().clamp(min=1)
 
     @torch.no_grad()
     def transcribe(self, features: Tensor, lengths: Tensor, *, beam_size: int = 1, scorer: Any = None,
