@@ -178,7 +178,8 @@ def test_narrow_beam_scores_are_lower_bounds_and_sorted():
     encoder_out = encoder_vectors(3, seed=7)
     exact = brute_force_frame_bounded(model, encoder_out, 3, 2)
     found = transducer_beam_search(model, encoder_out, beam_size=3, max_symbols_per_frame=2)
-    assert 1 <= len(found) <= 3
+    assert len(found) == 3                                             # the beam is full: more than 3 sequences
+    assert len({tuple(labels) for labels, _ in found}) == 3           # equal label sequences were merged
     assert [score for _, score in found] == sorted((score for _, score in found), reverse=True)
     for labels, log_prob in found:
         assert log_prob <= exact[tuple(labels)] + 1e-12

@@ -16,6 +16,7 @@ which can fuse a language model (``seqlab.speech.ctc_beam``). Two encoders:
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +42,9 @@ class CTCRecogniser(Recogniser):
         self.encoder = self.make_encoder(config)
         self.output = nn.Linear(self.encoder.output_dim, config.vocab_size - (FIRST_SYMBOL - BOS))
 
+    @abc.abstractmethod
     def make_encoder(self, config: Any) -> nn.Module:
-        raise NotImplementedError
+        """The encoder of ``config`` (a ``SpeechEncoder``)."""
 
     def log_probs(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T', V) per-frame log-probabilities of the output ids and (B,) their lengths."""

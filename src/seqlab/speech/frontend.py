@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.errors import ConfigError
+from seqlab.layers.conformer import lengths_to_mask
 
 Normalisation = Literal["utterance", "running"]
 DEFAULT_VARIANCE_FLOOR = 1e-5
@@ -94,7 +95,7 @@ class FrontEnd(nn.Module):
 
 def _real_frames(lengths: Tensor, n_frames: int) -> Tensor:
     """(B, T, 1) true at real frames."""
-    return (torch.arange(n_frames, device=lengths.device) < lengths[:, None])[:, :, None]
+    return lengths_to_mask(lengths, n_frames)[:, :, None]
 
 
 def normalise_utterance(features: Tensor, lengths: Tensor, *,

@@ -54,6 +54,7 @@ from seqlab.decoding import beam_search, decode_greedy, strip_eos
 from seqlab.errors import ConfigError, DataError
 from seqlab.layers.attention import MultiHeadAttention
 from seqlab.layers.block import TransformerBlock
+from seqlab.layers.conformer import lengths_to_mask
 from seqlab.layers.feedforward import FeedForward
 from seqlab.layers.norms import make_norm
 from seqlab.layers.positions import LearnedPositions, SinusoidalPositions
@@ -170,7 +171,7 @@ def frame_mask(features: Tensor, lengths: Tensor) -> Tensor:
     if bad:
         raise DataError(f"utterance {bad[0]} has length {int(lengths[bad[0]])}, outside [1, {features.shape[1]}] "
                         "frames; give each utterance's real frame count")
-    return torch.arange(features.shape[1], device=features.device)[None, :] < lengths.to(features.device)[:, None]
+    return lengths_to_mask(lengths.to(features.device), features.shape[1])
 
 
 @register("whisper-tiny", task="asr", config=WhisperConfig)
