@@ -133,7 +133,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
 ) -> Tensor:
     """Continue ``prompt`` by sampling from ``model`` token by token.
 
@@ -157,8 +157,8 @@ def generate(
         temperature, top_k, top_p: as in :func:`sample_next`; ``temperature=0`` is greedy.
         seed: seeds a ``torch.Generator`` on the model's device, so one seed gives one output;
             None draws from torch's global generator.
-        eos_id: generation stops once every row has produced it; a row that has is padded
-            with ``eos_id`` until the others finish.
+        eos_id: an id, or several (Llama 3 ends on either of two): generation stops once every
+            row has produced one; a row that has is padded with the first until the others finish.
     Returns:
         (B, T + n) int64 ids on the model's device, the prompt then ``n <= max_new_tokens``
         new tokens.
@@ -167,8 +167,10 @@ def generate(
     if max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     vocab_size = model.vocab_size
-    if eos_id is not None and not 0 <= eos_id < vocab_size:
-        raise ConfigError(f"eos_id must be in [0, {vocab_size}), got {eos_id}")
+    eos_ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    for value in eos_ids:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
+            raise ConfigError(f"eos_id must be in [0, {vocab_size}), got {value!r}")
     check_token_ids(prompt, "prompt", "(batch, time)", vocab_size, "the vocabulary")
 
     device = device_of(model)
@@ -177,6 +179,7 @@ def generate(
     context = model.max_context
     keep = None if context is None else max(1, context // 2)
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=device)  # (B,)
+    stops = torch.tensor(eos_ids, dtype=torch.long, device=device)            # (E,)
 
     was_training = model.training
     model.eval()
@@ -188,11 +191,11 @@ def generate(
             next_ids = sample_next(
                 logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
             )                                                                   # (B,)
-            if eos_id is not None:
-                next_ids = next_ids.masked_fill(finished, eos_id)
-                finished |= next_ids == eos_id
+            if eos_ids:
+                next_ids = next_ids.masked_fill(finished, eos_ids[0])
+                finished |= torch.isin(next_ids, stops)
             tokens = torch.cat([tokens, next_ids[:, None]], dim=1)              # (B, T + index + 1)
-            if index == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
+            if index == max_new_tokens - 1 or (eos_ids and bool(finished.all())):
                 break  # no logits needed past the last token
             if context is not None and n_in_state + 1 > context:
                 logits, state = model.prefill(tokens[:, -keep:])

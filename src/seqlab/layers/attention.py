@@ -65,7 +65,7 @@ def _check_padding(key_padding_mask: Tensor | None, batch: int, key_length: int)
 
 def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, causal: bool,
                   key_padding_mask: Tensor | None = None, bias: Tensor | None = None,
-                  offset: int | None = None, window: int | None = None) -> Tensor:
+                  offset: int | None = None, window: int | None = None, scale: float | None = None) -> Tensor:
     """The specification of multi-head attention, by an explicit softmax.
 
         out = softmax(Q K^T / sqrt(E) + bias + M) V,   M = 0 where visible, -inf elsewhere.
@@ -89,27 +89,29 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, *, causal: bool,
             (e.g. :meth:`ALiBi.bias`); it is not a mask.
         offset: absolute position of query 0 for the causal mask; None means S - T.
         window: the most recent keys a query sees, itself included; None: all.
+        scale: the factor on Q K^T; None is 1 / sqrt(E) (T5 uses 1: unscaled logits).
     Returns:
         (B, H, T, E) attention outputs in q's dtype.
     """
     weights = attention_weights_ref(q, k, causal=causal, key_padding_mask=key_padding_mask, bias=bias,
-                                    offset=offset, window=window)                     # (B, H, T, S)
+                                    offset=offset, window=window, scale=scale)        # (B, H, T, S)
     group = q.shape[1] // k.shape[1]
     return weights @ v.repeat_interleave(group, dim=1)                                # (B, H, T, E)
 
 
 def attention_weights_ref(q: Tensor, k: Tensor, *, causal: bool, key_padding_mask: Tensor | None = None,
                           bias: Tensor | None = None, offset: int | None = None,
-                          window: int | None = None) -> Tensor:
+                          window: int | None = None, scale: float | None = None) -> Tensor:
     """The (B, H, T, S) attention distributions of :func:`attention_ref` (same arguments, no
-    values): ``softmax(Q K^T / sqrt(E) + bias + M)``, all-zero rows where a query sees no key."""
+    values): ``softmax(scale Q K^T + bias + M)``, all-zero rows where a query sees no key."""
     batch, n_heads, query_length, head_dim = q.shape
     n_kv_heads, key_length = k.shape[1], k.shape[2]
     if n_heads % n_kv_heads:
         raise DataError(f"{n_heads} query heads are not a multiple of {n_kv_heads} key/value heads")
     _check_padding(key_padding_mask, batch, key_length)
     k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)                            # (B, H, S, E): head h uses h // group
-    scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)                           # (B, H, T, S)
+    scale = 1 / math.sqrt(head_dim) if scale is None else scale
+    scores = q @ k.transpose(-2, -1) * scale                                          # (B, H, T, S)
     if bias is not None:
         scores = scores + bias.to(scores.dtype)
     offset = key_length - query_length if offset is None else offset
@@ -153,11 +155,12 @@ class MultiHeadAttention(nn.Module):
         cross: cross-attention over ``memory``.
         window: W, sliding-window attention: a query sees the W most recent positions (itself
             included) and :meth:`make_cache` builds a ring buffer of W slots. None: all.
+        scale: the factor on the scores Q K^T; None is 1 / sqrt(E) (Vaswani et al.), T5 uses 1.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, causal: bool,
                  positions: nn.Module | None = None, dropout: float = 0.0, bias: bool = True,
-                 cross: bool = False, window: int | None = None):
+                 cross: bool = False, window: int | None = None, scale: float | None = None):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or d_model % n_heads:
@@ -184,6 +187,7 @@ class MultiHeadAttention(nn.Module):
                               f"got {type(positions).__name__}")
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
         self.causal, self.cross, self.dropout, self.window = causal, cross, dropout, window
+        self.scale = scale
         self.positions = positions
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
@@ -217,7 +221,7 @@ class MultiHeadAttention(nn.Module):
             raise ConfigError("cross_attention_weights is for a layer built with cross=True")
         q = self._heads(self.q_proj(x), self.n_heads)
         k = self._heads(self.k_proj(memory), self.n_kv_heads)
-        return attention_weights_ref(q, k, causal=False, key_padding_mask=key_padding_mask)
+        return attention_weights_ref(q, k, causal=False, key_padding_mask=key_padding_mask, scale=self.scale)
 
     def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, H, T, E), k and v (B, Hkv, T, E) of ``x`` in one matmul, the three projections'
@@ -277,7 +281,8 @@ class MultiHeadAttention(nn.Module):
         if (causal and not score_bias and key_padding_mask is None and offset == 0 and query_length == key_length
                 and (self.window is None or query_length <= self.window)):
             # Plain causal attention over the whole sequence: no mask tensor to build.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa,
+                                               scale=self.scale)
             return self._merge(y)
         key_positions = (cache.key_positions() if cache is not None
                          else torch.arange(key_length, device=x.device))                # (S,)
@@ -293,7 +298,8 @@ class MultiHeadAttention(nn.Module):
         if score_bias:
             bias = self.positions.bias_at(query_positions, key_positions).to(q.dtype)   # (H, T, S)
             mask = bias[None] if visible is None else bias.masked_fill(~visible, float("-inf"))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa,
+                                           scale=self.scale)
         if has_key is not None:
             y = y.masked_fill(~has_key, 0.0)
         return self._merge(y)

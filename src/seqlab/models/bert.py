@@ -27,19 +27,17 @@ Shapes: B batch, L pieces (tokens), T words, C pieces per word, D ``d_model``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqlab.layers.attention import MultiHeadAttention
 from seqlab.layers.block import NormPosition, TransformerBlock
 from seqlab.layers.norms import make_norm
 from seqlab.models.taggers import SoftmaxOutput
-from seqlab.models.transformer import (BlockConfig, PositionScheme, attention_positions, build_feedforward,
-                                       gpt2_init, input_positions, token_embedding_std)
+from seqlab.models.transformer import (BlockConfig, PositionScheme, attention_positions, block_attention, block_norm,
+                                       build_feedforward, gpt2_init, input_positions, token_embedding_std)
 from seqlab.registry import register
 from seqlab.tasks.tagging import TaggingBatch
 
@@ -112,15 +110,13 @@ class TransformerEncoder(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(n_ids + 1, config.d_model)
         self.input_positions = input_positions(config)
-        norm = partial(make_norm, config.norm, config.d_model, bias=config.bias)
+        norm = block_norm(config)
         post = config.norm_position == "post"
         self.embedding_norm = norm() if post else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         shared = attention_positions(config, causal=False)
         self.blocks = nn.ModuleList(
-            TransformerBlock(MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads, causal=False,
-                                                positions=shared, dropout=config.dropout, bias=config.bias),
-                             build_feedforward(config), norm, norm_position=config.norm_position,
+            TransformerBlock(block_attention(config, causal=False, positions=shared), build_feedforward(config), norm, norm_position=config.norm_position,
                              dropout=config.dropout, checkpoint=config.gradient_checkpointing)
             for _ in range(config.n_layers))
         self.final_norm = nn.Identity() if post else norm()
@@ -159,7 +155,7 @@ class BertForMaskedLM(nn.Module):
         self.config = config
         self.encoder = TransformerEncoder(config, config.vocab_size)
         self.transform = nn.Linear(config.d_model, config.d_model)
-        self.transform_norm = make_norm(config.norm, config.d_model)
+        self.transform_norm = make_norm(config.norm, config.d_model, eps=config.norm_eps)
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size + 1))
         gpt2_init(self, config.n_layers, token_embedding_std(config))     # N(0, 0.02), as BERT's own
 

@@ -69,12 +69,15 @@ class BlockConfig:
         rope_base: RoPE's theta base.
         max_len: the learned position table's size (the longest sequence).
         norm: layernorm or rmsnorm.
+        norm_eps: the norms' epsilon; none is the kind's usual one (LayerNorm 1e-5, RMSNorm 1e-6).
         norm_position: pre (normalise each sublayer's input) or post (each sublayer's sum).
         activation: feed-forward activation: gelu, gelu_tanh, relu, or gated swiglu, geglu,
             geglu_tanh.
         d_ff: feed-forward hidden width; none means 4 d_model, or for a gated activation
             8/3 d_model rounded up to a multiple of 32 (about the same parameters).
         bias: biases in the attention and feed-forward projections (and LayerNorm).
+        scale_attention: scale the attention logits Q K^T by 1 / sqrt(head width); false leaves
+            them unscaled, as T5 (whose initialisation folds the factor into the queries).
         dropout: on embeddings, attention weights and residual branches.
         gradient_checkpointing: recompute each block's activations in the backward pass (less
             memory, about a third more time).
@@ -88,10 +91,12 @@ class BlockConfig:
     rope_base: float = 10000.0
     max_len: int = 256
     norm: NormKind = "layernorm"
+    norm_eps: float | None = None
     norm_position: NormPosition = "pre"
     activation: Activation = "gelu"
     d_ff: int | None = None
     bias: bool = True
+    scale_attention: bool = True
     dropout: float = 0.0
     gradient_checkpointing: bool = False
 
@@ -167,6 +172,8 @@ def check_block_fields(config, sizes: tuple[str, ...], schemes: tuple[str, ...])
     if config.positions.startswith("rope") and (config.d_model // config.n_heads) % 2:
         raise ConfigError(f"{name}: rotary positions need an even head width, "
                           f"d_model / n_heads = {config.d_model // config.n_heads}")
+    if config.norm_eps is not None and not config.norm_eps > 0:
+        raise ConfigError(f"{name}.norm_eps must be positive (or none), got {config.norm_eps}")
     if config.d_ff is not None and config.d_ff < 1:
         raise ConfigError(f"{name}.d_ff must be >= 1, got {config.d_ff}")
     if not 0.0 <= config.dropout < 1.0:
@@ -223,14 +230,23 @@ def input_positions(config: TransformerConfig) -> nn.Module | None:
     return None
 
 
+def block_norm(config: BlockConfig) -> partial:
+    """A factory of the config's normalisation layer (kind, width, epsilon, bias)."""
+    return partial(make_norm, config.norm, config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+def block_attention(config: BlockConfig, **options) -> MultiHeadAttention:
+    """An attention layer of the config's width, heads, dropout, biases and logit scale;
+    ``options`` (causal, positions, cross, window) as :class:`MultiHeadAttention` takes them."""
+    return MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads, dropout=config.dropout,
+                              bias=config.bias, scale=None if config.scale_attention else 1.0, **options)
+
+
 def build_block(config: TransformerConfig, positions: nn.Module | None, feedforward: nn.Module) -> TransformerBlock:
     """One causal block of the config; ``positions`` is shared by every block."""
     window = None if config.positions == "learned" else config.max_len
-    attention = MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads, causal=True,
-                                   positions=positions, dropout=config.dropout, bias=config.bias,
-                                   window=window)
-    norm = partial(make_norm, config.norm, config.d_model, bias=config.bias)
-    return TransformerBlock(attention, feedforward, norm, norm_position=config.norm_position,
+    attention = block_attention(config, causal=True, positions=positions, window=window)
+    return TransformerBlock(attention, feedforward, block_norm(config), norm_position=config.norm_position,
                             dropout=config.dropout, checkpoint=config.gradient_checkpointing)
 
 
@@ -283,8 +299,7 @@ class TransformerLanguageModel(CausalLM):
         shared_positions = attention_positions(config)
         self.blocks = nn.ModuleList(build_block(config, shared_positions, build_feedforward(config))
                                     for _ in range(config.n_layers))
-        self.final_norm = (make_norm(config.norm, config.d_model, bias=config.bias)
-                           if config.norm_position == "pre" else nn.Identity())
+        self.final_norm = block_norm(config)() if config.norm_position == "pre" else nn.Identity()
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         gpt2_init(self, config.n_layers, token_embedding_std(config))
         if config.tie_embeddings:

@@ -31,12 +31,11 @@ from torch import Tensor, nn
 
 from seqlab.contracts import EncoderDecoder
 from seqlab.errors import DataError
-from seqlab.layers.attention import MultiHeadAttention
 from seqlab.layers.block import TransformerBlock
 from seqlab.layers.feedforward import Activation
-from seqlab.layers.norms import NormKind, make_norm
-from seqlab.models.transformer import (POSITION_SCHEMES, BlockConfig, attention_positions, build_feedforward,
-                                       gpt2_init, input_positions, token_embedding_std)
+from seqlab.layers.norms import NormKind
+from seqlab.models.transformer import (POSITION_SCHEMES, BlockConfig, attention_positions, block_attention, block_norm,
+                                       build_feedforward, gpt2_init, input_positions, token_embedding_std)
 from seqlab.registry import register
 
 EncDecPositions = Literal["t5", "learned", "sinusoidal", "rope", "rope_interleaved", "alibi"]
@@ -82,12 +81,8 @@ class TransformerStack(nn.Module):
         self.input_positions = input_positions(config)
         self.dropout = nn.Dropout(config.dropout)
         shared = attention_positions(config, causal=decoder)
-        norm = partial(make_norm, config.norm, config.d_model, bias=config.bias)
-
-        def attention(**options: Any) -> MultiHeadAttention:
-            return MultiHeadAttention(config.d_model, config.n_heads, config.n_kv_heads, dropout=config.dropout,
-                                      bias=config.bias, **options)
-
+        norm = block_norm(config)
+        attention = partial(block_attention, config)
         self.blocks = nn.ModuleList(
             TransformerBlock(attention(causal=decoder, positions=shared), build_feedforward(config), norm,
                              cross_attention=attention(causal=False, cross=True) if decoder else None,
