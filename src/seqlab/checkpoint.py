@@ -1,7 +1,8 @@
 """One checkpoint: a directory that rebuilds a model, its task's artifacts and its training state.
 
     config.json         {"seqlab_version", "torch_version", "model", "config", "task" (the task's
-                        spec), "train" (training options), "step", "history", "weights_sha256"}
+                        spec), "train" (training options), "step", "history", "weights_sha256",
+                        "dtype" (float16 or bfloat16 weights only; float32 is the default)}
     model.safetensors   the weights (tied weights stored once)
     NAME.json           each artifact of the task (tokenizer.json, vocabulary.json, labels.json)
     trainer.pt          optional: optimizer, step, RNG states; read with weights_only=True
@@ -35,6 +36,7 @@ from seqlab.errors import CheckpointError, SeqlabError
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
+LOW_PRECISION = {"float16": torch.float16, "bfloat16": torch.bfloat16}     # weights stored in these stay so
 TRAINER_KEYS = ("optimizer", "step", "train_seconds", "tokens_seen", "clipped_steps", "best_valid_loss",
                 "evals_without_improvement", "sampler_rng", "torch_rng")
 
@@ -84,6 +86,9 @@ def write_checkpoint(directory: str | Path, model: nn.Module, artifacts: dict[st
         "model": model.registry_name, "config": registry.config_to_dict(model.config),
         **info, "weights_sha256": file_sha256(directory / WEIGHTS_FILE),
     }
+    dtype = weights_dtype(model)
+    if dtype != torch.float32:
+        header["dtype"] = str(dtype).removeprefix("torch.")
     (directory / CONFIG_FILE).write_text(json.dumps(json_ready(header), indent=2, allow_nan=False) + "\n")
     for name, artifact in artifacts.items():
         artifact.save(directory / f"{name}.json")
@@ -108,6 +113,11 @@ def save_checkpoint(directory: str | Path, model: nn.Module, task: Any, *, step:
     run.prepare(resume=False, overwrite=overwrite)
     return run.save(model, task.artifacts(), {"task": task.spec(), "train": dict(train or {}), "step": step,
                                               "history": []})
+
+
+def weights_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's floating parameters (float32 when it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def not_finite(model: nn.Module) -> list[str]:
@@ -138,6 +148,10 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", wit
         task_class = get_task(info["task"]["task"])
         entry = registry.get(info["model"], info["task"]["task"])
         model = entry.model_class(registry.make_config(entry.config_class, info["config"]))
+        dtype = info.get("dtype", "float32")
+        if dtype not in LOW_PRECISION and dtype != "float32":
+            raise CheckpointError(f"unknown weights dtype {dtype!r}")
+        model.to(LOW_PRECISION.get(dtype, torch.float32))
     except SeqlabError as error:
         raise CheckpointError(f"{CONFIG_FILE} {where} is not usable: {error}") from None
     weights = directory / WEIGHTS_FILE

@@ -23,7 +23,7 @@ from seqlab import __version__
 from seqlab.errors import ConfigError, DataError, SeqlabError
 from seqlab.fields import add_flags
 
-CORE_COMMANDS = ("models", "train", "eval", "predict", "compare", "reproduce", "forecast")
+CORE_COMMANDS = ("models", "train", "eval", "predict", "compare", "reproduce", "forecast", "import-hf", "export-hf")
 TRAIN_FLAGS_SKIPPED = ("budget_seconds", "progress")      # given as --budget and --no-progress
 
 
@@ -63,14 +63,17 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     name = next((arg for arg in argv if not arg.startswith("-")), None)
     builders: dict[str, Callable[[Any, list[str]], None]] = {
         "models": _models_parser, "train": _train_parser, "eval": _eval_parser, "predict": _predict_parser,
-        "compare": _compare_parser, "reproduce": _reproduce_parser, "forecast": _forecast_parser}
+        "compare": _compare_parser, "reproduce": _reproduce_parser, "forecast": _forecast_parser,
+        "import-hf": _import_hf_parser, "export-hf": _export_hf_parser}
     summaries = {
         "models": "list registered models and tasks, or one model's config fields",
         "train": "train a model into a run directory", "eval": "evaluate a run's best checkpoint",
         "predict": "apply a run to inputs, one per line (from --input, --text or standard input)",
         "compare": "train several models on one task under one budget and write a report",
         "reproduce": "re-run a result from the literature and say whether it held",
-        "forecast": "fit forecasters to a file's series and forecast past its end"}
+        "forecast": "fit forecasters to a file's series and forecast past its end",
+        "import-hf": "make a run of a Hugging Face model directory (config.json, safetensors, tokenizer.json)",
+        "export-hf": "write a run's best checkpoint as a Hugging Face model directory"}
     for command in CORE_COMMANDS:
         sub = commands.add_parser(command, help=summaries[command], description=summaries[command])
         if command == name:
@@ -452,6 +455,56 @@ def _forecast(args: argparse.Namespace) -> int:
                          budget_seconds=args.budget)
     print(made.table)
     print(f"\nwritten: {', '.join(str(path) for path in made.files)}")
+    return 0
+
+
+# ---- Hugging Face checkpoints -------------------------------------------------------------
+
+DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+
+
+def _import_hf_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("directory", help="a Hugging Face model directory: config.json, model.safetensors (or a "
+                                          "sharded index and its shards) and tokenizer.json")
+    parser.add_argument("--out", required=True, help="the run directory to create")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="cast the weights (default: keep the stored dtype)")
+    parser.add_argument("--context", type=int, help="the run's window in tokens, for eval and fine-tuning "
+                                                   "(default: 256, or the model's position table if shorter)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run seqlab wrote at --out")
+    parser.set_defaults(handler=_import_hf)
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+    from seqlab.interop.hf.runs import import_run
+
+    if args.context is not None and args.context < 1:
+        raise ConfigError(f"--context must be >= 1, got {args.context}")
+    checkpoint = import_run(args.directory, args.out, dtype=args.dtype, context=args.context,
+                            overwrite=args.overwrite)
+    print(f"imported {args.directory} as run {args.out} ({checkpoint.name})")
+    return 0
+
+
+def _export_hf_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("run", help="a run directory (its best checkpoint is written)")
+    parser.add_argument("--out", required=True, help="the Hugging Face directory to create (new or empty)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="cast the weights (default: keep the run's)")
+    parser.add_argument("--shard-mb", type=float, metavar="MB",
+                        help="split the weights into shards of at most MB megabytes, with an index")
+    parser.add_argument("--without-tokenizer", action="store_true",
+                        help="write the weights and config only (a char or word tokenizer has no HF form)")
+    parser.set_defaults(handler=_export_hf)
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    from seqlab.interop.hf.runs import export_run
+
+    if args.shard_mb is not None and not args.shard_mb > 0:
+        raise ConfigError(f"--shard-mb must be positive, got {args.shard_mb}")
+    shard = None if args.shard_mb is None else int(args.shard_mb * 1e6)
+    directory = export_run(args.run, args.out, dtype=args.dtype, max_shard_bytes=shard,
+                           with_tokenizer=not args.without_tokenizer)
+    print(f"exported {args.run} to {directory}")
     return 0
 
 

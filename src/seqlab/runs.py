@@ -8,6 +8,7 @@ task's saved artifacts, so nothing here knows which task it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -19,9 +20,9 @@ from torch import nn
 
 from seqlab import registry
 from seqlab.budget import Budget
-from seqlab.checkpoint import load_checkpoint
+from seqlab.checkpoint import load_checkpoint, read_info
 from seqlab.errors import CheckpointError, ConfigError, DataError
-from seqlab.rundir import RunDirectory
+from seqlab.rundir import RunDirectory, resolve_checkpoint
 from seqlab.tasks.base import get_task
 from seqlab.train_config import time_progress
 from seqlab.training import TrainConfig, Trainer, TrainResult, fit, learning_rate
@@ -103,9 +104,11 @@ def train_run(
             raise ConfigError("--extend lengthens the schedule of a resumed run; use it with --resume")
         task_class = get_task(task)
         registry.get(model_name, task)                 # an unknown model fails before the data is read
+        task_options, base_config = _fine_tuning(model_name, task, task_class, dict(task_options or {}), init_from)
         run_task = task_class.from_options(task_class.options(task_options))
         torch.manual_seed(given.get("seed", 0))        # the same initial weights on every rank and rerun
-        model = registry.build_for_task(model_name, run_task.model_defaults(), model_overrides or {}, task=task)
+        model = registry.build_for_task(model_name, run_task.model_defaults(),
+                                        {**base_config, **(model_overrides or {})}, task=task)
         run_task.check_model(model)
         if init_from is not None:
             notes.append(initialise_from(model, init_from, run_task).summary())
@@ -116,6 +119,28 @@ def train_run(
         config = registry.make_config(TrainConfig, options)
         result = Trainer(model, run_task, config, out_dir, budget=budget).fit(resume=resume, overwrite=overwrite)
     return TrainedRun(result, result.history[-1] if result.history else {}, run_task.name, notes)
+
+
+def _fine_tuning(model_name: str, task: str, task_class: Any, task_options: dict[str, Any],
+                 init_from: str | Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Task options and a base model config for a run that starts from ``init_from``.
+
+    Fine-tuning the same model on the same task (an imported Hugging Face checkpoint, or a run
+    trained here) starts from that run's config, so every weight fits, and, unless a tokenizer
+    is named, reads the text with that run's tokenizer (``tokenizer_from``). The sizes that come
+    from the data (vocabulary, ...) are left to the task. Otherwise nothing changes: only the
+    weights whose names and shapes match are loaded.
+    """
+    if init_from is None:
+        return task_options, {}
+    info = read_info(resolve_checkpoint(init_from))
+    if info["model"] != model_name or info["task"]["task"] != task:
+        return task_options, {}
+    fields = {field.name for field in dataclasses.fields(task_class.Options)}
+    if "tokenizer_from" in fields and not {"tokenizer", "tokenizer_from"} & set(task_options):
+        task_options["tokenizer_from"] = str(init_from)
+    matched = set(getattr(task_class, "matched_config_fields", ()))
+    return task_options, {key: value for key, value in info["config"].items() if key not in matched}
 
 
 # What a resumed run may change: how it is watched and where it runs. Everything else is the

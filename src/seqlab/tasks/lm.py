@@ -32,6 +32,13 @@ longer one is read in overlapping windows, which keep ``context // 2`` tokens of
 the n-gram model and the Markov chain count each sentence apart and restart their context at
 it, as KenLM scores sentences independently; neural models read the markers as tokens.
 
+A run may read its text with another run's tokenizer (``tokenizer_from``: a run directory or
+a tokenizer.json), e.g. to fine-tune a checkpoint imported from Hugging Face
+(``seqlab.interop.hf``); it then also takes that run's special tokens (BOS, EOS) and the size of
+its embedding, which may exceed the tokenizer's vocabulary (rows padded to a round number).
+Generation prepends BOS to a prompt when the tokenizer's own post-processor would (Llama's) and
+stops at EOS.
+
 Metrics: loss in nats per token, perplexity, and bits per character counted over the
 characters that the predicted tokens cover (``seqlab.metrics.language``). Prediction continues
 each input line as a prompt (``seqlab generate`` is its alias); in a sentence run each prompt
@@ -43,6 +50,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -59,7 +67,7 @@ from seqlab.data.tokenizers import Tokenizer, TokenizerKind, load_tokenizer, tra
 from seqlab.errors import ConfigError, DataError, SeqlabWarning
 from seqlab.metrics.language import NONE_IGNORED, evaluate_windows
 from seqlab.report import Column, Curve
-from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task
+from seqlab.tasks.base import ReportSpec, Showcase, Task, register_task, tokenizer_from
 
 SPLITS = ("train", "valid", "test")
 SAMPLE_PROMPT = "The "
@@ -75,6 +83,9 @@ class LanguageModelingOptions:
     Attributes:
         data: a UTF-8 text file; none: the built-in corpus (CPython's help topics, 465 KB).
         tokenizer: char, word, bpe or unigram, trained on the training split.
+        tokenizer_from: a saved tokenizer.json, or a run directory (an imported Hugging Face
+            checkpoint, or any language-model run), whose tokenizer to use instead of training
+            one; a run also gives its special tokens and vocabulary size (for --init-from RUN).
         context: the window length in tokens.
         vocab_size: the vocabulary size of a word, bpe or unigram tokenizer (none: the kind's own;
             in sentence mode it counts <unk>, <s> and </s>).
@@ -89,6 +100,7 @@ class LanguageModelingOptions:
 
     data: str | None = None
     tokenizer: TokenizerKind = "char"
+    tokenizer_from: str | None = None
     context: int = 128
     vocab_size: int | None = None
     sentences: bool = False
@@ -98,6 +110,9 @@ class LanguageModelingOptions:
     def __post_init__(self) -> None:
         check_data_options(self.split, self.sentences, self.tokenizer, self.valid_data is not None,
                            "LanguageModelingOptions.")
+        if self.tokenizer_from is not None and self.vocab_size is not None:
+            raise ConfigError("LanguageModelingOptions.vocab_size is for a tokenizer trained here; "
+                              "tokenizer_from brings its own vocabulary")
 
 
 def check_data_options(split: Any, sentences: bool, tokenizer: str, has_valid: bool, where: str = "") -> None:
@@ -218,6 +233,8 @@ class LanguageModeling(Task):
         self.sentences = sentences
         self.start_id = sentence_markers(tokenizer)[0] if sentences else None
         self.splits: dict[str, TokenSplit] = {}
+        self.special_tokens: dict[str, Any] = {}       # bos_id, eos_id (an id or a list), add_bos
+        self.model_vocab_size: int | None = None       # embedding rows, when more than the tokenizer's
 
     def _read_splits(self, texts: dict[str, Any], min_tokens: int) -> None:
         """Tokenize ``texts`` (split name -> a text, or its lines under ``sentences``). The
@@ -247,8 +264,24 @@ class LanguageModeling(Task):
     @classmethod
     def from_options(cls, options: LanguageModelingOptions) -> LanguageModeling:
         valid = load_corpus(options.valid_data) if options.valid_data is not None else None
-        return cls(load_corpus(options.data), options.tokenizer, options.context, options.split,
+        borrowed: dict[str, Any] = {}
+        tokenizer = options.tokenizer
+        if options.tokenizer_from is not None:
+            tokenizer, borrowed = borrowed_tokenizer(options.tokenizer_from)
+        task = cls(load_corpus(options.data), tokenizer, options.context, options.split,
                    options.vocab_size, sentences=options.sentences, valid_corpus=valid)
+        return task.with_vocabulary(**borrowed)
+
+    def with_vocabulary(self, special_tokens: dict[str, Any] | None = None,
+                        model_vocab_size: int | None = None) -> LanguageModeling:
+        """This task with a borrowed model's special tokens and embedding size (see the module
+        docstring); returns self."""
+        self.special_tokens = dict(special_tokens or {})
+        if model_vocab_size is not None and model_vocab_size < self.tokenizer.vocab_size:
+            raise ConfigError(f"the model has {model_vocab_size} embedding rows, fewer than the tokenizer's "
+                              f"{self.tokenizer.vocab_size} ids; they do not belong together")
+        self.model_vocab_size = model_vocab_size
+        return self
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
@@ -258,13 +291,15 @@ class LanguageModeling(Task):
         file is the test split; without data there are no splits (to generate)."""
         tokenizer, context = artifacts["tokenizer"], spec["context"]
         split, sentences = spec.get("split", DEFAULT_SPLIT), bool(spec.get("sentences", False))
+        vocabulary = {"special_tokens": spec.get("special_tokens"), "model_vocab_size": spec.get("model_vocab_size")}
         if data is None and with_data:
             valid = load_corpus(spec["valid_data"]) if spec.get("valid_data") is not None else None
             return cls(load_corpus(spec.get("data")), tokenizer, context, split, sentences=sentences,
-                       valid_corpus=valid)
+                       valid_corpus=valid).with_vocabulary(**vocabulary)
         task = cls.__new__(cls)
         corpus = load_corpus(data) if with_data else Corpus("none", "", spec.get("data"))
         task._set_up(corpus, tokenizer, context, parse_split(split), sentences=sentences)
+        task.with_vocabulary(**vocabulary)
         if with_data:
             task._read_splits({"test": _sentences(corpus) if sentences else corpus.text}, min_tokens=2)
             task._check_vocabulary_coverage()
@@ -295,14 +330,16 @@ class LanguageModeling(Task):
         return {"task": self.name, "data": self.corpus.source, "context": self.context,
                 "split": NO_SPLIT if self.split_fractions is None else list(self.split_fractions),
                 "sentences": self.sentences, "valid_data": valid and (valid.source or valid.name),
-                "tokenizer": self.tokenizer.kind, "vocab_size": self.vocab_size}
+                "tokenizer": self.tokenizer.kind, "vocab_size": self.vocab_size,
+                "special_tokens": self.special_tokens, "model_vocab_size": self.model_vocab_size}
 
     def artifacts(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer}
 
     @property
     def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
+        """The model's ids: the tokenizer's, or a borrowed model's embedding rows."""
+        return self.model_vocab_size or self.tokenizer.vocab_size
 
     @property
     def train_tokens(self) -> int:
@@ -403,9 +440,19 @@ class LanguageModeling(Task):
     # ---- use and reports -----------------------------------------------------------------
 
     def _prompt_ids(self, prompt: str) -> list[int]:
-        """The prompt's ids, after ``<s>`` in sentence mode (a prompt starts a sentence)."""
+        """The prompt's ids, after ``<s>`` in sentence mode (a prompt starts a sentence), or
+        after BOS for a borrowed tokenizer that adds it."""
         ids = self.tokenizer.encode(prompt, unknown="error")
+        if self.special_tokens.get("add_bos"):
+            return [self.special_tokens["bos_id"], *ids]
         return ids if self.start_id is None else [self.start_id, *ids]
+
+    def _continuation(self, ids: list[int]) -> str:
+        """The text of generated ids, up to (without) the first EOS."""
+        eos = self.special_tokens.get("eos_id")
+        stops = set([] if eos is None else [eos] if isinstance(eos, int) else eos)
+        end = next((index for index, token in enumerate(ids) if token in stops), len(ids))
+        return self.tokenizer.decode(ids[:end])
 
     def predict(self, model: nn.Module, inputs: Sequence[str], options: GenerationOptions | None = None) -> list[str]:
         """Each prompt followed by the model's continuation of it.
@@ -428,8 +475,9 @@ class LanguageModeling(Task):
                                 "(its learned position table); shorten the prompt")
             tokens = torch.tensor([ids], device=device_of(model))
             generated = model.generate(tokens, options.max_new, temperature=options.temperature,
-                                       top_k=options.top_k, top_p=options.top_p, seed=options.seed)
-            outputs.append(prompt + self.tokenizer.decode(generated[0, len(ids):].tolist()))
+                                       top_k=options.top_k, top_p=options.top_p, seed=options.seed,
+                                       eos_id=self.special_tokens.get("eos_id"))
+            outputs.append(prompt + self._continuation(generated[0, len(ids):].tolist()))
         return outputs
 
     def describe(self) -> str:
@@ -450,7 +498,7 @@ class LanguageModeling(Task):
         started = time.perf_counter()
         generated = model.generate(prompt, SAMPLE_TOKENS, temperature=0.8, seed=0)
         seconds = time.perf_counter() - started
-        text = self.tokenizer.decode(prompt_ids) + self.tokenizer.decode(generated[0, prompt.shape[1]:].tolist())
+        text = self.tokenizer.decode(prompt_ids) + self._continuation(generated[0, prompt.shape[1]:].tolist())
         return Showcase({"Samples": text[:SAMPLE_TOKENS]},
                         {"generate_tokens_per_second": (generated.shape[1] - prompt.shape[1]) / seconds})
 
@@ -458,3 +506,16 @@ class LanguageModeling(Task):
 def _sentences(corpus: Corpus) -> list[str]:
     """The sentences of ``corpus``, one per line that holds a word."""
     return sentence_lines(corpus.text, repr(corpus.source or corpus.name))
+
+
+def borrowed_tokenizer(source: str) -> tuple[Tokenizer, dict[str, Any]]:
+    """The tokenizer of ``source`` (a tokenizer.json, or a run directory) and, for a run, its
+    special tokens and embedding size (``with_vocabulary``'s arguments)."""
+    from seqlab.checkpoint import read_info
+    from seqlab.rundir import resolve_checkpoint
+
+    tokenizer = tokenizer_from(source)
+    if not Path(source).is_dir():
+        return tokenizer, {}
+    spec = read_info(resolve_checkpoint(source))["task"]
+    return tokenizer, {"special_tokens": spec.get("special_tokens"), "model_vocab_size": spec.get("model_vocab_size")}

@@ -1,0 +1,97 @@
+"""Hugging Face model directories <-> seqlab runs (``seqlab import-hf``, ``seqlab export-hf``).
+
+An imported run is a run directory of one checkpoint, like any trained one: its model, the
+directory's tokenizer (``tokenizer.json``, read through HF ``tokenizers``) as the task's
+artifact, and a task spec carrying the special tokens (BOS, EOS, and whether the tokenizer
+puts BOS before a text) and the embedding size. So ``seqlab eval``, ``generate``, ``compare``
+(``--init-from MODEL=RUN``) and ``train --init-from RUN`` read it as they read any run.
+Causal language models import as runs of the ``lm`` task and BERT as one of ``mlm``; T5 is an
+encoder-decoder over one shared vocabulary with its own special ids, which seqlab's ``seq2seq``
+task (separate source and target vocabularies, PAD/BOS/EOS = 0/1/2) does not share, so T5 is
+read and written as a model (``seqlab.interop.hf.load_model`` / ``save_model``), not as a run.
+
+Export writes a run's best checkpoint as an HF directory, with its tokenizer in HF's format
+(BPE and Unigram; a char or word tokenizer has no HF form and is refused, unless the weights
+alone are asked for) and its special tokens in config.json and generation_config.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqlab.checkpoint import load_checkpoint, save_checkpoint
+from seqlab.errors import ConfigError
+from seqlab.interop.hf.convert import load_model, save_model
+from seqlab.interop.hf.tokenizer import read_tokenizer, tokenizer_json
+from seqlab.tasks.base import get_task
+
+RUN_TASKS = ("lm", "mlm")
+DEFAULT_CONTEXT = 256
+EXPORTED_SPECIALS = {"bos_id": "bos_token_id", "eos_id": "eos_token_id", "pad_id": "pad_token_id"}
+
+
+def _adds_bos(tokenizer: Any, bos_id: int | None) -> bool:
+    """Whether the tokenizer's own post-processor puts BOS before a text (Llama's does)."""
+    backend = getattr(tokenizer, "backend", None)
+    if bos_id is None or backend is None:
+        return False
+    with_special = backend.encode("a", add_special_tokens=True).ids
+    return bool(with_special) and with_special[0] == bos_id != backend.encode("a", add_special_tokens=False).ids[0]
+
+
+def import_run(directory: str | Path, out: str | Path, *, dtype: str | torch.dtype | None = None,
+               context: int | None = None, overwrite: bool = False) -> Path:
+    """Import an HF model directory as a seqlab run at ``out``; returns the checkpoint directory.
+
+    Args:
+        dtype: cast the weights (float32, float16, bfloat16); None keeps the stored dtype.
+        context: the task's window in tokens (evaluation, fine-tuning); None: 256, or the
+            model's position table if shorter.
+        overwrite: replace a run seqlab wrote at ``out``.
+    Raises:
+        CheckpointError, ConfigError: as ``load_model``; no tokenizer.json; T5 (see above).
+    """
+    loaded = load_model(directory, dtype=dtype)
+    architecture = loaded.architecture
+    if architecture.task not in RUN_TASKS:
+        raise ConfigError(f"a {architecture.model_type} checkpoint is read as a model, not as a run: seqlab's "
+                          f"{architecture.task} task has its own vocabularies and special ids; use "
+                          "seqlab.interop.hf.load_model (runs are made of: gpt2, llama, mamba, mamba2, bert)")
+    tokenizer = read_tokenizer(directory)
+    model, special = loaded.model, loaded.special_tokens
+    limit = getattr(model.config, "max_len", None)
+    context = context or min(DEFAULT_CONTEXT, limit or DEFAULT_CONTEXT)
+    bos = special.get("bos_token_id")
+    spec = {"task": architecture.task, "data": None, "context": context, "sentences": False, "valid_data": None,
+            "tokenizer": tokenizer.kind, "model_vocab_size": model.config.vocab_size,
+            "special_tokens": {"bos_id": bos, "eos_id": special.get("eos_token_id"),
+                               "pad_id": special.get("pad_token_id"), "add_bos": _adds_bos(tokenizer, bos)}}
+    task = get_task(architecture.task).from_spec(spec, {"tokenizer": tokenizer}, with_data=False)
+    task.check_model(model)
+    return save_checkpoint(out, model, task, overwrite=overwrite)
+
+
+def export_run(run: str | Path, out: str | Path, *, dtype: str | torch.dtype | None = None,
+               max_shard_bytes: int | None = None, with_tokenizer: bool = True) -> Path:
+    """Write the best checkpoint of ``run`` as an HF model directory at ``out`` (new or empty).
+
+    Args:
+        dtype: cast the weights; None keeps the run's.
+        max_shard_bytes: shard the weights at this size, with an index; None: one file.
+        with_tokenizer: write the run's tokenizer as tokenizer.json (refused for char and word
+            tokenizers, which have no HF form); False writes the weights and config alone.
+    Raises:
+        CheckpointError: the run is unusable. ConfigError: the model or tokenizer has no HF form.
+    """
+    loaded = load_checkpoint(run)
+    tokenizer = loaded.artifacts.get("tokenizer")
+    extra = {}
+    if with_tokenizer and tokenizer is not None:
+        extra["tokenizer.json"] = tokenizer_json(tokenizer)
+    ours = loaded.info["task"].get("special_tokens") or {}
+    special = {theirs: ours.get(name) for name, theirs in EXPORTED_SPECIALS.items()}
+    return save_model(loaded.model, out, dtype=dtype, special_tokens=special, extra_files=extra,
+                      max_shard_bytes=max_shard_bytes)
