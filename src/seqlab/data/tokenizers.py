@@ -27,6 +27,14 @@ writes the unknown id as the literal ``<unk>``; ``word`` and ``unigram`` read th
 policy: ``"replace"`` maps them to ``unk_id`` (under ``unigram`` a run of unseen characters
 becomes one ``<unk>``), ``"error"`` raises a ``DataError`` naming the first one.
 
+Two more kinds are never trained here but read from Hugging Face ``tokenizer.json`` files
+(``seqlab.interop.hf.tokenizer.read_tokenizer``), and saved and loaded like the others:
+``wordpiece`` (BERT's WordPiece, Wu et al. 2016) and ``wordlevel`` (a word list). An imported
+tokenizer of any HF kind keeps its own normalizer, pre-tokenizer, decoder and unknown token
+(``[UNK]`` in BERT, the Unigram model's ``unk_id`` in T5); ``unk_id`` and the unknown text are
+read from the HF model, not assumed to be ``<unk>``. ``encode`` never adds special tokens (the
+HF post-processor's ``[CLS]``/``[SEP]`` or Llama's ``<s>``): a caller that needs them adds them.
+
 A ``word`` tokenizer trained with ``markers=True`` (for text read one sentence per line,
 ``seqlab.data.sentences``) also holds the sentence markers, in the ids KenLM's ARPA vocabulary
 gives them in ``seqlab.classical.arpa``: ``<unk>`` 0, ``</s>`` 1, the words from 2, and ``<s>``
@@ -51,7 +59,10 @@ from seqlab.errors import ConfigError, DataError
 
 TokenizerKind = Literal["char", "word", "bpe", "unigram"]
 UnknownPolicy = Literal["replace", "error"]
-KINDS: tuple[str, ...] = get_args(TokenizerKind)
+HFModelKind = Literal["bpe", "unigram", "wordpiece", "wordlevel"]  # HF ``models.*`` class, lower case
+KINDS: tuple[str, ...] = get_args(TokenizerKind)                   # the kinds train_tokenizer builds
+IMPORTED_KINDS: tuple[str, ...] = ("wordpiece", "wordlevel")        # read from HF files, never trained
+SAVED_KINDS: tuple[str, ...] = KINDS + IMPORTED_KINDS               # the kinds tokenizer_from_json reads
 UNKNOWN_POLICIES: tuple[str, ...] = get_args(UnknownPolicy)
 
 FORMAT_VERSION = 1
@@ -70,13 +81,16 @@ class Tokenizer(abc.ABC):
     to text) and ``_payload`` (what ``to_json`` stores besides kind and policy).
 
     Attributes:
-        kind: "char", "word", "bpe" or "unigram".
+        kind: "char", "word", "bpe" or "unigram"; or, imported, "wordpiece" or "wordlevel".
         vocab_size: the number of ids; every id is in ``[0, vocab_size)``.
-        unk_id: the id of ``<unk>``, or None when the tokenizer cannot meet an unknown (bpe).
+        unk_id: the id of the unknown token, or None when the tokenizer cannot meet an unknown
+            (byte-level bpe).
+        unk_token: the text of the unknown token (``<unk>``; an imported one's own, e.g. ``[UNK]``).
         unknown: the default policy for unseen symbols, "replace" or "error".
     """
 
     unit = "character"  # what an unseen symbol is called in error messages
+    unk_token = UNK
 
     def __init__(self, kind: str, *, vocab_size: int, unk_id: int | None, unknown: UnknownPolicy):
         self.kind = kind
@@ -137,7 +151,7 @@ class Tokenizer(abc.ABC):
         return None
 
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of ``ids``, ``unk_id`` written as ``<unk>``; DataError for an id outside."""
+        """The text of ``ids``, ``unk_id`` written as ``unk_token``; DataError for an id outside."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         outside = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
         if len(outside):
@@ -160,7 +174,7 @@ class Tokenizer(abc.ABC):
         Path(path).write_text(self.to_json(), encoding="utf-8")
 
     def _unseen_message(self, text: str, start: int, end: int) -> str:
-        whole_span = self.unit == "word" or text[start:end] == UNK  # else: first unseen character
+        whole_span = self.unit == "word" or text[start:end] == self.unk_token  # else: first unseen character
         symbol = text[start:end] if whole_span else text[start]
         codepoint = f" (U+{ord(symbol):04X})" if len(symbol) == 1 else ""
         return (
@@ -224,23 +238,30 @@ class VocabTokenizer(Tokenizer):
 
 
 class HFTokenizer(Tokenizer):
-    """``bpe`` and ``unigram``: a trained HF ``tokenizers.Tokenizer`` and its fast Rust paths.
+    """``bpe``, ``unigram``, ``wordpiece``, ``wordlevel``: an HF ``tokenizers.Tokenizer``
+    (trained here or imported) and its fast Rust paths.
 
-    HF reports offsets in characters (Python string indices), not UTF-8 bytes, also under the
-    ByteLevel pre-tokenizer: the byte tokens of one multi-byte character all carry that
-    character's span.
+    The kind is the HF model's class. The unknown token is the model's own (``unk_token``, or
+    a Unigram's ``unk_id``); a model without one (byte-level BPE, which covers all 256 bytes)
+    has ``unk_id`` None, even if it learned ``"<unk>"`` as a piece. HF reports offsets in
+    characters (Python string indices), not UTF-8 bytes, also under the ByteLevel pre-tokenizer:
+    the byte tokens of one multi-byte character all carry that character's span.
     """
 
-    def __init__(
-        self, kind: Literal["bpe", "unigram"], backend: hf.Tokenizer, *, unknown: UnknownPolicy
-    ):
-        # Byte-level BPE covers all 256 bytes: no <unk>, even if it learned "<unk>" as a piece.
-        unk_id = backend.token_to_id(UNK) if kind == "unigram" else None
+    def __init__(self, kind: HFModelKind, backend: hf.Tokenizer, *, unknown: UnknownPolicy):
+        unk_token = _unknown_token(backend)
+        unk_id = None if unk_token is None else backend.token_to_id(unk_token)
         super().__init__(kind, vocab_size=backend.get_vocab_size(), unk_id=unk_id, unknown=unknown)
         self.backend = backend
+        self.unk_token = UNK if unk_token is None else unk_token
+        self.unit = "word" if kind in IMPORTED_KINDS else "character"  # an unseen word is one unknown
 
     def _tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        encoding = self.backend.encode(text, add_special_tokens=False)
+        try:
+            encoding = self.backend.encode(text, add_special_tokens=False)
+        except Exception as error:  # HF's bare Exception, e.g. a unigram model without unk_id
+            raise DataError(f"the {self.kind} tokenizer cannot encode this text "
+                            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
         spans = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
         return np.array(encoding.ids, dtype=np.int64), spans[:, 0], spans[:, 1]
 
@@ -249,6 +270,16 @@ class HFTokenizer(Tokenizer):
 
     def _payload(self) -> dict[str, Any]:
         return {"hf_tokenizer": json.loads(self.backend.to_str())}
+
+
+def _unknown_token(backend: hf.Tokenizer) -> str | None:
+    """The HF model's unknown token: ``unk_token`` (BPE, WordPiece, WordLevel), or the piece at
+    a Unigram's ``unk_id`` (which the Python binding reads only from the model's JSON)."""
+    model = backend.model
+    if isinstance(model, models.Unigram):
+        unk_id = json.loads(model.__getstate__()).get("unk_id")
+        return None if unk_id is None else backend.id_to_token(unk_id)
+    return getattr(model, "unk_token", None)
 
 
 def train_tokenizer(
@@ -363,10 +394,10 @@ def tokenizer_from_json(data: str) -> Tokenizer:
             f"{FORMAT_VERSION}"
         )
     kind, unknown = payload.get("kind"), payload.get("unknown")
-    if kind not in KINDS or unknown not in UNKNOWN_POLICIES:
+    if kind not in SAVED_KINDS or unknown not in UNKNOWN_POLICIES:
         raise DataError(
             f"tokenizer JSON has kind {kind!r} and unknown {unknown!r}; "
-            f"expected a kind in {KINDS} and an unknown policy in {UNKNOWN_POLICIES}"
+            f"expected a kind in {SAVED_KINDS} and an unknown policy in {UNKNOWN_POLICIES}"
         )
     if kind in ("char", "word"):
         vocab = payload.get("vocab")

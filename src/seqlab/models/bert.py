@@ -13,8 +13,16 @@ One encoder, three registrations under the name ``bert``:
 
 The encoder's parameters have the same names and shapes in all three, so ``seqlab train bert
 --task tag --init-from MLM_RUN`` starts from the pre-trained encoder. Its embedding has one row
-more than the task's ids: the last row is ``[MASK]`` (``seqlab.tasks.mlm``). Blocks are
-bidirectional: every position attends to every real position (key padding masked).
+more than the task's ids: the last row is ``[MASK]`` (``seqlab.tasks.mlm``); a masked language
+model whose vocabulary holds ``[MASK]`` itself (Hugging Face BERT's, ``mask_id``) has none.
+Blocks are bidirectional: every position attends to every real position (key padding masked).
+
+BERT's input is the sum of three embeddings, then a LayerNorm (Devlin et al. 2019, fig. 2):
+
+    x_t = E_token[id_t] + E_type[type_t] + E_position[t],
+
+the token-type (segment) table telling sentence A from sentence B. ``n_token_types=0`` (the
+default) leaves it out; with a table, a forward pass without types reads type 0 everywhere.
 
 By default the blocks are post-norm with an embedding LayerNorm and GELU, as BERT's; positions
 are rotary (RoFormer, Su et al. 2021) rather than BERT's learned table, because a sentence read
@@ -33,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqlab.errors import ConfigError, DataError
 from seqlab.layers.block import NormPosition, TransformerBlock
 from seqlab.layers.norms import make_norm
 from seqlab.models.taggers import SoftmaxOutput
@@ -52,12 +61,19 @@ class BertConfig(BlockConfig):
         norm: layernorm (BERT) or rmsnorm.
         norm_position: post (BERT, with a LayerNorm on the embeddings) or pre (with a final norm).
         dropout: on embeddings, attention weights and residual branches (BERT: 0.1).
+        n_token_types: rows of the token-type (segment) embedding (BERT: 2); 0: none.
     """
 
     positions: PositionScheme = "rope"
     max_len: int = 512
     norm_position: NormPosition = "post"
     dropout: float = 0.1
+    n_token_types: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_token_types < 0:
+            raise ConfigError(f"{type(self).__name__}.n_token_types must be >= 0 (0: none), got {self.n_token_types}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,11 +81,21 @@ class BertMLMConfig(BertConfig):
     """BERT for masked language modelling.
 
     Attributes:
-        vocab_size: the tokenizer's ids, from the task ([MASK] is one more).
+        vocab_size: the tokenizer's ids, from the task ([MASK] is one more, unless mask_id).
+        mask_id: none: ``[MASK]`` is id vocab_size, an embedding row of its own (seqlab's
+            mlm task); an id below vocab_size: the vocabulary's own ``[MASK]`` (Hugging Face
+            BERT's), and the embedding and logits have exactly vocab_size rows.
     """
 
     vocab_size: int
+    mask_id: int | None = None
     size_fields: ClassVar[tuple[str, ...]] = ("vocab_size",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mask_id is not None and not 0 <= self.mask_id < self.vocab_size:
+            raise ConfigError(f"BertMLMConfig.mask_id must be an id below vocab_size ({self.vocab_size}) or none "
+                              f"(an extra [MASK] row), got {self.mask_id}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,12 +129,15 @@ class BertTaggerConfig(BertConfig):
 
 
 class TransformerEncoder(nn.Module):
-    """Embeddings (``n_ids`` + 1 rows, the last ``[MASK]``), positions and bidirectional blocks."""
+    """Embeddings (``n_ids`` rows, and a last one, ``[MASK]``, when ``mask_row``), token types,
+    positions and bidirectional blocks."""
 
-    def __init__(self, config: BertConfig, n_ids: int):
+    def __init__(self, config: BertConfig, n_ids: int, mask_row: bool = True):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(n_ids + 1, config.d_model)
+        self.embedding = nn.Embedding(n_ids + int(mask_row), config.d_model)
+        if config.n_token_types:
+            self.token_type_embedding = nn.Embedding(config.n_token_types, config.d_model)
         self.input_positions = input_positions(config)
         norm = block_norm(config)
         post = config.norm_position == "post"
@@ -121,12 +150,19 @@ class TransformerEncoder(nn.Module):
             for _ in range(config.n_layers))
         self.final_norm = nn.Identity() if post else norm()
 
-    def forward(self, ids: Tensor, mask: Tensor | None = None, added: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor | None = None, added: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> Tensor:
         """(B, L) ids (and (B, L) mask, true at real positions; None: all real) -> (B, L, D).
-        ``added`` (B, L, D) is added to the embeddings (e.g. a word-start marker)."""
+        ``added`` (B, L, D) is added to the embeddings (e.g. a word-start marker);
+        ``token_type_ids`` (B, L) index the token-type table (None: type 0 everywhere)."""
         x = self.embedding(ids)
         if added is not None:
             x = x + added
+        if self.config.n_token_types:
+            table = self.token_type_embedding.weight
+            x = x + (table[0] if token_type_ids is None else self.token_type_embedding(token_type_ids))
+        elif token_type_ids is not None:
+            raise DataError("this encoder has no token-type embedding (n_token_types=0); pass no token_type_ids")
         if self.input_positions is not None:
             x = self.input_positions(x, 0)
         x = self.dropout(self.embedding_norm(x))
@@ -153,15 +189,23 @@ class BertForMaskedLM(nn.Module):
     def __init__(self, config: BertMLMConfig):
         super().__init__()
         self.config = config
-        self.encoder = TransformerEncoder(config, config.vocab_size)
+        self.encoder = TransformerEncoder(config, config.vocab_size, mask_row=config.mask_id is None)
         self.transform = nn.Linear(config.d_model, config.d_model)
         self.transform_norm = make_norm(config.norm, config.d_model, eps=config.norm_eps)
-        self.output_bias = nn.Parameter(torch.zeros(config.vocab_size + 1))
+        self.output_bias = nn.Parameter(torch.zeros(self.encoder.embedding.num_embeddings))
         gpt2_init(self, config.n_layers, token_embedding_std(config))     # N(0, 0.02), as BERT's own
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """(B, T) ids, ``[MASK]`` = vocab_size -> (B, T, vocab_size + 1) logits."""
-        hidden = self.transform_norm(F.gelu(self.transform(self.encoder(tokens, mask))))
+    @property
+    def mask_id(self) -> int:
+        """The id this model reads as ``[MASK]``: ``config.mask_id``, or vocab_size (the extra row)."""
+        return self.config.vocab_size if self.config.mask_id is None else self.config.mask_id
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, token_type_ids: Tensor | None = None) -> Tensor:
+        """(B, T) ids (``[MASK]`` = ``mask_id``), optional (B, T) mask (true at real tokens) and
+        token types -> (B, T, R) logits over the R embedding rows (vocab_size, + 1 for the
+        extra ``[MASK]`` row)."""
+        states = self.encoder(tokens, mask, token_type_ids=token_type_ids)                 # (B, T, D)
+        hidden = self.transform_norm(F.gelu(self.transform(states)))
         return F.linear(hidden, self.encoder.embedding.weight, self.output_bias)
 
 

@@ -211,7 +211,9 @@ def attention_positions(config: TransformerConfig, causal: bool = True) -> nn.Mo
     buckets: bidirectional unless ``causal``), or None."""
     head_dim = config.d_model // config.n_heads
     if config.positions == "t5":
-        return RelativePositionBias(config.n_heads, bidirectional=not causal)
+        return RelativePositionBias(config.n_heads, bidirectional=not causal,
+                                    n_buckets=getattr(config, "relative_buckets", 32),
+                                    max_distance=getattr(config, "relative_max_distance", 128))
     if config.positions == "rope":
         return RotaryPositions(head_dim, config.rope_base, "half")
     if config.positions == "rope_interleaved":

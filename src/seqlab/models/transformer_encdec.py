@@ -12,6 +12,12 @@ offset (``seqlab.layers.positions.relative_position_bucket``), bidirectional in 
 causal in the decoder, one table per stack shared by its layers; pre-norm RMSNorm blocks without
 biases, as in T5. Any scheme of the decoder-only Transformer can be chosen instead.
 
+T5 itself (``seqlab.interop.hf.t5``) also needs: one embedding for both sides
+(``share_embeddings``, T5's ``shared``), unscaled attention logits (``scale_attention=False``)
+and, before a tied output layer, the decoder output scaled by 1/sqrt(D) (``scale_tied_head``):
+
+    logits = W_emb (D^-1/2 Norm(Decoder(...)))
+
 The decoder state (``init_state``) carries the encoder memory and one key/value cache per
 decoder block, so the shared beam search (``seqlab.decoding``) drives it unchanged: ``select``
 copies the chosen rows of the memory and of every cache. ``forward`` runs the teacher-forced
@@ -30,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlab.contracts import EncoderDecoder
-from seqlab.errors import DataError
+from seqlab.errors import ConfigError, DataError
 from seqlab.layers.block import TransformerBlock
 from seqlab.layers.feedforward import Activation
 from seqlab.layers.norms import NormKind
@@ -56,6 +62,15 @@ class TransformerEncDecConfig(BlockConfig):
         activation: feed-forward activation (T5: relu; T5 v1.1: geglu_tanh).
         bias: biases in the projections (T5 has none).
         tie_embeddings: the output layer shares the target embedding's weights.
+        share_embeddings: the encoder and the decoder read one embedding table (T5's
+            ``shared``); needs src_vocab_size == tgt_vocab_size.
+        scale_tied_head: multiply the decoder output by d_model^-1/2 before the tied output
+            layer (T5 with a tied head; T5 v1.1 has an untied head and no factor); needs
+            tie_embeddings.
+        relative_buckets: t5 positions: buckets of key-minus-query offsets, half for each
+            direction in the encoder (T5's relative_attention_num_buckets).
+        relative_max_distance: t5 positions: offsets at or beyond it share the last bucket
+            (T5's relative_attention_max_distance).
     """
 
     src_vocab_size: int
@@ -67,9 +82,26 @@ class TransformerEncDecConfig(BlockConfig):
     activation: Activation = "relu"
     bias: bool = False
     tie_embeddings: bool = True
+    share_embeddings: bool = False
+    scale_tied_head: bool = False
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
 
     size_fields: ClassVar[tuple[str, ...]] = ("src_vocab_size", "tgt_vocab_size")
     position_schemes: ClassVar[tuple[str, ...]] = ("t5", *POSITION_SCHEMES)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ConfigError(f"{name}.share_embeddings needs one vocabulary, got src_vocab_size="
+                              f"{self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}")
+        if self.scale_tied_head and not self.tie_embeddings:
+            raise ConfigError(f"{name}.scale_tied_head scales the input of a tied output layer; "
+                              "set tie_embeddings=True or scale_tied_head=False")
+        if self.relative_buckets < 4 or self.relative_max_distance <= self.relative_buckets // 2:
+            raise ConfigError(f"{name}: t5 positions need relative_buckets >= 4 and relative_max_distance > "
+                              f"relative_buckets / 2, got {self.relative_buckets} and {self.relative_max_distance}")
 
 
 class TransformerStack(nn.Module):
@@ -117,8 +149,12 @@ class TransformerEncoderDecoder(EncoderDecoder):
             for block in stack.blocks:
                 if hasattr(block.attention.positions, "embedding"):
                     nn.init.normal_(block.attention.positions.embedding.weight, std=0.02)
+        if config.share_embeddings:
+            self.decoder.embedding.weight = self.encoder.embedding.weight
         if config.tie_embeddings:
             self.head.weight = self.decoder.embedding.weight
+        # T5 rescales what enters a tied head (its embedding rows are O(1), not O(D^-1/2)).
+        self.head_input_scale = config.d_model ** -0.5 if config.scale_tied_head else 1.0
 
     def encode(self, src: Tensor, src_mask: Tensor) -> dict[str, Tensor]:
         """The encoder's outputs: ``{"memory": (B, S, D), "memory_mask": (B, S)}``."""
@@ -141,7 +177,7 @@ class TransformerEncoderDecoder(EncoderDecoder):
         for index, block in enumerate(self.decoder.blocks):
             x = block(x, memory=memory, memory_padding_mask=memory_mask,
                       cache=None if caches is None else caches[index])
-        return self.head(self.decoder.final_norm(x))
+        return self.head(self.decoder.final_norm(x) * self.head_input_scale)
 
     def step(self, token: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """(B,) target ids -> (B, V) logits; the state's caches are extended in place."""

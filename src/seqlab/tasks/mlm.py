@@ -14,6 +14,9 @@ The corpus, its splits and the tokenizer are the language-modelling task's
 ``[MASK]`` = V, so a model has V + 1 embedding rows; a classification or tagging run that takes
 this run's tokenizer (``--task classify --tokenizer-from RUN``, ``--task tag --tokenizer-from
 RUN``) then means the same thing by every row, and ``--init-from RUN`` carries the encoder over.
+A model whose vocabulary holds ``[MASK]`` itself (a ``mask_id`` attribute that is not None, as a
+BERT imported from Hugging Face has) reads its own id there instead: batches are drawn with V,
+and the loss, evaluation and prediction put the model's id in its place (``model_mask_id``).
 
 A model for this task maps (B, T) ids to (B, T, V + 1) logits, bidirectionally. Evaluation
 masks each held-out window with a fixed seed, so every evaluation scores the same choices:
@@ -69,6 +72,12 @@ def mask_tokens(ids: Tensor, mask_id: int, vocab_size: int, generator: torch.Gen
     replaced = chosen & (action >= REPLACE_WITH_MASK) & (action < REPLACE_WITH_MASK + REPLACE_WITH_RANDOM)
     inputs = torch.where(replaced, random_ids, inputs)
     return inputs, torch.where(chosen, ids, IGNORED)
+
+
+def model_mask_id(model: nn.Module, vocab_size: int) -> int:
+    """The id ``model`` reads as ``[MASK]``: its ``mask_id`` when it has one, else V = vocab_size."""
+    mask_id = getattr(model, "mask_id", None)
+    return vocab_size if mask_id is None else int(mask_id)
 
 
 @register_task("mlm")
@@ -142,6 +151,9 @@ class MaskedLanguageModeling(Task):
     def loss(self, model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
         """Mean cross-entropy over the chosen positions (0 when a batch has none)."""
         inputs, targets = batch
+        mask_id = model_mask_id(model, self.vocab_size)
+        if mask_id != self.vocab_size:                                            # the model's own [MASK]
+            inputs = inputs.masked_fill(inputs == self.vocab_size, mask_id)
         logits = model(inputs)                                                    # (B, T, V + 1)
         total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORED,
                                 reduction="sum")
@@ -158,13 +170,14 @@ class MaskedLanguageModeling(Task):
         model.eval()
         generator = torch.Generator().manual_seed(EVALUATION_SEED)
         device = device_of(model)
+        mask_id = model_mask_id(model, self.vocab_size)
         total, correct, count = 0.0, 0, 0
         try:
             for index, (windows, _, _) in enumerate(sequential_windows(self.splits[split].ids, batch_size,
                                                                        self.context)):
                 if max_batches is not None and index >= max_batches:
                     break
-                inputs, targets = mask_tokens(windows, self.mask_id, self.vocab_size, generator)
+                inputs, targets = mask_tokens(windows, mask_id, self.vocab_size, generator)
                 logits = model(inputs.to(device)).float()
                 targets = targets.to(device)
                 chosen = targets != IGNORED
@@ -179,12 +192,12 @@ class MaskedLanguageModeling(Task):
 
     # ---- use and reports -----------------------------------------------------------------
 
-    def _encode_with_masks(self, line: str) -> list[int]:
+    def _encode_with_masks(self, line: str, mask_id: int) -> list[int]:
         pieces = line.split(MASK_MARKER)
         ids: list[int] = []
         for index, piece in enumerate(pieces):
             if index:
-                ids.append(self.mask_id)
+                ids.append(mask_id)
             if piece:
                 ids.extend(self.tokenizer.encode(piece, unknown="replace"))
         return ids
@@ -198,15 +211,16 @@ class MaskedLanguageModeling(Task):
         """
         outputs = []
         model.eval()
+        mask_id = model_mask_id(model, self.vocab_size)
         for number, line in enumerate(inputs, start=1):
             if MASK_MARKER not in line:
                 raise DataError(f"line {number} has no {MASK_MARKER} to fill in; mark the tokens to predict")
-            ids = torch.tensor([self._encode_with_masks(line)], device=device_of(model))
+            ids = torch.tensor([self._encode_with_masks(line, mask_id)], device=device_of(model))
             limit = getattr(getattr(model, "config", None), "max_len", None)
             if getattr(getattr(model, "config", None), "positions", None) == "learned" and ids.shape[1] > limit:
                 raise DataError(f"line {number} has {ids.shape[1]} tokens; the model reads at most {limit}")
-            predicted = model(ids)[0, :, : self.vocab_size].argmax(-1)                   # never [MASK] itself
-            filled = torch.where(ids[0] == self.mask_id, predicted, ids[0])
+            predicted = _fillers(model(ids)[0], mask_id, self.vocab_size)
+            filled = torch.where(ids[0] == mask_id, predicted, ids[0])
             outputs.append(self.tokenizer.decode(filled.tolist()))
         return outputs
 
@@ -219,12 +233,20 @@ class MaskedLanguageModeling(Task):
             ids = self.tokenizer.encode(SAMPLE, unknown="error")
         except DataError:
             return Showcase()
-        masked = [self.mask_id if index % 5 == 2 else token for index, token in enumerate(ids)]
+        mask_id = model_mask_id(model, self.vocab_size)
+        masked = [mask_id if index % 5 == 2 else token for index, token in enumerate(ids)]
         with torch.no_grad():
             model.eval()
-            predicted = model(torch.tensor([masked], device=device_of(model)))[0, :, : self.vocab_size].argmax(-1)
-        filled = [int(p) if m == self.mask_id else m for m, p in zip(masked, predicted.tolist())]
-        shown = "".join(MASK_MARKER if m == self.mask_id else self.tokenizer.decode([m]) for m in masked)
+            predicted = _fillers(model(torch.tensor([masked], device=device_of(model)))[0], mask_id, self.vocab_size)
+        filled = [int(p) if m == mask_id else m for m, p in zip(masked, predicted.tolist())]
+        shown = "".join(MASK_MARKER if m == mask_id else self.tokenizer.decode([m]) for m in masked)
         return Showcase({"Filled masks": f"{shown}\n{self.tokenizer.decode(filled)}"})
 
 
+def _fillers(logits: Tensor, mask_id: int, vocab_size: int) -> Tensor:
+    """(T, R) logits -> (T,) the most likely token at each position among the tokenizer's V ids,
+    never ``[MASK]`` itself."""
+    logits = logits[:, :vocab_size].clone()
+    if mask_id < vocab_size:
+        logits[:, mask_id] = float("-inf")
+    return logits.argmax(-1)

@@ -20,11 +20,16 @@ _MISSING = object()
 
 
 class HFConfig:
-    """A config.json, read with checks; every error names the architecture and the key."""
+    """A config.json, read with checks; every error names the architecture and the key.
 
-    def __init__(self, values: dict[str, Any], model_type: str):
+    ``tensor_names`` are the checkpoint's tensors, for what config.json leaves unsaid (a T5
+    saved by transformers 5 says its head is tied and stores an untied ``lm_head`` beside it).
+    """
+
+    def __init__(self, values: dict[str, Any], model_type: str, tensor_names: frozenset[str] = frozenset()):
         self.values = values
         self.model_type = model_type
+        self.tensor_names = tensor_names
 
     def get(self, key: str, default: Any = _MISSING, *, kind: type | tuple[type, ...] | None = None) -> Any:
         """``values[key]``, or ``default`` when absent (a missing key without one is an error)."""

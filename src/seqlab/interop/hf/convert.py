@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from seqlab import registry
-from seqlab.errors import ConfigError, SeqlabError
+from seqlab.errors import CheckpointError, ConfigError, SeqlabError
 from seqlab.interop.hf import files, mapping
 from seqlab.interop.hf.architecture import Architecture, HFConfig
 from seqlab.interop.hf.bert import BERT
@@ -70,9 +70,11 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-def build_model(architecture: Architecture, hf_config: dict[str, Any]) -> nn.Module:
-    """The seqlab model a config.json describes, with fresh weights."""
-    values = architecture.config_from_hf(HFConfig(hf_config, architecture.model_type))
+def build_model(architecture: Architecture, hf_config: dict[str, Any],
+                tensor_names: frozenset[str] = frozenset()) -> nn.Module:
+    """The seqlab model a config.json (and the names of its checkpoint's tensors) describe,
+    with fresh weights."""
+    values = architecture.config_from_hf(HFConfig(hf_config, architecture.model_type, tensor_names))
     entry = registry.get(architecture.model, architecture.task)
     try:
         config = registry.make_config(entry.config_class, values)
@@ -92,12 +94,15 @@ def _with_prefix(architecture: Architecture, tensors: dict[str, torch.Tensor]) -
     return {name if name in outside else prefix + name: tensor for name, tensor in tensors.items()}
 
 
-def load_model(directory: str | Path, *, dtype: str | torch.dtype | None = None) -> LoadedModel:
+def load_model(directory: str | Path, *, dtype: str | torch.dtype | None = None,
+               config_updates: dict[str, Any] | None = None) -> LoadedModel:
     """Read an HF model directory into a seqlab model.
 
     Args:
         directory: config.json, and model.safetensors or a sharded index with its shards.
         dtype: float32, float16 or bfloat16 to cast to; None keeps the stored dtype.
+        config_updates: config.json values to add or replace (what the tokenizer knows, such
+            as BERT's ``mask_token_id``).
     Raises:
         CheckpointError: a missing or unreadable file, weights that do not match the config.
         ConfigError: an architecture or an option seqlab does not implement.
@@ -106,8 +111,13 @@ def load_model(directory: str | Path, *, dtype: str | torch.dtype | None = None)
     hf_config = files.read_config(directory)
     architecture = architecture_of(hf_config, where)
     dtype = resolve_dtype(dtype)
-    model = build_model(architecture, hf_config)
-    tensors = _with_prefix(architecture, files.read_weights(directory))
+    hf_config = {**hf_config, **(config_updates or {})}
+    try:
+        tensors = _with_prefix(architecture, files.read_weights(directory))
+    except CheckpointError:
+        build_model(architecture, hf_config)        # a config seqlab cannot read says so first
+        raise
+    model = build_model(architecture, hf_config, frozenset(tensors))
     state = mapping.to_seqlab(architecture.table, tensors, model, architecture.n_layers(model.config),
                               architecture.ignored, where=f"the checkpoint in {where}")
     model.to(dtype or files.stored_dtype(tensors))
@@ -160,7 +170,9 @@ def save_model(model: nn.Module, directory: str | Path, *, dtype: str | torch.dt
         tensors = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
     stored = files.stored_dtype(tensors)
     special = {key: value for key, value in (special_tokens or {}).items() if value is not None}
-    config = {**values, **special, "model_type": architecture.model_type, "architectures": [architecture.hf_class],
+    unset = dict.fromkeys(SPECIAL_TOKENS[:3])          # None rather than transformers' defaults (GPT-2's 50256)
+    config = {**values, **unset, **special, "model_type": architecture.model_type,
+              "architectures": [architecture.hf_class],
               "dtype": str(stored).removeprefix("torch.")}
     generation = {key: value for key, value in special.items()} if special else None
     return files.write_directory(directory, config, tensors, generation=generation, extra_files=extra_files,

@@ -113,15 +113,22 @@ def read_weights(directory: str | Path) -> dict[str, Tensor]:
             whose shards hold other tensors than the index says.
     """
     files = weight_files(directory)
+    if len(files) == 1 and files[0].name == WEIGHTS_FILE:
+        return _load_file(files[0])
+    weight_map = _read_json(Path(directory) / INDEX_FILE)["weight_map"]
     tensors: dict[str, Tensor] = {}
     for path in files:
-        tensors.update(_load_file(path))
-    if len(files) > 1 or files[0].name != WEIGHTS_FILE:
-        weight_map = _read_json(Path(directory) / INDEX_FILE)["weight_map"]
-        absent = sorted(set(weight_map) - set(tensors))
+        shard = _load_file(path)
+        listed = {name for name, file in weight_map.items() if file == path.name}
+        absent, unlisted = sorted(listed - set(shard)), sorted(set(shard) - listed)
         if absent:
             raise CheckpointError(f"{INDEX_FILE} in {str(directory)!r} lists {absent[0]!r} in "
-                                  f"{weight_map[absent[0]]!r}, but that shard does not hold it")
+                                  f"{path.name!r}, but that shard does not hold it")
+        if unlisted:
+            raise CheckpointError(f"shard {path.name!r} in {str(directory)!r} holds {unlisted[0]!r}, which "
+                                  f"{INDEX_FILE} lists in {weight_map.get(unlisted[0])!r}; the index and its "
+                                  "shards do not belong together")
+        tensors.update(shard)
     return tensors
 
 

@@ -44,11 +44,21 @@ class Rule:
         seqlab: the seqlab tensor's name, or several, which the HF tensor holds stacked along
             dim 0 (after the transpose).
         transpose: the HF tensor is the transpose of seqlab's (``Conv1D`` weights).
+        when, unless: apply the row only when the model has (``when``) or lacks (``unless``)
+            this tensor: T5's plain ``wi`` and gated ``wi_1`` are both seqlab's ``up``, told
+            apart by the gated network's ``gate``.
     """
 
     hf: str
     seqlab: str | tuple[str, ...]
     transpose: bool = False
+    when: str = ""
+    unless: str = ""
+
+    def applies(self, tensors: dict[str, Tensor]) -> bool:
+        """Whether the model has this row's tensors (and its ``when``, and not its ``unless``)."""
+        return (all(target in tensors for target in self.targets) and (not self.when or self.when in tensors)
+                and not (self.unless and self.unless in tensors))
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -60,8 +70,10 @@ class Rule:
             yield self
             return
         for index in range(n_layers):
-            yield Rule(self.hf.replace("{i}", str(index)),
-                       tuple(name.replace("{i}", str(index)) for name in self.targets), self.transpose)
+            def at(name: str) -> str:
+                return name.replace("{i}", str(index))
+
+            yield Rule(at(self.hf), tuple(map(at, self.targets)), self.transpose, at(self.when), at(self.unless))
 
 
 def model_tensors(model: nn.Module) -> dict[str, Tensor]:
@@ -77,7 +89,7 @@ def model_tensors(model: nn.Module) -> dict[str, Tensor]:
 def active_rules(table: Sequence[Rule], tensors: dict[str, Tensor], n_layers: int) -> list[Rule]:
     """The expanded rows whose seqlab tensors the model has; every model tensor must be covered
     by exactly one (a gap is a bug in the table, not in the user's checkpoint)."""
-    rules = [rule for row in table for rule in row.expanded(n_layers) if all(t in tensors for t in rule.targets)]
+    rules = [rule for row in table for rule in row.expanded(n_layers) if rule.applies(tensors)]
     covered = [target for rule in rules for target in rule.targets]
     missing = sorted(set(tensors) - set(covered))
     if missing or len(covered) != len(set(covered)):
