@@ -250,3 +250,36 @@ def test_bad_positions_and_cross_settings_raise_config_error():
         MultiHeadAttention(16, 4, causal=True, cross=True)
     with pytest.raises(ConfigError, match="no positions"):
         MultiHeadAttention(16, 4, causal=False, cross=True, positions=ALiBi(4))
+
+
+def test_stacked_projections_follow_weight_changes_without_gradients():
+    """The q/k/v stack kept for generation is rebuilt when a weight changes in place (an
+    optimiser step, a load) or is replaced, so a no-grad call never reads stale weights."""
+    torch.manual_seed(0)
+    layer = MultiHeadAttention(16, 4, 2, causal=True)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        before = layer(x)
+        layer.k_proj.weight.mul_(2.0)                       # in place: a new version
+        after = layer(x)
+        layer.v_proj.weight = torch.nn.Parameter(torch.randn_like(layer.v_proj.weight))
+        replaced = layer(x)
+    assert not torch.allclose(before, after)
+    assert not torch.allclose(after, replaced)
+    q, k, v = (torch.nn.functional.linear(x, p.weight, p.bias).view(2, 5, -1, 4).transpose(1, 2)
+               for p in (layer.q_proj, layer.k_proj, layer.v_proj))
+    expected = layer.out_proj(attention_ref(q, k, v, causal=True).transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(replaced, expected, atol=1e-6, rtol=0)
+
+
+def test_a_decoding_step_without_a_mask_equals_the_reference():
+    """One new query over a cache (the no-mask fast path), plain and sliding-window."""
+    torch.manual_seed(1)
+    for window in (None, 6):
+        layer = MultiHeadAttention(16, 4, 2, causal=True, window=window, positions=RotaryPositions(4)).eval()
+        x = torch.randn(1, 9, 16)
+        cache = layer.make_cache(1, 4)
+        with torch.no_grad():
+            stepped = torch.cat([layer(x[:, t:t + 1], cache=cache) for t in range(9)], dim=1)
+            whole = layer(x)
+        torch.testing.assert_close(stepped, whole, atol=1e-5, rtol=0)

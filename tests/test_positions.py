@@ -207,3 +207,21 @@ def test_sinusoidal_scales_the_embeddings_as_vaswani_et_al():
     assert abs(model.token_embedding.weight.std().item() - 64 ** -0.5) < 0.01
     assert abs(registry.build("transformer", None, vocab_size=500, d_model=64).token_embedding.weight.std().item()
                - 0.02) < 0.002
+
+
+def test_rotary_table_growth_changes_no_value():
+    """The cos/sin table kept between calls gives bit-identical rotations whether it was built
+    for a short or a long sequence first."""
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 300, 8), torch.randn(1, 2, 300, 8)
+    short_first = RotaryPositions(8, base=500.0)
+    short_first(q[:, :, :3], k[:, :, :3], 0)
+    long_first = RotaryPositions(8, base=500.0)
+    long_first(q, k, 0)
+    for offset, length in ((0, 300), (250, 50), (7, 1)):
+        a = short_first(q[:, :, :length], k[:, :, :length], offset)
+        b = long_first(q[:, :, :length], k[:, :, :length], offset)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    expected = rotary_ref(q[0, 0, :5].double(), list(range(250, 255)), base=500.0)
+    got = long_first(q[:, :, :5].double(), k[:, :, :5].double(), 250)[0][0, 0]
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)

@@ -149,9 +149,9 @@ def _work_dtype(x: Tensor) -> torch.dtype:
 class RotaryPositions(nn.Module):
     """Rotary position embedding (RoFormer): rotates q and k by position-dependent angles.
 
-    Angles and their cos/sin are computed in float32 (float64 for float64 inputs) on every call,
-    from ``base`` rather than from a buffer, so ``model.half()`` cannot round the frequencies;
-    the rotated tensors are cast back to the input dtype.
+    Angles and their cos/sin are computed in float32 (float64 for float64 inputs) from ``base``,
+    kept in a plain attribute rather than a buffer, so ``model.half()`` cannot round the
+    frequencies; the rotated tensors are cast back to the input dtype.
 
     Args:
         head_dim: E, even.
@@ -179,12 +179,7 @@ class RotaryPositions(nn.Module):
             raise DataError(f"rotary positions expect head dim {self.head_dim}, got a tensor of shape "
                             f"{tuple(x.shape)}; pass (B, H, T, E) queries and keys")
         work = _work_dtype(x)
-        length = x.shape[-2]
-        positions = torch.arange(offset, offset + length, dtype=work, device=x.device)
-        inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=work, device=x.device)
-                                 / self.head_dim)                                        # (E/2,)
-        angles = positions[:, None] * inv_freq                                           # (T, E/2)
-        cos, sin = torch.cos(angles), torch.sin(angles)
+        cos, sin = self._cos_sin(offset, x.shape[-2], work, x.device)                    # (T, E/2) each
         xw = x.to(work)
         if self.layout == "half":
             first, second = xw.chunk(2, dim=-1)                                          # (..., T, E/2)
@@ -194,6 +189,21 @@ class RotaryPositions(nn.Module):
             rotated = torch.stack([first * cos - second * sin, second * cos + first * sin], dim=-1)
             rotated = rotated.flatten(-2)                                                # (..., T, E)
         return rotated.to(x.dtype)
+
+    def _cos_sin(self, offset: int, length: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos and sin of the angles ``p theta_i`` at positions ``offset .. offset + length - 1``,
+        (length, E/2) each, from a table kept for the largest position seen so far (at least
+        doubled when it grows). Each row is computed as a lone one would be, ``p * theta_i`` in
+        ``dtype``, so the table changes no value; it only spares a decoding step the cos and sin."""
+        end = offset + length
+        table = getattr(self, "_table", None)
+        if table is None or table[0].shape[0] < end or table[0].dtype != dtype or table[0].device != device:
+            size = max(end, 2 * table[0].shape[0] if table is not None else 64)
+            positions = torch.arange(size, dtype=dtype, device=device)
+            inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=dtype, device=device) / self.head_dim)
+            angles = positions[:, None] * inv_freq                                       # (P, E/2)
+            self._table = table = (torch.cos(angles), torch.sin(angles))
+        return table[0][offset:end], table[1][offset:end]
 
     def forward(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
         """Rotate queries and keys at positions ``offset .. offset + T - 1``.
