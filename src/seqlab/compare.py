@@ -28,7 +28,7 @@ from seqlab.budget import Budget
 from seqlab.contracts import CausalLM
 from seqlab.errors import ConfigError
 from seqlab.report import Column, ModelResult, Report
-from seqlab.runs import initialise_from
+from seqlab.runs import inherited_config, initialise_from
 from seqlab.scaling import scaling_section
 from seqlab.report_render import check_report_directory, report_file_names
 from seqlab.tasks.base import get_task
@@ -145,7 +145,8 @@ def run_one(task_name: str, options: Any, name: str, budget_seconds: float, star
     task = get_task(task_name).from_options(options)
     memory = PeakMemory(train_options)      # from before the model is built: its weights count
     torch.manual_seed(train_options.get("seed", 0))
-    model = registry.build_for_task(name, task.model_defaults(), overrides, task=task_name)
+    model = registry.build_for_task(name, task.model_defaults(), {**inherited_config(name, task_name, init_from),
+                                                                  **overrides}, task=task_name)
     task.check_model(model)
     initialised = None if init_from is None else initialise_from(model, init_from, task).summary()
     if registry.trains_by(model) == "fit":

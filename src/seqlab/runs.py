@@ -126,21 +126,27 @@ def _fine_tuning(model_name: str, task: str, task_class: Any, task_options: dict
     """Task options and a base model config for a run that starts from ``init_from``.
 
     Fine-tuning the same model on the same task (an imported Hugging Face checkpoint, or a run
-    trained here) starts from that run's config, so every weight fits, and, unless a tokenizer
-    is named, reads the text with that run's tokenizer (``tokenizer_from``). The sizes that come
-    from the data (vocabulary, ...) are left to the task. Otherwise nothing changes: only the
-    weights whose names and shapes match are loaded.
+    trained here) starts from that run's config (:func:`inherited_config`) and, unless a
+    tokenizer is named, reads the text with that run's tokenizer (``tokenizer_from``).
     """
+    base = inherited_config(model_name, task, init_from)
+    fields = {field.name for field in dataclasses.fields(task_class.Options)}
+    if base and "tokenizer_from" in fields and not {"tokenizer", "tokenizer_from"} & set(task_options):
+        task_options["tokenizer_from"] = str(init_from)
+    return task_options, base
+
+
+def inherited_config(model_name: str, task: str, init_from: str | Path | None) -> dict[str, Any]:
+    """The config of the run ``init_from`` when it holds the same model for the same task, so
+    that every weight fits, less the sizes that come from the data (vocabulary, ...); else {}
+    (only the weights whose names and shapes match are then loaded)."""
     if init_from is None:
-        return task_options, {}
+        return {}
     info = read_info(resolve_checkpoint(init_from))
     if info["model"] != model_name or info["task"]["task"] != task:
-        return task_options, {}
-    fields = {field.name for field in dataclasses.fields(task_class.Options)}
-    if "tokenizer_from" in fields and not {"tokenizer", "tokenizer_from"} & set(task_options):
-        task_options["tokenizer_from"] = str(init_from)
-    matched = set(getattr(task_class, "matched_config_fields", ()))
-    return task_options, {key: value for key, value in info["config"].items() if key not in matched}
+        return {}
+    matched = set(getattr(get_task(task), "matched_config_fields", ()))
+    return {key: value for key, value in info["config"].items() if key not in matched}
 
 
 # What a resumed run may change: how it is watched and where it runs. Everything else is the

@@ -17,18 +17,22 @@ alone are asked for) and its special tokens in config.json and generation_config
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import tokenizers as hf_tokenizers
 import torch
 
 from seqlab.checkpoint import load_checkpoint, save_checkpoint
 from seqlab.errors import ConfigError
-from seqlab.interop.hf.convert import load_model, save_model
+from seqlab.interop.hf.convert import architecture_of, load_model, save_model
+from seqlab.interop.hf.files import read_config
 from seqlab.interop.hf.tokenizer import read_tokenizer, tokenizer_json
 from seqlab.tasks.base import get_task
 
 RUN_TASKS = ("lm", "mlm")
+MASK = "[MASK]"
 DEFAULT_CONTEXT = 256
 EXPORTED_SPECIALS = {"bos_id": "bos_token_id", "eos_id": "eos_token_id", "pad_id": "pad_token_id"}
 
@@ -54,13 +58,14 @@ def import_run(directory: str | Path, out: str | Path, *, dtype: str | torch.dty
     Raises:
         CheckpointError, ConfigError: as ``load_model``; no tokenizer.json; T5 (see above).
     """
-    loaded = load_model(directory, dtype=dtype)
-    architecture = loaded.architecture
+    architecture = architecture_of(read_config(directory), repr(str(directory)))
     if architecture.task not in RUN_TASKS:
         raise ConfigError(f"a {architecture.model_type} checkpoint is read as a model, not as a run: seqlab's "
                           f"{architecture.task} task has its own vocabularies and special ids; use "
                           "seqlab.interop.hf.load_model (runs are made of: gpt2, llama, mamba, mamba2, bert)")
     tokenizer = read_tokenizer(directory)
+    mask = tokenizer.backend.token_to_id(MASK) if architecture.task == "mlm" else None
+    loaded = load_model(directory, dtype=dtype, config_updates=None if mask is None else {"mask_token_id": mask})
     model, special = loaded.model, loaded.special_tokens
     limit = getattr(model.config, "max_len", None)
     context = context or min(DEFAULT_CONTEXT, limit or DEFAULT_CONTEXT)
@@ -88,10 +93,32 @@ def export_run(run: str | Path, out: str | Path, *, dtype: str | torch.dtype | N
     """
     loaded = load_checkpoint(run)
     tokenizer = loaded.artifacts.get("tokenizer")
-    extra = {}
-    if with_tokenizer and tokenizer is not None:
-        extra["tokenizer.json"] = tokenizer_json(tokenizer)
     ours = loaded.info["task"].get("special_tokens") or {}
     special = {theirs: ours.get(name) for name, theirs in EXPORTED_SPECIALS.items()}
+    extra = {}
+    if with_tokenizer and tokenizer is not None:
+        extra = hf_tokenizer_files(tokenizer, special, getattr(loaded.model, "mask_id", None))
     return save_model(loaded.model, out, dtype=dtype, special_tokens=special, extra_files=extra,
                       max_shard_bytes=max_shard_bytes)
+
+
+def hf_tokenizer_files(tokenizer: Any, special: dict[str, Any], mask_id: int | None) -> dict[str, str]:
+    """tokenizer.json and the tokenizer_config.json that lets ``AutoTokenizer`` read it, naming
+    the special tokens. A BERT trained here has ``[MASK]`` as one id past the tokenizer's
+    (``seqlab.tasks.mlm``); the export adds it to the vocabulary at that id."""
+    backend = hf_tokenizers.Tokenizer.from_str(tokenizer_json(tokenizer))
+    if mask_id is not None and backend.token_to_id(MASK) is None:
+        backend.add_special_tokens([MASK])
+        if backend.token_to_id(MASK) != mask_id:
+            raise ConfigError(f"cannot give [MASK] the model's id {mask_id} in the tokenizer; export without it")
+    names = {"bos_token_id": "bos_token", "eos_token_id": "eos_token", "pad_token_id": "pad_token"}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+    for key, name in names.items():
+        if isinstance(special.get(key), int):
+            config[name] = backend.id_to_token(special[key])
+    if backend.token_to_id(MASK) is not None:
+        config["mask_token"] = MASK
+    unknown = getattr(tokenizer, "unk_token", None)
+    if unknown is not None and backend.token_to_id(unknown) is not None:
+        config["unk_token"] = unknown
+    return {"tokenizer.json": backend.to_str(), "tokenizer_config.json": json.dumps(config, indent=2) + "\n"}
