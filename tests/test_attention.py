@@ -252,15 +252,15 @@ def test_bad_positions_and_cross_settings_raise_config_error():
         MultiHeadAttention(16, 4, causal=False, cross=True, positions=ALiBi(4))
 
 
-def test_stacked_projections_follow_weight_changes_without_gradients():
-    """The q/k/v stack kept for generation is rebuilt when a weight changes in place (an
-    optimiser step, a load) or is replaced, so a no-grad call never reads stale weights."""
+def test_projections_without_gradients_read_the_current_weights():
+    """Without gradients (generation) q, k and v are three products rather than one over the
+    stacked weights: each call reads the weights as they are, changed in place or replaced."""
     torch.manual_seed(0)
     layer = MultiHeadAttention(16, 4, 2, causal=True)
     x = torch.randn(2, 5, 16)
     with torch.no_grad():
         before = layer(x)
-        layer.k_proj.weight.mul_(2.0)                       # in place: a new version
+        layer.k_proj.weight.data.mul_(2.0)                  # through .data: no new version
         after = layer(x)
         layer.v_proj.weight = torch.nn.Parameter(torch.randn_like(layer.v_proj.weight))
         replaced = layer(x)

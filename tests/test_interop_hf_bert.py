@@ -63,6 +63,16 @@ def test_import_gives_transformers_logits(reference):
         torch.testing.assert_close(ours(ids), model(ids).logits, **TOLERANCE)
 
 
+def test_the_norms_epsilon_is_read(tmp_path):
+    """BERT's 1e-12 barely moves the logits; an epsilon that does shows it is read, not assumed."""
+    torch.manual_seed(0)
+    model = randomised(transformers.BertForMaskedLM(hf_config(layer_norm_eps=0.5)), seed=3)
+    model.save_pretrained(tmp_path)
+    ids = batch(4)
+    with torch.no_grad():
+        torch.testing.assert_close(hf.load_model(tmp_path).model(ids), model(ids).logits, **TOLERANCE)
+
+
 def test_padded_batch_and_token_types_match_transformers(reference):
     model, _, loaded = reference
     ids = batch(3, rows=4)

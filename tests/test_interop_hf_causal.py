@@ -16,17 +16,18 @@ NEW_TOKENS = 32
 MARGIN = 1e-3
 
 
-def gpt2_reference(tie: bool = True, activation: str = "gelu_new") -> transformers.PreTrainedModel:
+def gpt2_reference(tie: bool = True, activation: str = "gelu_new", eps: float = 1e-5) -> transformers.PreTrainedModel:
     config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=96, n_embd=32, n_layer=2, n_head=4,
                                      activation_function=activation, tie_word_embeddings=tie, initializer_range=0.2,
-                                     layer_norm_epsilon=1e-5, bos_token_id=None, eos_token_id=None)
+                                     layer_norm_epsilon=eps, bos_token_id=None, eos_token_id=None)
     return transformers.GPT2LMHeadModel(config).eval()
 
 
-def llama_reference(tie: bool = False, bias: bool = False, kv_heads: int = 2) -> transformers.PreTrainedModel:
+def llama_reference(tie: bool = False, bias: bool = False, kv_heads: int = 2,
+                    eps: float = 1e-5) -> transformers.PreTrainedModel:
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=96,
-                                      rope_theta=500.0, rms_norm_eps=1e-5, attention_bias=bias, mlp_bias=bias,
+                                      rope_theta=500.0, rms_norm_eps=eps, attention_bias=bias, mlp_bias=bias,
                                       tie_word_embeddings=tie, initializer_range=0.2, bos_token_id=None,
                                       eos_token_id=None, pad_token_id=None)
     return transformers.LlamaForCausalLM(config).eval()
@@ -35,9 +36,11 @@ def llama_reference(tie: bool = False, bias: bool = False, kv_heads: int = 2) ->
 REFERENCES = {
     "gpt2 tied": lambda: gpt2_reference(),
     "gpt2 untied exact gelu": lambda: gpt2_reference(tie=False, activation="gelu"),
+    "gpt2 norm eps 0.5": lambda: gpt2_reference(eps=0.5),            # an eps that changes the logits
     "llama gqa untied": lambda: llama_reference(),
     "llama tied biases": lambda: llama_reference(tie=True, bias=True),
     "llama multi-query": lambda: llama_reference(kv_heads=1),
+    "llama norm eps 0.5": lambda: llama_reference(eps=0.5),
 }
 
 

@@ -14,7 +14,7 @@ import transformers
 
 from seqlab import registry
 from seqlab.decoding import decode_greedy
-from seqlab.errors import CheckpointError, ConfigError
+from seqlab.errors import ConfigError
 from seqlab.interop.hf import load_model, save_model
 from seqlab.layers.positions import relative_position_bucket
 
@@ -122,6 +122,13 @@ def test_greedy_generation_equals_transformers(tmp_path, feed_forward_proj, head
 
     ours = decode_greedy(model, src, src_mask, max_length=NEW_TOKENS, bos_id=START, eos_id=EOS)
     assert ours.sequences == theirs[:, 1:].tolist()
+
+    save_model(model, tmp_path / "back")              # T5's own ids, written without being asked
+    back = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "back").eval()
+    assert (back.config.pad_token_id, back.config.eos_token_id, back.config.decoder_start_token_id) == (0, 1, 0)
+    again = back.generate(src, attention_mask=src_mask.long(), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                          do_sample=False, num_beams=1)
+    assert torch.equal(again, theirs)
 
 
 def write_config(directory, **changes):

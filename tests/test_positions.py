@@ -225,3 +225,14 @@ def test_rotary_table_growth_changes_no_value():
     expected = rotary_ref(q[0, 0, :5].double(), list(range(250, 255)), base=500.0)
     got = long_first(q[:, :, :5].double(), k[:, :, :5].double(), 250)[0][0, 0]
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_a_rotary_table_built_in_inference_mode_serves_training():
+    rope = RotaryPositions(8)
+    q, k = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    with torch.inference_mode():
+        rope(q, k, 0)
+    q.requires_grad_()
+    rotated, _ = rope(q, k, 0)
+    rotated.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()

@@ -499,8 +499,8 @@ def _export_hf_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 def _export_hf(args: argparse.Namespace) -> int:
     from seqlab.interop.hf.runs import export_run
 
-    if args.shard_mb is not None and not args.shard_mb > 0:
-        raise ConfigError(f"--shard-mb must be positive, got {args.shard_mb}")
+    if args.shard_mb is not None and not 0 < args.shard_mb < float("inf"):
+        raise ConfigError(f"--shard-mb must be a positive size in megabytes, got {args.shard_mb}")
     shard = None if args.shard_mb is None else int(args.shard_mb * 1e6)
     directory = export_run(args.run, args.out, dtype=args.dtype, max_shard_bytes=shard,
                            with_tokenizer=not args.without_tokenizer)

@@ -223,29 +223,18 @@ class MultiHeadAttention(nn.Module):
         k = self._heads(self.k_proj(memory), self.n_kv_heads)
         return attention_weights_ref(q, k, causal=False, key_padding_mask=key_padding_mask, scale=self.scale)
 
-    def _stacked_projections(self) -> tuple[Tensor, Tensor | None]:
-        """The q, k, v weights (and biases) stacked. Without gradients (generation) the stack is
-        kept and rebuilt only when a weight changes (its tensor or version), so a decoding step
-        does not copy the three matrices again."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        tensors = [layer.weight for layer in projections] + ([] if self.q_proj.bias is None else
-                                                              [layer.bias for layer in projections])
-        recording = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        if not recording and getattr(self, "_stacked_key", None) == key:
-            return self._stacked
-        weight = torch.cat(tensors[:3])
-        bias = torch.cat(tensors[3:]) if len(tensors) > 3 else None
-        if not recording:
-            self._stacked_key, self._stacked = key, (weight, bias)
-        return weight, bias
-
     def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, H, T, E), k and v (B, Hkv, T, E) of ``x`` in one matmul, the three projections'
-        weights stacked: one product of width (H + 2 Hkv) E, and one gradient into ``x``."""
-        weight, bias = self._stacked_projections()
-        sizes = [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim]
-        q, k, v = F.linear(x, weight, bias).split(sizes, dim=-1)
+        weights stacked: one product of width (H + 2 Hkv) E, and one gradient into ``x``. Without
+        gradients (generation) the three products are taken apart: stacking would copy the three
+        matrices at every decoding step, which costs more than it saves."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if torch.is_grad_enabled():
+            weight = torch.cat([layer.weight for layer in projections])
+            bias = None if self.q_proj.bias is None else torch.cat([layer.bias for layer in projections])
+            q, k, v = F.linear(x, weight, bias).split([layer.out_features for layer in projections], dim=-1)
+        else:
+            q, k, v = (layer(x) for layer in projections)
         return self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
 
     def forward(self, x: Tensor, memory: Tensor | None = None,

@@ -199,10 +199,12 @@ class RotaryPositions(nn.Module):
         table = getattr(self, "_table", None)
         if table is None or table[0].shape[0] < end or table[0].dtype != dtype or table[0].device != device:
             size = max(end, 2 * table[0].shape[0] if table is not None else 64)
-            positions = torch.arange(size, dtype=dtype, device=device)
-            inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=dtype, device=device) / self.head_dim)
-            angles = positions[:, None] * inv_freq                                       # (P, E/2)
-            self._table = table = (torch.cos(angles), torch.sin(angles))
+            with torch.inference_mode(False), torch.no_grad():      # a plain tensor, usable in training later
+                positions = torch.arange(size, dtype=dtype, device=device)
+                inv_freq = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=dtype, device=device)
+                                         / self.head_dim)
+                angles = positions[:, None] * inv_freq                                   # (P, E/2)
+                self._table = table = (torch.cos(angles), torch.sin(angles))
         return table[0][offset:end], table[1][offset:end]
 
     def forward(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:

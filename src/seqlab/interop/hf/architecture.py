@@ -44,13 +44,6 @@ class HFConfig:
                               f"{getattr(kind, '__name__', kind)}")
         return value
 
-    def first(self, keys: Sequence[str], default: Any = _MISSING, **options: Any) -> Any:
-        """The value of the first of ``keys`` present (configs name one thing several ways)."""
-        for key in keys:
-            if key in self.values and self.values[key] is not None:
-                return self.get(key, **options)
-        return self.get(keys[0], default, **options)
-
     def require(self, key: str, allowed: Sequence[Any], default: Any = None) -> Any:
         """The value of ``key`` (``default`` when absent), refused unless in ``allowed``."""
         value = self.values.get(key, default)

@@ -171,10 +171,10 @@ def save_model(model: nn.Module, directory: str | Path, *, dtype: str | torch.dt
     stored = files.stored_dtype(tensors)
     special = {key: value for key, value in (special_tokens or {}).items() if value is not None}
     unset = dict.fromkeys(SPECIAL_TOKENS[:3])          # None rather than transformers' defaults (GPT-2's 50256)
-    config = {**values, **unset, **special, "model_type": architecture.model_type,
+    config = {**unset, **values, **special, "model_type": architecture.model_type,
               "architectures": [architecture.hf_class],
               "dtype": str(stored).removeprefix("torch.")}
-    generation = {key: value for key, value in special.items()} if special else None
+    generation = {key: config[key] for key in SPECIAL_TOKENS if config.get(key) is not None} or None
     return files.write_directory(directory, config, tensors, generation=generation, extra_files=extra_files,
                                  max_shard_bytes=max_shard_bytes)
 

@@ -133,8 +133,11 @@ def read_weights(directory: str | Path) -> dict[str, Tensor]:
 
 
 def stored_dtype(tensors: dict[str, Tensor]) -> torch.dtype:
-    """The floating dtype most of the tensors are stored in (float32 when none is floating)."""
-    counts = Counter(t.dtype for t in tensors.values() if t.is_floating_point())
+    """The floating dtype most of the weights (by element) are stored in (float32 when none is)."""
+    counts: Counter = Counter()
+    for tensor in tensors.values():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] += tensor.numel()
     return counts.most_common(1)[0][0] if counts else torch.float32
 
 
@@ -158,6 +161,7 @@ def write_directory(directory: str | Path, config: dict[str, Any], tensors: dict
         raise ConfigError(f"{str(directory)!r} exists and is not empty; export into a new directory")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging.chmod(0o777 & ~_umask())                # mkdtemp's 0700 would hide the export from others
     try:
         _write_weights(staging, tensors, max_shard_bytes)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -165,13 +169,17 @@ def write_directory(directory: str | Path, config: dict[str, Any], tensors: dict
             (staging / GENERATION_FILE).write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")
-        if directory.exists():
-            directory.rmdir()                      # empty, checked above
-        os.replace(staging, directory)
+        os.replace(staging, directory)             # onto nothing, or onto the empty directory
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_weights(directory: Path, tensors: dict[str, Tensor], max_shard_bytes: int | None) -> None:

@@ -49,8 +49,10 @@ def config_from_hf(hf: HFConfig) -> dict[str, Any]:
         "vocab_size": hf.get("vocab_size", kind=int), "max_len": hf.get("n_positions", kind=int),
         "d_model": hf.get("n_embd", kind=int), "n_layers": hf.get("n_layer", kind=int),
         "n_heads": hf.get("n_head", kind=int), "d_ff": hf.get("n_inner", None, kind=int),
-        "activation": ACTIVATIONS[activation], "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
-        "tie_embeddings": bool(hf.get("tie_word_embeddings", True)), "dropout": float(hf.get("resid_pdrop", 0.0)),
+        "activation": ACTIVATIONS[activation],
+        "norm_eps": float(hf.get("layer_norm_epsilon", 1e-5, kind=(int, float))),
+        "tie_embeddings": hf.get("tie_word_embeddings", True, kind=bool),
+        "dropout": float(hf.get("resid_pdrop", 0.0, kind=(int, float))),
         "positions": "learned", "norm": "layernorm", "norm_position": "pre", "bias": True,
     }
 
@@ -79,5 +81,5 @@ def config_to_hf(config: Any) -> dict[str, Any]:
 GPT2 = Architecture(
     model_type="gpt2", hf_class="GPT2LMHeadModel", model="gpt", task="lm", table=TABLE,
     config_from_hf=config_from_hf, config_to_hf=config_to_hf, exports_from=("gpt", "transformer"),
-    base_prefix="transformer.", ignored=(r"transformer\.h\.\d+\.attn\.(masked_)?bias", "lm_head.weight"),
+    base_prefix="transformer.", ignored=(r"transformer\.h\.\d+\.attn\.(masked_)?bias", r"lm_head\.weight"),
 )

@@ -35,7 +35,9 @@ def rope_base(hf: HFConfig) -> float:
     """theta of RoPE, refusing any scaling (linear, dynamic, yarn, llama3, ...)."""
     parameters = hf.values.get("rope_parameters") or {}
     scaling = hf.values.get("rope_scaling") or {}
-    for source in (parameters, scaling):
+    for key, source in (("rope_parameters", parameters), ("rope_scaling", scaling)):
+        if not isinstance(source, dict):
+            raise ConfigError(f"{hf.model_type} config.json: {key} is {source!r}, expected an object")
         kind = source.get("rope_type", source.get("type", "default"))
         if kind != "default":
             raise ConfigError(f"{hf.model_type} config.json asks for rope scaling {kind!r}, which seqlab does not "
@@ -59,8 +61,8 @@ def config_from_hf(hf: HFConfig) -> dict[str, Any]:
         "n_layers": hf.get("num_hidden_layers", kind=int), "n_heads": n_heads,
         "n_kv_heads": hf.get("num_key_value_heads", n_heads, kind=int), "d_ff": hf.get("intermediate_size", kind=int),
         "max_len": hf.get("max_position_embeddings", 2048, kind=int), "rope_base": rope_base(hf),
-        "norm_eps": float(hf.get("rms_norm_eps", 1e-6)), "bias": attention_bias,
-        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "norm_eps": float(hf.get("rms_norm_eps", 1e-6, kind=(int, float))), "bias": attention_bias,
+        "tie_embeddings": hf.get("tie_word_embeddings", False, kind=bool),
         "positions": "rope", "norm": "rmsnorm", "activation": "swiglu", "norm_position": "pre",
     }
 
@@ -85,5 +87,5 @@ def config_to_hf(config: Any) -> dict[str, Any]:
 LLAMA = Architecture(
     model_type="llama", hf_class="LlamaForCausalLM", model="llama", task="lm", table=TABLE,
     config_from_hf=config_from_hf, config_to_hf=config_to_hf, exports_from=("llama", "transformer"),
-    base_prefix="model.", ignored=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", "lm_head.weight"),
+    base_prefix="model.", ignored=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight"),
 )

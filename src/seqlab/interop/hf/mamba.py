@@ -166,10 +166,10 @@ def mamba2_config_to_hf(config: Any) -> dict[str, Any]:
 MAMBA = Architecture(
     model_type="mamba", hf_class="MambaForCausalLM", model="mamba", task="lm", table=MAMBA_TABLE,
     config_from_hf=mamba_config_from_hf, config_to_hf=mamba_config_to_hf, base_prefix="backbone.",
-    ignored=("lm_head.weight",),
+    ignored=(r"lm_head\.weight",),
 )
 MAMBA2 = Architecture(
     model_type="mamba2", hf_class="Mamba2ForCausalLM", model="mamba2", task="lm", table=MAMBA2_TABLE,
     config_from_hf=mamba2_config_from_hf, config_to_hf=mamba2_config_to_hf, base_prefix="backbone.",
-    ignored=("lm_head.weight",),
+    ignored=(r"lm_head\.weight",),
 )

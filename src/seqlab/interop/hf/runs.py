@@ -43,7 +43,8 @@ def _adds_bos(tokenizer: Any, bos_id: int | None) -> bool:
     if bos_id is None or backend is None:
         return False
     with_special = backend.encode("a", add_special_tokens=True).ids
-    return bool(with_special) and with_special[0] == bos_id != backend.encode("a", add_special_tokens=False).ids[0]
+    plain = backend.encode("a", add_special_tokens=False).ids
+    return bool(with_special) and with_special[0] == bos_id and with_special[1:] == plain
 
 
 def import_run(directory: str | Path, out: str | Path, *, dtype: str | torch.dtype | None = None,
@@ -64,7 +65,8 @@ def import_run(directory: str | Path, out: str | Path, *, dtype: str | torch.dty
                           f"{architecture.task} task has its own vocabularies and special ids; use "
                           "seqlab.interop.hf.load_model (runs are made of: gpt2, llama, mamba, mamba2, bert)")
     tokenizer = read_tokenizer(directory)
-    mask = tokenizer.backend.token_to_id(MASK) if architecture.task == "mlm" else None
+    backend = getattr(tokenizer, "backend", None)
+    mask = backend.token_to_id(MASK) if architecture.task == "mlm" and backend is not None else None
     loaded = load_model(directory, dtype=dtype, config_updates=None if mask is None else {"mask_token_id": mask})
     model, special = loaded.model, loaded.special_tokens
     limit = getattr(model.config, "max_len", None)

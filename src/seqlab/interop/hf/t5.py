@@ -104,10 +104,12 @@ def config_from_hf(hf: HFConfig) -> dict[str, Any]:
         "src_vocab_size": vocab_size, "tgt_vocab_size": vocab_size, "share_embeddings": True,
         "tie_embeddings": tied, "scale_tied_head": scaled,
         "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": hf.get("d_ff", kind=int),
-        "activation": FEED_FORWARDS[proj], "norm_eps": float(hf.get("layer_norm_epsilon", 1e-6)),
+        "activation": FEED_FORWARDS[proj],
+        "norm_eps": float(hf.get("layer_norm_epsilon", 1e-6, kind=(int, float))),
         "relative_buckets": hf.get("relative_attention_num_buckets", 32, kind=int),
         "relative_max_distance": hf.get("relative_attention_max_distance", 128, kind=int),
-        "max_len": hf.get("n_positions", 512, kind=int), "dropout": float(hf.get("dropout_rate", 0.1)),
+        "max_len": hf.get("n_positions", 512, kind=int),
+        "dropout": float(hf.get("dropout_rate", 0.1, kind=(int, float))),
         "positions": "t5", "norm": "rmsnorm", "norm_position": "pre", "bias": False, "scale_attention": False,
     }
 
@@ -133,6 +135,8 @@ def config_to_hf(config: Any) -> dict[str, Any]:
         "feed_forward_proj": EXPORTED_FEED_FORWARDS[config.activation],
         "tie_word_embeddings": config.tie_embeddings, "scale_decoder_outputs": config.scale_tied_head,
         "is_encoder_decoder": True,
+        # T5's own ids (a caller's special tokens replace them): decoding starts from PAD, ends at EOS.
+        "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
     }
 
 
