@@ -87,3 +87,14 @@ class Architecture:
     base_prefix: str = ""
     ignored: tuple[str, ...] = ()
     n_layers: Callable[[Any], int] = field(default=lambda config: config.n_layers)
+
+
+def check_exportable(config: Any, family: str, *, grouped_query: bool = False, **fits: Any) -> None:
+    """Refuse a seqlab config that ``family`` cannot express: every field named in ``fits``
+    must have that value, and the key/value heads must be the query heads unless
+    ``grouped_query`` (a ConfigError naming the field)."""
+    for key, value in fits.items():
+        if getattr(config, key) != value:
+            raise ConfigError(f"{family} needs {key}={value!r}, this model has {getattr(config, key)!r}")
+    if not grouped_query and config.n_kv_heads not in (None, config.n_heads):
+        raise ConfigError(f"{family} has no grouped-query attention; this model has n_kv_heads={config.n_kv_heads}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from seqlab.errors import ConfigError
-from seqlab.interop.hf.architecture import Architecture, HFConfig
+from seqlab.interop.hf.architecture import Architecture, HFConfig, check_exportable
 from seqlab.interop.hf.mapping import Rule
 from seqlab.models.bert import BertMLMConfig
 
@@ -98,13 +98,8 @@ def config_to_hf(config: Any) -> dict[str, Any]:
     if not isinstance(config, BertMLMConfig):
         raise ConfigError("only a bert for the mlm task has a BertForMaskedLM form; this one is "
                           f"{type(config).__name__}")
-    fits = {"positions": "learned", "norm": "layernorm", "norm_position": "post", "activation": "gelu",
-            "bias": True, "scale_attention": True}
-    for key, value in fits.items():
-        if getattr(config, key) != value:
-            raise ConfigError(f"BERT needs {key}={value!r}, this model has {getattr(config, key)!r}")
-    if config.n_kv_heads not in (None, config.n_heads):
-        raise ConfigError(f"BERT has no grouped-query attention; this model has n_kv_heads={config.n_kv_heads}")
+    check_exportable(config, "BERT", positions="learned", norm="layernorm", norm_position="post", activation="gelu",
+                     bias=True, scale_attention=True)
     if config.n_token_types < 1:
         raise ConfigError("BERT always adds a token-type embedding; this model has none (n_token_types=0): "
                           "train it with n_token_types >= 1 to export it")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from seqlab.errors import ConfigError
-from seqlab.interop.hf.architecture import Architecture, HFConfig
+from seqlab.interop.hf.architecture import Architecture, HFConfig, check_exportable
 from seqlab.interop.hf.mapping import Rule
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
@@ -59,13 +59,8 @@ def config_from_hf(hf: HFConfig) -> dict[str, Any]:
 
 def config_to_hf(config: Any) -> dict[str, Any]:
     """A ``gpt`` (or GPT-shaped ``transformer``) config -> GPT2Config values."""
-    fits = {"positions": "learned", "norm": "layernorm", "norm_position": "pre", "bias": True, "n_experts": 0,
-            "scale_attention": True}
-    for key, value in fits.items():
-        if getattr(config, key) != value:
-            raise ConfigError(f"GPT-2 needs {key}={value!r}, this model has {getattr(config, key)!r}")
-    if config.n_kv_heads not in (None, config.n_heads):
-        raise ConfigError(f"GPT-2 has no grouped-query attention; this model has n_kv_heads={config.n_kv_heads}")
+    check_exportable(config, "GPT-2", positions="learned", norm="layernorm", norm_position="pre", bias=True,
+                     n_experts=0, scale_attention=True)
     if config.activation not in EXPORTED_ACTIVATIONS:
         raise ConfigError(f"GPT-2 has no {config.activation!r} feed-forward; it takes {', '.join(EXPORTED_ACTIVATIONS)}")
     return {

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from seqlab.errors import ConfigError
-from seqlab.interop.hf.architecture import Architecture, HFConfig
+from seqlab.interop.hf.architecture import Architecture, HFConfig, check_exportable
 from seqlab.interop.hf.mapping import Rule
 
 BLOCK = "model.layers.{i}."
@@ -69,11 +69,8 @@ def config_from_hf(hf: HFConfig) -> dict[str, Any]:
 
 def config_to_hf(config: Any) -> dict[str, Any]:
     """A ``llama`` (or Llama-shaped ``transformer``) config -> LlamaConfig values."""
-    fits = {"positions": "rope", "norm": "rmsnorm", "norm_position": "pre", "activation": "swiglu", "n_experts": 0,
-            "scale_attention": True}
-    for key, value in fits.items():
-        if getattr(config, key) != value:
-            raise ConfigError(f"Llama needs {key}={value!r}, this model has {getattr(config, key)!r}")
+    check_exportable(config, "Llama", grouped_query=True, positions="rope", norm="rmsnorm", norm_position="pre",
+                     activation="swiglu", n_experts=0, scale_attention=True)
     return {
         "vocab_size": config.vocab_size, "hidden_size": config.d_model, "num_hidden_layers": config.n_layers,
         "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads or config.n_heads,

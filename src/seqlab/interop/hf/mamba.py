@@ -38,40 +38,19 @@ from seqlab.models.mixer_stack import MixerLMConfig
 
 MIXER = "backbone.layers.{i}.mixer."
 
-MAMBA_TABLE = (
-    Rule("backbone.embeddings.weight", "backbone.embeddings.weight"),
-    Rule("backbone.layers.{i}.norm.weight", "backbone.layers.{i}.norm.weight"),
-    Rule(MIXER + "in_proj.weight", "backbone.layers.{i}.mixer.in_proj.weight"),
-    Rule(MIXER + "in_proj.bias", "backbone.layers.{i}.mixer.in_proj.bias"),            # use_bias only
-    Rule(MIXER + "conv1d.weight", "backbone.layers.{i}.mixer.conv1d.weight"),
-    Rule(MIXER + "conv1d.bias", "backbone.layers.{i}.mixer.conv1d.bias"),              # use_conv_bias only
-    Rule(MIXER + "x_proj.weight", "backbone.layers.{i}.mixer.x_proj.weight"),
-    Rule(MIXER + "dt_proj.weight", "backbone.layers.{i}.mixer.dt_proj.weight"),
-    Rule(MIXER + "dt_proj.bias", "backbone.layers.{i}.mixer.dt_proj.bias"),
-    Rule(MIXER + "A_log", "backbone.layers.{i}.mixer.A_log"),
-    Rule(MIXER + "D", "backbone.layers.{i}.mixer.D"),
-    Rule(MIXER + "out_proj.weight", "backbone.layers.{i}.mixer.out_proj.weight"),
-    Rule(MIXER + "out_proj.bias", "backbone.layers.{i}.mixer.out_proj.bias"),          # use_bias only
-    Rule("backbone.norm_f.weight", "backbone.norm_f.weight"),
-    Rule("lm_head.weight", "lm_head.weight"),                                          # untied heads only
-)
 
-MAMBA2_TABLE = (
-    Rule("backbone.embeddings.weight", "backbone.embeddings.weight"),
-    Rule("backbone.layers.{i}.norm.weight", "backbone.layers.{i}.norm.weight"),
-    Rule(MIXER + "in_proj.weight", "backbone.layers.{i}.mixer.in_proj.weight"),
-    Rule(MIXER + "in_proj.bias", "backbone.layers.{i}.mixer.in_proj.bias"),            # use_bias only
-    Rule(MIXER + "conv1d.weight", "backbone.layers.{i}.mixer.conv1d.weight"),
-    Rule(MIXER + "conv1d.bias", "backbone.layers.{i}.mixer.conv1d.bias"),              # use_conv_bias only
-    Rule(MIXER + "dt_bias", "backbone.layers.{i}.mixer.dt_bias"),
-    Rule(MIXER + "A_log", "backbone.layers.{i}.mixer.A_log"),
-    Rule(MIXER + "D", "backbone.layers.{i}.mixer.D"),
-    Rule(MIXER + "norm.weight", "backbone.layers.{i}.mixer.norm.weight"),             # the gated group norm
-    Rule(MIXER + "out_proj.weight", "backbone.layers.{i}.mixer.out_proj.weight"),
-    Rule(MIXER + "out_proj.bias", "backbone.layers.{i}.mixer.out_proj.bias"),          # use_bias only
-    Rule("backbone.norm_f.weight", "backbone.norm_f.weight"),
-    Rule("lm_head.weight", "lm_head.weight"),                                          # untied heads only
-)
+def mixer_stack_table(*mixer_tensors: str) -> tuple[Rule, ...]:
+    """The rows of a mixer stack: seqlab's names are HF's, so each row maps a name to itself.
+    A bias row applies only to a model with that bias, ``lm_head`` only to an untied head."""
+    names = ("backbone.embeddings.weight", "backbone.layers.{i}.norm.weight",
+             *(MIXER + name for name in mixer_tensors), "backbone.norm_f.weight", "lm_head.weight")
+    return tuple(Rule(name, name) for name in names)
+
+
+MAMBA_TABLE = mixer_stack_table("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "x_proj.weight",
+                                "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight", "out_proj.bias")
+MAMBA2_TABLE = mixer_stack_table("in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "dt_bias", "A_log",
+                                 "D", "norm.weight", "out_proj.weight", "out_proj.bias")
 
 
 def _stack_from_hf(hf: HFConfig, tie_default: bool) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from seqlab.errors import ConfigError
-from seqlab.interop.hf.architecture import Architecture, HFConfig
+from seqlab.interop.hf.architecture import Architecture, HFConfig, check_exportable
 from seqlab.interop.hf.mapping import Rule
 
 FEED_FORWARDS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "silu": "silu",
@@ -116,13 +116,8 @@ def config_from_hf(hf: HFConfig) -> dict[str, Any]:
 
 def config_to_hf(config: Any) -> dict[str, Any]:
     """A T5-shaped ``transformer-encdec`` config -> T5Config values."""
-    fits = {"positions": "t5", "norm": "rmsnorm", "norm_position": "pre", "bias": False, "scale_attention": False,
-            "share_embeddings": True}
-    for key, value in fits.items():
-        if getattr(config, key) != value:
-            raise ConfigError(f"T5 needs {key}={value!r}, this model has {getattr(config, key)!r}")
-    if config.n_kv_heads not in (None, config.n_heads):
-        raise ConfigError(f"T5 has no grouped-query attention; this model has n_kv_heads={config.n_kv_heads}")
+    check_exportable(config, "T5", positions="t5", norm="rmsnorm", norm_position="pre", bias=False,
+                     scale_attention=False, share_embeddings=True)
     if config.activation not in EXPORTED_FEED_FORWARDS:
         raise ConfigError(f"T5 has no {config.activation!r} feed-forward; it takes "
                           f"{', '.join(EXPORTED_FEED_FORWARDS)}")
