@@ -468,8 +468,9 @@ def _import_hf_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
                                           "sharded index and its shards) and tokenizer.json")
     parser.add_argument("--out", required=True, help="the run directory to create")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="cast the weights (default: keep the stored dtype)")
-    parser.add_argument("--context", type=int, help="the run's window in tokens, for eval and fine-tuning "
-                                                   "(default: 256, or the model's position table if shorter)")
+    parser.add_argument("--context", type=int, help="the run's window in tokens, for eval and fine-tuning; for T5 "
+                                                   "the most tokens a translation writes (default: 256, or the "
+                                                   "model's position table if shorter)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run seqlab wrote at --out")
     parser.set_defaults(handler=_import_hf)
 

@@ -15,7 +15,14 @@ Each side has its own tokenizer (char, word, bpe or unigram, trained on the trai
 saved as ``source_tokenizer.json`` and ``target_tokenizer.json``. Model ids shift the
 tokenizer's: source id 0 is padding; target ids 0, 1, 2 are PAD, BOS and EOS. A batch is
 (src (B, S), src_mask (B, S), tgt_in (B, T) = BOS y_1 .. y_{T-1}, tgt_out (B, T) = y_1 .. EOS),
-padded with 0.
+padded with PAD.
+
+An imported model brings its own id scheme (:class:`IdScheme`, the spec's ``vocabulary``
+entry; a run trained here has none and takes the scheme above). T5 (``seqlab import-hf``) has
+one tokenizer for both sides (saved under both names), ids unshifted, PAD = 0, EOS = 1, decoding
+starting from PAD (BOS = PAD), EOS appended to every source as its tokenizer does, and more
+embedding rows than the tokenizer has ids (32128 for 32100). Such a run has no data of its own:
+it is evaluated on a TSV file (``seqlab eval RUN --data pairs.tsv``).
 
 Training is teacher forcing, optionally with scheduled sampling (``seqlab.teacher_forcing``,
 its sampling probability in the training log) and label smoothing (Szegedy et al. 2016: the
@@ -66,7 +73,7 @@ class Seq2SeqOptions:
 
     Attributes:
         data: a synthetic kind (copy, reverse, sort, addition, dates) or a TSV file of
-            source<TAB>target lines.
+            source<TAB>target lines (none: no data of its own, an imported model's run).
         filter: none, or tutorial: the PyTorch tutorial's English-French pairs (ASCII-folded,
             lower-cased, fewer than 10 words a side, English starting "i am", "he is", ...).
         tokenizer: the source side's: char, word, bpe or unigram (none: char for dates, whose
@@ -90,7 +97,7 @@ class Seq2SeqOptions:
             the longest training target, plus 5).
     """
 
-    data: str = "reverse"
+    data: str | None = "reverse"
     filter: Literal["none", "tutorial"] = "none"
     tokenizer: Literal["char", "word", "bpe", "unigram"] | None = None
     target_tokenizer: Literal["char", "word", "bpe", "unigram"] | None = None
@@ -142,27 +149,69 @@ class TranslationOptions:
     batch_size: int = 32
 
 
+@dataclass(frozen=True, kw_only=True)
+class IdScheme:
+    """How model ids relate to the tokenizers' ids. The defaults are seqlab's own scheme (module
+    docstring); an imported model's run keeps its own in the spec's ``vocabulary`` entry.
+
+    Attributes:
+        pad_id: pads sources and targets; the loss ignores it.
+        bos_id: the decoder's first input (T5: PAD itself).
+        eos_id: ends every target.
+        source_shift, target_shift: model id = tokenizer id + shift, on each side.
+        source_eos_id: an id appended to every source (T5's EOS, as its tokenizer appends it),
+            or none.
+        src_vocab_size, tgt_vocab_size: the model's vocabularies when they are not the
+            tokenizer's plus the shift (a T5 checkpoint has rows for ids no piece has), or none.
+    """
+
+    pad_id: int = PAD
+    bos_id: int = BOS
+    eos_id: int = EOS
+    source_shift: int = SOURCE_SHIFT
+    target_shift: int = TARGET_SHIFT
+    source_eos_id: int | None = None
+    src_vocab_size: int | None = None
+    tgt_vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("pad_id", "bos_id", "eos_id", "source_shift", "target_shift", "source_eos_id"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"the seq2seq vocabulary's {name} must be >= 0, got {value}")
+        if self.eos_id == self.pad_id:
+            raise ConfigError(f"the seq2seq vocabulary's eos_id and pad_id are both {self.eos_id}; the loss "
+                              "would ignore every EOS")
+
+
 @dataclass
 class EncodedPairs:
     """Pairs as model ids: ``sources[i]`` (S_i,) and ``targets[i]`` (T_i,) ending in EOS (None to
-    translate); the pairs kept for their text."""
+    translate); the pairs kept for their text; the scheme's PAD, BOS and EOS."""
 
     sources: list[Tensor]
     targets: list[Tensor] | None
     pairs: list[Pair]
+    pad_id: int = PAD
+    bos_id: int = BOS
+    eos_id: int = EOS
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def batch(self, rows: Sequence[int]) -> tuple[Tensor, ...]:
-        """(src, src_mask, tgt_in, tgt_out) of ``rows``, padded with 0 (the module docstring)."""
-        src = pad_sequence([self.sources[i] for i in rows], batch_first=True)
+        """(src, src_mask, tgt_in, tgt_out) of ``rows``, padded with PAD (the module docstring).
+        The source mask comes from the lengths, so a source token equal to PAD stays real."""
+        sources = [self.sources[i] for i in rows]
+        src = pad_sequence(sources, batch_first=True, padding_value=self.pad_id)            # (B, S)
+        lengths = torch.tensor([len(source) for source in sources])
+        src_mask = torch.arange(src.shape[1])[None, :] < lengths[:, None]                 # (B, S)
         if self.targets is None:
-            return src, src != PAD
-        targets = pad_sequence([self.targets[i] for i in rows], batch_first=True)           # (B, T)
-        tgt_in = torch.cat([torch.full((len(rows), 1), BOS), targets[:, :-1]], dim=1)
-        tgt_in = tgt_in.masked_fill(tgt_in == EOS, PAD)           # nothing is read after EOS
-        return src, src != PAD, tgt_in, targets
+            return src, src_mask
+        targets = pad_sequence([self.targets[i] for i in rows], batch_first=True, padding_value=self.pad_id)
+        tgt_in = torch.cat([torch.full((len(rows), 1), self.bos_id), targets[:, :-1]], dim=1)   # (B, T)
+        tgt_in = tgt_in.masked_fill(tgt_in == self.eos_id, self.pad_id)     # nothing is read after EOS
+        return src, src_mask, tgt_in, targets
 
 
 @register_task("seq2seq")
@@ -173,6 +222,9 @@ class Seq2Seq(Task):
         splits: pairs per split name; may be empty (a saved run, to translate).
         options: the options the data came from.
         source_tokenizer, target_tokenizer: a saved run's; None trains them on the training split.
+        ids: the id scheme (None: seqlab's own, :class:`IdScheme`'s defaults).
+    Raises:
+        ConfigError: a scheme whose model vocabularies do not hold the tokenizers' ids.
     """
 
     Options = Seq2SeqOptions
@@ -194,8 +246,10 @@ class Seq2Seq(Task):
     artifact_loaders = {"source_tokenizer": load_tokenizer, "target_tokenizer": load_tokenizer}
 
     def __init__(self, splits: dict[str, list[Pair]], options: Seq2SeqOptions | None = None,
-                 source_tokenizer: Tokenizer | None = None, target_tokenizer: Tokenizer | None = None):
+                 source_tokenizer: Tokenizer | None = None, target_tokenizer: Tokenizer | None = None,
+                 ids: IdScheme | None = None):
         self.options = options or Seq2SeqOptions()
+        self.ids = ids or IdScheme()
         if (source_tokenizer is None or target_tokenizer is None) and not splits.get("train"):
             raise DataError("the seq2seq task needs training pairs")
         self.splits = splits
@@ -209,10 +263,30 @@ class Seq2Seq(Task):
         target_kind = self.options.target_tokenizer or source_kind
         self.target_tokenizer = target_tokenizer or train_tokenizer(
             target_kind, " ".join(p.target for p in train), vocab_size=None if target_kind == "char" else vocab_size)
+        self._check_vocabularies()
         self._encoded = {split: self.encode(pairs) for split, pairs in splits.items() if pairs}
         longest = max((len(t) for t in self._encoded["train"].targets), default=0) if "train" in self._encoded else 0
         self.max_output_length = self.options.max_output_length or (2 * longest + 5 if longest else 200)
         self._teacher_forcing = 1.0
+
+    def _check_vocabularies(self) -> None:
+        """ConfigError unless the model vocabularies hold every tokenizer id (shifted) and the
+        special ids."""
+        sizes = self.model_defaults()
+        sides = (("source", self.source_tokenizer, self.ids.source_shift, "src_vocab_size"),
+                 ("target", self.target_tokenizer, self.ids.target_shift, "tgt_vocab_size"))
+        for side, tokenizer, shift, key in sides:
+            if tokenizer.vocab_size + shift > sizes[key]:
+                raise ConfigError(f"the model's {key} is {sizes[key]}, fewer than the {side} tokenizer's "
+                                  f"{tokenizer.vocab_size} ids (+{shift}); they do not belong together")
+        specials = {"pad_id": self.ids.pad_id, "bos_id": self.ids.bos_id, "eos_id": self.ids.eos_id}
+        for name, value in specials.items():
+            if value >= sizes["tgt_vocab_size"]:
+                raise ConfigError(f"the seq2seq vocabulary's {name} {value} is outside the model's "
+                                  f"{sizes['tgt_vocab_size']} target ids")
+        if self.ids.source_eos_id is not None and self.ids.source_eos_id >= sizes["src_vocab_size"]:
+            raise ConfigError(f"the seq2seq vocabulary's source_eos_id {self.ids.source_eos_id} is outside the "
+                              f"model's {sizes['src_vocab_size']} source ids")
 
     # ---- building ------------------------------------------------------------------------
 
@@ -223,50 +297,69 @@ class Seq2Seq(Task):
     @classmethod
     def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
                   with_data: bool = True) -> Seq2Seq:
-        """The task a run was trained on, with its tokenizers: over its own data, over other
-        ``data`` (a TSV file, wholly the test split, filtered as the run's was), or none."""
-        options = make_config(Seq2SeqOptions, {key: value for key, value in spec.items() if key != "task"})
+        """The task a run was trained on, with its tokenizers and id scheme: over its own data,
+        over other ``data`` (a TSV file, wholly the test split, filtered as the run's was), or none.
+
+        Raises:
+            DataError: a run without data of its own (an imported model) asked for its data.
+        """
+        options = make_config(Seq2SeqOptions, {key: value for key, value in spec.items()
+                                               if key not in ("task", "vocabulary")})
+        ids = make_config(IdScheme, spec.get("vocabulary") or {})
         tokenizers = artifacts["source_tokenizer"], artifacts["target_tokenizer"]
         if not with_data:
-            return cls({}, options, *tokenizers)
+            return cls({}, options, *tokenizers, ids=ids)
         if data is not None:
             options = dataclasses.replace(options, data=str(data))
             if Path(data).is_file():
-                return cls({"test": read_pairs(options)}, options, *tokenizers)
-        return cls(read_splits(options), options, *tokenizers)
+                return cls({"test": read_pairs(options)}, options, *tokenizers, ids=ids)
+        elif options.data is None:
+            raise DataError("this run has no data of its own (an imported model); evaluate it on a TSV file of "
+                            "source<TAB>target lines with --data FILE")
+        return cls(read_splits(options), options, *tokenizers, ids=ids)
 
     def spec(self) -> dict[str, Any]:
+        """The options (data resolved), and the id scheme when it is not seqlab's own."""
         options = {**config_to_dict(self.options), "max_output_length": self.max_output_length}   # as resolved
-        if not self.options.is_synthetic:
+        if options["data"] is not None and not self.options.is_synthetic:
             options["data"] = str(Path(options["data"]).resolve())
-        return {"task": self.name, **options}
+        vocabulary = {} if self.ids == IdScheme() else {"vocabulary": config_to_dict(self.ids)}
+        return {"task": self.name, **options, **vocabulary}
 
     def artifacts(self) -> dict[str, Any]:
         return {"source_tokenizer": self.source_tokenizer, "target_tokenizer": self.target_tokenizer}
 
     def model_defaults(self) -> dict[str, Any]:
-        return {"src_vocab_size": self.source_tokenizer.vocab_size + SOURCE_SHIFT,
-                "tgt_vocab_size": self.target_tokenizer.vocab_size + TARGET_SHIFT}
+        """The model's vocabularies: the scheme's, else each tokenizer's ids plus its shift."""
+        ids = self.ids
+        return {"src_vocab_size": ids.src_vocab_size or self.source_tokenizer.vocab_size + ids.source_shift,
+                "tgt_vocab_size": ids.tgt_vocab_size or self.target_tokenizer.vocab_size + ids.target_shift}
 
     @classmethod
     def example_model_defaults(cls) -> dict[str, Any]:
         return {"src_vocab_size": 11, "tgt_vocab_size": 13}          # ten digits, <unk>; PAD, BOS, EOS
 
     def encode(self, pairs: Sequence[Pair], with_targets: bool = True, unknown: str = "replace") -> EncodedPairs:
-        """Model ids of ``pairs``; with ``unknown="error"`` an unseen symbol is a DataError
-        naming the pair."""
+        """Model ids of ``pairs`` (the scheme's shifts, its EOS after each target and after each
+        source if it has one); with ``unknown="error"`` an unseen symbol is a DataError naming
+        the pair."""
+        scheme = self.ids
+        source_end = [] if scheme.source_eos_id is None else [scheme.source_eos_id]
         sources, targets = [], []
         for pair in pairs:
             try:
-                sources.append(torch.tensor(self.source_tokenizer.encode(pair.source, unknown=unknown)) + SOURCE_SHIFT)
+                tokens = self.source_tokenizer.encode(pair.source, unknown=unknown)
+                sources.append(torch.tensor([*(i + scheme.source_shift for i in tokens), *source_end],
+                                            dtype=torch.long))
                 if with_targets:
                     ids = self.target_tokenizer.encode(pair.target, unknown=unknown)
-                    targets.append(torch.tensor([*(i + TARGET_SHIFT for i in ids), EOS]))
+                    targets.append(torch.tensor([*(i + scheme.target_shift for i in ids), scheme.eos_id]))
             except DataError as error:
                 raise DataError(f"{pair.where}: {error}") from None
-            if len(sources[-1]) == 0:
+            if not tokens:
                 raise DataError(f"{pair.where}: the source has no tokens")
-        return EncodedPairs(sources, targets if with_targets else None, list(pairs))
+        return EncodedPairs(sources, targets if with_targets else None, list(pairs),
+                            pad_id=scheme.pad_id, bos_id=scheme.bos_id, eos_id=scheme.eos_id)
 
     # ---- training and evaluation ---------------------------------------------------------
 
@@ -275,10 +368,10 @@ class Seq2Seq(Task):
         return encoded.batch(torch.randint(0, len(encoded), (batch_size,), generator=generator).tolist())
 
     def batch_tokens(self, batch: Sequence[Tensor]) -> int:
-        return int((batch[3] != PAD).sum())
+        return int((batch[3] != self.ids.pad_id).sum())
 
     def loss_items(self, batch: Sequence[Tensor]) -> int:
-        return int((batch[3] != PAD).sum())
+        return int((batch[3] != self.ids.pad_id).sum())
 
     def training_schedule(self, step: int) -> dict[str, float]:
         options = self.options
@@ -290,7 +383,7 @@ class Seq2Seq(Task):
         """Mean cross-entropy per target token, label-smoothed, under scheduled sampling."""
         src, src_mask, tgt_in, tgt_out = batch
         logits = scheduled_sampling_logits(model, src, src_mask, tgt_in, self._teacher_forcing)
-        return F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD,
+        return F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=self.ids.pad_id,
                                label_smoothing=self.options.label_smoothing)
 
     def evaluate(self, model: nn.Module, split: str = "valid", *, max_batches: int | None = None,
@@ -342,20 +435,23 @@ class Seq2Seq(Task):
         for start in range(0, len(rows), EVAL_BATCH):
             src, src_mask, tgt_in, tgt_out = (part.to(device) for part in encoded.batch(rows[start:start + EVAL_BATCH]))
             logits = model(src, src_mask, tgt_in).float()
-            real = tgt_out != PAD
+            real = tgt_out != self.ids.pad_id
             total_loss += F.cross_entropy(logits[real], tgt_out[real], reduction="sum").item()
             correct += int((logits.argmax(dim=-1) == tgt_out)[real].sum())
             tokens += int(real.sum())
-            outputs += decode_greedy(model, src, src_mask, max_length=self.max_output_length).sequences
+            outputs += decode_greedy(model, src, src_mask, max_length=self.max_output_length,
+                                     bos_id=self.ids.bos_id, eos_id=self.ids.eos_id).sequences
         model.train(was_training)
         return [self.target_text(ids) for ids in outputs], (total_loss, correct, tokens)
 
     def target_text(self, ids: Sequence[int]) -> str:
-        """The text of model target ids, up to the first EOS (PAD and BOS dropped)."""
-        ids = list(ids)
-        if EOS in ids:
-            ids = ids[:ids.index(EOS)]
-        return self.target_tokenizer.decode([i - TARGET_SHIFT for i in ids if i >= TARGET_SHIFT])
+        """The text of model target ids, up to the first EOS; PAD, BOS and ids that no
+        tokenizer id maps to (below the shift, or a model's spare rows) are dropped."""
+        scheme, ids = self.ids, list(ids)
+        if scheme.eos_id in ids:
+            ids = ids[:ids.index(scheme.eos_id)]
+        pieces = [i - scheme.target_shift for i in ids if i not in (scheme.pad_id, scheme.bos_id)]
+        return self.target_tokenizer.decode([i for i in pieces if 0 <= i < self.target_tokenizer.vocab_size])
 
     def _split(self, split: str) -> EncodedPairs:
         if split not in self._encoded:
@@ -385,13 +481,16 @@ class Seq2Seq(Task):
             src, src_mask = (part.to(device) for part in encoded.batch(range(start, min(start + options.batch_size,
                                                                                        len(encoded)))))
             decoded = beam_search(model, src, src_mask, beam_size=options.beam_size, max_length=max_length,
-                                  length_penalty=options.length_penalty, alpha=options.alpha)
+                                  length_penalty=options.length_penalty, alpha=options.alpha,
+                                  bos_id=self.ids.bos_id, eos_id=self.ids.eos_id)
             translations += [self.target_text(ids) for ids in decoded.sequences]
         return translations
 
     def describe(self) -> str:
         options = self.options
-        if options.is_synthetic:
+        if options.data is None:
+            source = "no data of its own (an imported model)"
+        elif options.is_synthetic:
             lengths = "" if options.data == "dates" else f", source lengths {options.min_length}-{options.max_length}"
             source = f"synthetic `{options.data}`{lengths} (seed {options.data_seed})"
         else:
@@ -435,14 +534,15 @@ class Seq2Seq(Task):
         src, src_mask = (part.to(device) for part in encoded.batch([0]))
         was_training = model.training
         model.eval()
-        output = decode_greedy(model, src, src_mask, max_length=min(self.max_output_length, 60)).sequences[0]
-        weights = model.attention_weights(src, src_mask, torch.tensor([[BOS, *output[:-1]]], device=device))
+        scheme = self.ids
+        output = decode_greedy(model, src, src_mask, max_length=min(self.max_output_length, 60),
+                               bos_id=scheme.bos_id, eos_id=scheme.eos_id).sequences[0]
+        weights = model.attention_weights(src, src_mask, torch.tensor([[scheme.bos_id, *output[:-1]]], device=device))
         model.train(was_training)
         if weights is None:
             return None
-        source_tokens = [self.source_tokenizer.decode([i - SOURCE_SHIFT]) for i in encoded.sources[0].tolist()]
-        output_tokens = [self.target_tokenizer.decode([i - TARGET_SHIFT]) if i >= TARGET_SHIFT else "</s>"
-                         for i in output]
+        source_tokens = [_piece(self.source_tokenizer, i - scheme.source_shift) for i in encoded.sources[0].tolist()]
+        output_tokens = [_piece(self.target_tokenizer, i - scheme.target_shift) for i in output]
         figure, axis = plt.subplots(figsize=(1.2 + 0.32 * len(source_tokens), 1.0 + 0.32 * len(output_tokens)))
         axis.imshow(weights[0].float().cpu().numpy(), cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
         axis.set_xticks(range(len(source_tokens)), source_tokens, rotation=90)
@@ -454,6 +554,11 @@ class Seq2Seq(Task):
         figure.savefig(buffer, format="png", dpi=100)
         plt.close(figure)
         return buffer.getvalue()
+
+
+def _piece(tokenizer: Tokenizer, token_id: int) -> str:
+    """The text of one tokenizer id, or ``</s>`` for an id it does not have (a special id)."""
+    return tokenizer.decode([token_id]) if 0 <= token_id < tokenizer.vocab_size else "</s>"
 
 
 def sacrebleu_signature(metric: Any) -> str:
@@ -492,6 +597,9 @@ def read_pairs(options: Seq2SeqOptions) -> list[Pair]:
 
 def read_splits(options: Seq2SeqOptions) -> dict[str, list[Pair]]:
     """Train, valid and test pairs of ``options.data`` (module docstring)."""
+    if options.data is None:
+        raise DataError("the seq2seq task has no data (--data none); give a synthetic kind "
+                        f"({', '.join(transduction.SYNTHETIC_KINDS)}) or a TSV file of source<TAB>target lines")
     if options.is_synthetic:
         sizes = {"train": options.train_size, "valid": options.valid_size, "test": options.test_size}
         return transduction.generate_splits(options.data, sizes, seed=options.data_seed,

@@ -71,9 +71,10 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def build_model(architecture: Architecture, hf_config: dict[str, Any],
-                tensor_names: frozenset[str] = frozenset()) -> nn.Module:
+                tensor_names: frozenset[str] = frozenset(), *, device: str | torch.device = "cpu") -> nn.Module:
     """The seqlab model a config.json (and the names of its checkpoint's tensors) describe,
-    with fresh weights."""
+    with fresh weights; on the ``meta`` device, with shapes but no storage (see
+    :func:`materialise`)."""
     values = architecture.config_from_hf(HFConfig(hf_config, architecture.model_type, tensor_names))
     entry = registry.get(architecture.model, architecture.task)
     try:
@@ -81,7 +82,33 @@ def build_model(architecture: Architecture, hf_config: dict[str, Any],
     except SeqlabError as error:
         raise ConfigError(f"{architecture.model_type} config.json does not make a valid seqlab "
                           f"{architecture.model}: {error}") from None
-    return entry.model_class(config)
+    with torch.device(device):
+        return entry.model_class(config)
+
+
+def materialise(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Give a model built on the meta device real, uninitialised CPU storage, its floating
+    tensors in ``dtype``: a checkpoint's weights are then written once, with no random
+    initialisation to compute and no float32 copy of a half-precision model in memory. Tied
+    parameters stay one tensor, and a parameter keeps its attributes (``no_weight_decay``).
+    (``Module.to_empty`` would untie them.)"""
+    made: dict[int, torch.Tensor] = {}
+
+    def real(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in made:
+            empty = torch.empty(tensor.shape, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+            if isinstance(tensor, nn.Parameter):
+                empty = nn.Parameter(empty, requires_grad=tensor.requires_grad)
+                empty.__dict__.update(tensor.__dict__)
+            made[id(tensor)] = empty
+        return made[id(tensor)]
+
+    for module in model.modules():
+        for slot in (module._parameters, module._buffers):
+            for name, tensor in slot.items():
+                if tensor is not None:
+                    slot[name] = real(tensor)
+    return model
 
 
 def _with_prefix(architecture: Architecture, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -117,11 +144,11 @@ def load_model(directory: str | Path, *, dtype: str | torch.dtype | None = None,
     except CheckpointError:
         build_model(architecture, hf_config)        # a config seqlab cannot read says so first
         raise
-    model = build_model(architecture, hf_config, frozenset(tensors))
+    model = build_model(architecture, hf_config, frozenset(tensors), device="meta")
     state = mapping.to_seqlab(architecture.table, tensors, model, architecture.n_layers(model.config),
                               architecture.ignored, where=f"the checkpoint in {where}")
-    model.to(dtype or files.stored_dtype(tensors))
-    mapping.load_into(model, state)
+    materialise(model, dtype or files.stored_dtype(tensors))
+    mapping.load_into(model, state)             # every tensor: to_seqlab checked that nothing is left out
     generation = files.read_generation_config(directory)
     special = {key: generation.get(key, hf_config.get(key)) for key in SPECIAL_TOKENS}
     return LoadedModel(model.eval(), architecture, hf_config,
