@@ -144,3 +144,16 @@ def test_unsupported_gpt2_options_are_refused_by_name(tmp_path):
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf")
     with pytest.raises(ConfigError, match="scale_attn_by_inverse_layer_idx"):
         hf.load_model(tmp_path / "hf")
+
+
+def test_imports_keep_tied_weights_tied_and_parameter_marks(tmp_path):
+    """The model is built without storage and filled once: a tied head stays the embedding's
+    tensor, and Mamba's A and D keep the mark that spares them weight decay."""
+    gpt2_reference().save_pretrained(tmp_path / "gpt2")
+    model = hf.load_model(tmp_path / "gpt2").model
+    assert model.head.weight is model.token_embedding.weight
+    assert all(p.device.type == "cpu" and p.is_contiguous() for p in model.parameters())
+    config = transformers.MambaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, state_size=4)
+    transformers.MambaForCausalLM(config).save_pretrained(tmp_path / "mamba")
+    mixer = hf.load_model(tmp_path / "mamba").model.backbone.layers[0].mixer
+    assert mixer.A_log.no_weight_decay and mixer.D.no_weight_decay

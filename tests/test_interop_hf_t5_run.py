@@ -148,3 +148,25 @@ def test_export_gives_transformers_the_same_model_generation_and_tokenizer(impor
     for text in TEXTS:
         assert hf_tokenizer(text).input_ids == tokenizer.encode(text).ids            # </s> appended
     assert (hf_tokenizer.pad_token, hf_tokenizer.eos_token, hf_tokenizer.unk_token) == ("<pad>", "</s>", "<unk>")
+
+
+def test_fine_tuning_an_imported_t5_keeps_its_shape_tokenizer_and_ids(imported, tmp_path, capsys):
+    """`train --init-from` an imported T5: the model's config, the run's tokenizer and its id
+    scheme carry over, every weight is loaded, and training moves them only a little."""
+    _, _, _, run = imported
+    letters = "a b c d e f g h i j".split()
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{x} {y}\t{y} {x}\n" for x in letters for y in letters[:4]))     # 40 swaps
+    tuned = tmp_path / "tuned"
+    assert main(["train", "transformer-encdec", "--task", "seq2seq", "--init-from", str(run), "--data", str(pairs),
+                 "--steps", "2", "--eval-every", "2", "--batch-size", "4", "--lr", "1e-4", "--no-progress",
+                 "--out", str(tuned)]) == 0
+    start, after = load_checkpoint(run), load_checkpoint(tuned)
+    assert after.model.config == start.model.config
+    assert after.info["task"]["vocabulary"] == start.info["task"]["vocabulary"]
+    assert after.artifacts["source_tokenizer"].to_json() == start.artifacts["source_tokenizer"].to_json()
+    for name, weight in start.model.state_dict().items():
+        assert (after.model.state_dict()[name] - weight).abs().max() < 0.05, name
+    capsys.readouterr()
+    fails_cleanly(capsys, ["train", "transformer-encdec", "--task", "seq2seq", "--data", str(pairs), "--tokenizer-from",
+                           str(run), "--tokenizer", "word", "--out", str(tmp_path / "x")], "tokenizer_from")

@@ -79,6 +79,8 @@ class Seq2SeqOptions:
         tokenizer: the source side's: char, word, bpe or unigram (none: char for dates, whose
             target is one ISO word, word otherwise).
         target_tokenizer: the target side's (none: as the source's).
+        tokenizer_from: a seq2seq run (an imported T5, say) whose tokenizers and id scheme to
+            use instead of training tokenizers, to fine-tune its model (--init-from RUN).
         vocab_size: the most ids of each trained word, bpe or unigram tokenizer (none: all
             words; 1024 pieces).
         min_length, max_length: source lengths of synthetic data, in symbols (both included;
@@ -101,6 +103,7 @@ class Seq2SeqOptions:
     filter: Literal["none", "tutorial"] = "none"
     tokenizer: Literal["char", "word", "bpe", "unigram"] | None = None
     target_tokenizer: Literal["char", "word", "bpe", "unigram"] | None = None
+    tokenizer_from: str | None = None
     vocab_size: int | None = None
     min_length: int = 5
     max_length: int = 20
@@ -124,6 +127,9 @@ class Seq2SeqOptions:
             raise ConfigError(f"max_output_length must be >= 1 or none, got {self.max_output_length}")
         if self.is_synthetic and self.filter != "none":
             raise ConfigError(f"filter is for TSV files; {self.data} is generated")
+        trained = [name for name in ("tokenizer", "target_tokenizer", "vocab_size") if getattr(self, name) is not None]
+        if self.tokenizer_from is not None and trained:
+            raise ConfigError(f"{trained[0]} is for tokenizers trained here; tokenizer_from brings its own")
 
     @property
     def is_synthetic(self) -> bool:
@@ -292,7 +298,19 @@ class Seq2Seq(Task):
 
     @classmethod
     def from_options(cls, options: Seq2SeqOptions) -> Seq2Seq:
-        return cls(read_splits(options), options)
+        if options.tokenizer_from is None:
+            return cls(read_splits(options), options)
+        from seqlab.checkpoint import read_info
+        from seqlab.rundir import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(options.tokenizer_from)
+        spec = read_info(checkpoint)["task"]
+        if spec["task"] != cls.name:
+            raise ConfigError(f"tokenizer_from {options.tokenizer_from!r} is a {spec['task']} run; a seq2seq run "
+                              "takes the tokenizers of another seq2seq run")
+        tokenizers = cls.load_artifacts(checkpoint)
+        return cls(read_splits(options), options, tokenizers["source_tokenizer"], tokenizers["target_tokenizer"],
+                   ids=make_config(IdScheme, spec.get("vocabulary") or {}))
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], artifacts: dict[str, Any], data: str | None = None,
