@@ -287,6 +287,9 @@ def test_generate_stops_when_every_row_has_produced_eos() -> None:
     # an eos inside the prompt does not count; without eos_id the budget is used up
     assert generate(model, torch.tensor([[0, 3]]), 10, temperature=0.0, eos_id=0).tolist() == [[0, 3, 4, 5, 0]]
     assert generate(model, prompt, 5, temperature=0.0).shape == (2, 6)
+    # several eos ids (Llama 3 has two): a row ends at any; finished rows take pad_id when given
+    assert generate(model, prompt, 10, temperature=0.0, eos_id=[2, 5]).tolist() == [[1, 2, 2], [3, 4, 5]]
+    assert generate(model, prompt, 10, temperature=0.0, eos_id=[5, 2], pad_id=1).tolist() == [[1, 2, 1], [3, 4, 5]]
 
 
 def test_sliding_window_reprefills_from_the_last_half_context() -> None:
@@ -351,6 +354,8 @@ def test_zero_new_tokens_and_integer_dtypes() -> None:
         {"top_p": 1.5},
         {"max_new_tokens": -1},
         {"eos_id": 5},
+        {"eos_id": [1, 7]},
+        {"eos_id": 1, "pad_id": 9},
     ],
 )
 def test_generate_rejects_bad_options(options: dict) -> None:

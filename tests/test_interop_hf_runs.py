@@ -180,3 +180,25 @@ def test_import_and_export_refusals(tmp_path, text_file, capsys):
     capsys.readouterr()
     fails_cleanly(capsys, ["export-hf", str(char_run), "--out", str(tmp_path / "out"), "--without-tokenizer"],
                   "not empty")
+
+
+def test_half_precision_weights_stay_half_through_a_run(tmp_path, text_file, capsys):
+    """A bf16 checkpoint imports as a bf16 run (config.json says so), reloads in bf16, and
+    generates; --dtype float32 casts it; export keeps the run's dtype."""
+    reference, _ = hf_directory(tmp_path / "hf", text_file.read_text(), "llama")
+    reference.to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "half")]) == 0
+    half = load_checkpoint(tmp_path / "half")
+    assert half.info["dtype"] == "bfloat16"
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    assert torch.equal(half.model.token_embedding.weight, reference.model.embed_tokens.weight)   # stored values
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "half"), "--prompt", PROMPT, "--max-new", "5", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith(PROMPT)
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "full"), "--dtype", "float32"]) == 0
+    full = load_checkpoint(tmp_path / "full")
+    assert "dtype" not in full.info and {p.dtype for p in full.model.parameters()} == {torch.float32}
+    assert main(["export-hf", str(tmp_path / "half"), "--out", str(tmp_path / "back")]) == 0
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype="auto")
+    assert again.dtype == torch.bfloat16
+    assert torch.equal(again.model.embed_tokens.weight, reference.model.embed_tokens.weight)

@@ -134,6 +134,7 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     eos_id: int | Sequence[int] | None = None,
+    pad_id: int | None = None,
 ) -> Tensor:
     """Continue ``prompt`` by sampling from ``model`` token by token.
 
@@ -158,7 +159,9 @@ def generate(
         seed: seeds a ``torch.Generator`` on the model's device, so one seed gives one output;
             None draws from torch's global generator.
         eos_id: an id, or several (Llama 3 ends on either of two): generation stops once every
-            row has produced one; a row that has is padded with the first until the others finish.
+            row has produced one; a row that has is padded until the others finish.
+        pad_id: what a finished row is padded with (a checkpoint's pad token); None: the first
+            ``eos_id``.
     Returns:
         (B, T + n) int64 ids on the model's device, the prompt then ``n <= max_new_tokens``
         new tokens.
@@ -168,9 +171,11 @@ def generate(
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     vocab_size = model.vocab_size
     eos_ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
-    for value in eos_ids:
+    checked = [("eos_id", value) for value in eos_ids] + ([("pad_id", pad_id)] if pad_id is not None else [])
+    for name, value in checked:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
-            raise ConfigError(f"eos_id must be in [0, {vocab_size}), got {value!r}")
+            raise ConfigError(f"{name} must be in [0, {vocab_size}), got {value!r}")
+    filler = pad_id if pad_id is not None else eos_ids[0] if eos_ids else None
     check_token_ids(prompt, "prompt", "(batch, time)", vocab_size, "the vocabulary")
 
     device = device_of(model)
@@ -192,7 +197,7 @@ def generate(
                 logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
             )                                                                   # (B,)
             if eos_ids:
-                next_ids = next_ids.masked_fill(finished, eos_ids[0])
+                next_ids = next_ids.masked_fill(finished, filler)
                 finished |= torch.isin(next_ids, stops)
             tokens = torch.cat([tokens, next_ids[:, None]], dim=1)              # (B, T + index + 1)
             if index == max_new_tokens - 1 or (eos_ids and bool(finished.all())):
