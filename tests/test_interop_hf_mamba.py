@@ -168,3 +168,20 @@ def test_bfloat16_checkpoint_stays_bfloat16_unless_a_dtype_is_asked_for(family, 
     tokens = random_tokens()
     with torch.no_grad():
         torch.testing.assert_close(upcast(tokens), reference(tokens).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+def test_bfloat16_logits_are_as_close_to_float32_as_transformers_own(family, tmp_path):
+    """Computed in bf16 (float32 residual stream, as the checkpoint's residual_in_fp32 asks),
+    seqlab's logits stay as close to the float32 ones as transformers' bf16 logits do."""
+    reference = reference_model(family, tied=False).to(torch.bfloat16)
+    reference.save_pretrained(tmp_path / "hf")
+    model = hf.load_model(tmp_path / "hf").model
+    assert model.config.residual_in_fp32
+    tokens = random_tokens()
+    with torch.no_grad():
+        theirs = reference(tokens).logits.float()
+        ours = model(tokens).float()
+        exact = reference.float()(tokens).logits
+    assert torch.isfinite(ours).all()
+    assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max()

@@ -110,7 +110,8 @@ class ResidualBlock(nn.Module):
         x = x + Dropout(FeedForward(Norm(x)))                    (when a feed-forward is given)
 
     Mamba's block is the first line alone (its mixer holds the gated MLP); Jamba's layers have
-    both (Lieber et al. 2024).
+    both (Lieber et al. 2024). Each sublayer reads ``x`` in its norm's dtype, so a float32
+    residual stream (Mamba's ``residual_in_fp32``) feeds half-precision weights.
 
     Args:
         mixer: ``mixer(x, state) -> (y, state)`` with ``init_state(batch_size)``; a None state
@@ -137,8 +138,8 @@ class ResidualBlock(nn.Module):
         Returns:
             (B, T, D) and the mixer's state after ``x``.
         """
-        y, state = self.mixer(self.norm(x), state)
-        x = x + self.dropout(y)
+        y, state = self.mixer(self.norm(x.to(self.norm.weight.dtype)), state)
+        x = x + self.dropout(y)                  # in x's dtype, or float32 when y is lower (promotion)
         if self.feedforward is not None:
-            x = x + self.dropout(self.feedforward(self.feedforward_norm(x), mask=mask))
+            x = x + self.dropout(self.feedforward(self.feedforward_norm(x.to(self.norm.weight.dtype)), mask=mask))
         return x, state

@@ -49,12 +49,16 @@ class MixerStackConfig:
         n_layers: residual blocks.
         norm_eps: RMSNorm's epsilon.
         dropout: on each block's sublayer outputs (0: none, as in Mamba).
+        residual_in_fp32: keep the residual stream in float32 when the weights are in a lower
+            precision (bf16, fp16), as the Mamba reference does by default: each block reads it
+            cast to the weights' dtype and adds its output in float32. No effect in float32.
     """
 
     d_model: int = 128
     n_layers: int = 4
     norm_eps: float = 1e-5
     dropout: float = 0.0
+    residual_in_fp32: bool = False
 
     size_fields: ClassVar[tuple[str, ...]] = ("d_model", "n_layers")
 
@@ -120,6 +124,7 @@ class MixerStack(nn.Module):
                  feedforwards: Sequence[nn.Module | None] | None = None):
         super().__init__()
         feedforwards = feedforwards or [None] * len(mixers)
+        self.residual_in_fp32 = config.residual_in_fp32
         norm = partial(RMSNorm, config.d_model, config.norm_eps)
         self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(ResidualBlock(mixer, norm, feedforward, config.dropout)
@@ -141,6 +146,8 @@ class MixerStack(nn.Module):
         """(B, T) ids, the states before them (None: fresh) -> (B, T, D) normalised states and
         the layers' states after the last token."""
         x = self.embeddings(tokens)
+        if self.residual_in_fp32:
+            x = x.float()
         states = states if states is not None else [None] * len(self.layers)
         after = []
         for layer, state in zip(self.layers, states, strict=True):
@@ -170,11 +177,11 @@ class MixerLanguageModel(CausalLM):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """(B, T) ids -> (B, T, V) logits, from fresh states."""
-        return self.lm_head(self.backbone(tokens)[0])
+        return self.forward_from(tokens, None)[0]
 
-    def forward_from(self, tokens: Tensor, state: tuple[Any, ...]) -> tuple[Tensor, tuple[Any, ...]]:
+    def forward_from(self, tokens: Tensor, state: tuple[Any, ...] | None) -> tuple[Tensor, tuple[Any, ...]]:
         hidden, state = self.backbone(tokens, state)
-        return self.lm_head(hidden), state
+        return self.lm_head(hidden.to(self.lm_head.weight.dtype)), state     # a float32 residual: to the head's
 
 
 class MixerClassifier(nn.Module):

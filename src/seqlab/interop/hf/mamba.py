@@ -56,8 +56,8 @@ MAMBA2_TABLE = mixer_stack_table("in_proj.weight", "in_proj.bias", "conv1d.weigh
 def _stack_from_hf(hf: HFConfig, tie_default: bool) -> dict[str, Any]:
     """The fields both families share: sizes, norm epsilon, biases, head tying, dt range."""
     hf.require("hidden_act", ("silu", "swish"), "silu")        # transformers spells SiLU both ways
-    hf.get("residual_in_fp32", True, kind=bool)             # float32 results do not depend on it
     return {
+        "residual_in_fp32": hf.get("residual_in_fp32", True, kind=bool),
         "vocab_size": hf.get("vocab_size", kind=int), "d_model": hf.get("hidden_size", kind=int),
         "n_layers": hf.get("num_hidden_layers", kind=int), "d_state": hf.get("state_size", kind=int),
         "expand": hf.get("expand", 2, kind=int), "d_conv": hf.get("conv_kernel", 4, kind=int),
@@ -84,7 +84,7 @@ def _stack_to_hf(config: Any) -> dict[str, Any]:
         "state_size": config.d_state, "expand": config.expand, "conv_kernel": config.d_conv,
         "use_bias": config.bias, "use_conv_bias": config.conv_bias, "layer_norm_epsilon": config.norm_eps,
         "tie_word_embeddings": config.tie_embeddings, "time_step_min": config.dt_min,
-        "time_step_max": config.dt_max, "hidden_act": "silu", "residual_in_fp32": False,
+        "time_step_max": config.dt_max, "hidden_act": "silu", "residual_in_fp32": config.residual_in_fp32,
     }
 
 
