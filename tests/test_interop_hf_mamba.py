@@ -185,3 +185,18 @@ def test_bfloat16_logits_are_as_close_to_float32_as_transformers_own(family, tmp
         exact = reference.float()(tokens).logits
     assert torch.isfinite(ours).all()
     assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max()
+
+
+@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+def test_right_padded_rows_score_their_real_tokens_as_transformers(family, tmp_path):
+    """Right padding, as batches of unequal texts are scored: each row's real positions equal
+    transformers' with its attention mask, whatever fills the padding."""
+    reference = reference_model(family, tied=True)
+    reference.save_pretrained(tmp_path / "hf")
+    model = hf.load_model(tmp_path / "hf").model
+    tokens = random_tokens()
+    real = torch.arange(LENGTH)[None, :] < torch.tensor([LENGTH, 23, 6])[:, None]
+    padded = torch.where(real, tokens, torch.randint(0, VOCAB, tokens.shape, generator=torch.Generator().manual_seed(9)))
+    with torch.no_grad():
+        expected = reference(tokens, attention_mask=real.long()).logits
+        torch.testing.assert_close(model(padded)[real], expected[real], rtol=1e-4, atol=1e-4)
