@@ -23,7 +23,8 @@ from seqlab import __version__
 from seqlab.errors import ConfigError, DataError, SeqlabError
 from seqlab.fields import add_flags
 
-CORE_COMMANDS = ("models", "train", "eval", "predict", "compare", "reproduce", "forecast", "import-hf", "export-hf")
+CORE_COMMANDS = ("models", "train", "eval", "predict", "compare", "reproduce", "forecast", "import-hf", "export-hf",
+                 "score")
 TRAIN_FLAGS_SKIPPED = ("budget_seconds", "progress")      # given as --budget and --no-progress
 
 
@@ -64,7 +65,7 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     builders: dict[str, Callable[[Any, list[str]], None]] = {
         "models": _models_parser, "train": _train_parser, "eval": _eval_parser, "predict": _predict_parser,
         "compare": _compare_parser, "reproduce": _reproduce_parser, "forecast": _forecast_parser,
-        "import-hf": _import_hf_parser, "export-hf": _export_hf_parser}
+        "import-hf": _import_hf_parser, "export-hf": _export_hf_parser, "score": _score_parser}
     summaries = {
         "models": "list registered models and tasks, or one model's config fields",
         "train": "train a model into a run directory", "eval": "evaluate a run's best checkpoint",
@@ -73,7 +74,8 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
         "reproduce": "re-run a result from the literature and say whether it held",
         "forecast": "fit forecasters to a file's series and forecast past its end",
         "import-hf": "make a run of a Hugging Face model directory (config.json, safetensors, tokenizer.json)",
-        "export-hf": "write a run's best checkpoint as a Hugging Face model directory"}
+        "export-hf": "write a run's best checkpoint as a Hugging Face model directory",
+        "score": "score sentences, one per line, under an ARPA n-gram model (log10 p per line, then totals)"}
     for command in CORE_COMMANDS:
         sub = commands.add_parser(command, help=summaries[command], description=summaries[command])
         if command == name:
@@ -455,6 +457,38 @@ def _forecast(args: argparse.Namespace) -> int:
                          budget_seconds=args.budget)
     print(made.table)
     print(f"\nwritten: {', '.join(str(path) for path in made.files)}")
+    return 0
+
+
+# ---- score --------------------------------------------------------------------------------
+
+def _score_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("model", help="an ARPA file (KenLM's lmplz, SRILM or seqlab), or the .safetensors cache of one")
+    parser.add_argument("--input", help="sentences, one per line, split at whitespace (default: standard input)")
+    parser.add_argument("--cache", action="store_true",
+                        help="read the ARPA file through a binary cache MODEL.seqlab.safetensors beside it, written "
+                             "on first use and whenever the ARPA file is newer")
+    parser.add_argument("--summary-only", action="store_true", help="print only the totals line")
+    parser.set_defaults(handler=_score)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from seqlab.classical.arpa_reader import load_arpa
+    from seqlab.classical.ngram_scoring import score_sentences
+
+    model, vocabulary = load_arpa(args.model, cache=args.cache)
+    if args.input is None:
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"cannot read --input {args.input!r}: {error}") from None
+    scores = score_sentences(model, vocabulary, lines)
+    if not args.summary_only:
+        sys.stdout.write("".join(f"{value:.6f}\n" for value in scores.log10_probs.tolist()))
+    print(f"total log10 p {scores.total_log10:.6f}  sentences {len(lines)}  tokens {scores.n_tokens}  "
+          f"unknown {scores.n_unknown}  perplexity {scores.perplexity:.4f}")
     return 0
 
 

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from seqlab.classical import counts as ngrams
 from seqlab.classical.ngram import NGramConfig, NGramLM
-from seqlab.errors import ConfigError, DataError
+from seqlab.errors import ConfigError
 
 SENTENCE_START, SENTENCE_END, UNKNOWN = "<s>", "</s>", "<unk>"
 ZERO_LOG10 = -99.0                  # what ARPA writers put for probability 0 (and for <s>)
@@ -187,19 +187,17 @@ def fit_sentences(
 def sentence_log10_probs(model: NGramLM, vocabulary: WordVocabulary, sentences: Sequence[str]) -> Tensor:
     """``log10 p(<s> w_1 .. w_m </s>)`` of each sentence, as ``kenlm.Model.score`` computes it.
 
-    All the sentences are scored at once: one ``encode`` pass over their words, one
-    ``NGramLM.score_stream`` over the stream (a search per order over every sentence's windows),
-    and a sum per sentence.
+    All the sentences are scored at once by ``seqlab.classical.ngram_scoring`` (its words
+    encoded bytewise, its n-grams found in hash tables, back-off combined vectorised), whose
+    plain reference is ``score_sentences_ref``.
 
     Returns:
         (S,) float64.
     """
+    from seqlab.classical.ngram_scoring import score_sentences
+
     _check_vocabulary(model, vocabulary)
-    stream = vocabulary.encode(sentences).to(model.discounts.device)
-    scores = model.score_stream(stream[None])[0].double()                       # (L,)
-    sentence = torch.cumsum(stream == vocabulary.start_id, 0) - 1
-    return torch.zeros(len(sentences), dtype=torch.float64, device=stream.device).index_add_(
-        0, sentence, scores) / LN10
+    return torch.from_numpy(score_sentences(model, vocabulary, sentences).log10_probs).to(model.discounts.device)
 
 
 def _check_vocabulary(model: NGramLM, vocabulary: WordVocabulary) -> None:
@@ -241,7 +239,8 @@ def read_arpa(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
     """Read an ARPA file into an ``NGramLM`` and its vocabulary.
 
     The model scores exactly as ``kenlm.Model`` scores the same file (its distributions are
-    whatever the file says: not renormalised).
+    whatever the file says: not renormalised). The file is read once with vectorised parsing
+    (``seqlab.classical.arpa_reader``; ``save_binary`` there caches the result).
 
     Raises:
         DataError: naming the line, for a missing or bad header, a count that does not match its
@@ -249,148 +248,6 @@ def read_arpa(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
             over a word that is not a unigram or whose context is not stored, a repeated
             n-gram, or a file that ends before ``\\end\\``.
     """
-    sections = _ArpaParser(Path(path)).parse()
-    unigram_words = [words[0] for words in sections[0].words]
-    first_seen: dict[str, int] = {}
-    _reject_repeats(torch.tensor([first_seen.setdefault(word, len(first_seen)) for word in unigram_words]),
-                    sections[0], 1)
-    others = (word for word in unigram_words if word not in (UNKNOWN, SENTENCE_START))
-    vocabulary = WordVocabulary((UNKNOWN, *others))
-    index = {**vocabulary.index, SENTENCE_START: vocabulary.start_id}
-    model = NGramLM(NGramConfig(vocab_size=len(vocabulary.words), order=len(sections)))
-    n_ids = model.n_ids
+    from seqlab.classical.arpa_reader import read_arpa_file    # it builds on this module
 
-    unigram_log_prob = torch.full((n_ids,), -math.inf, dtype=torch.float64)
-    unigram_log_prob[0] = MISSING_UNKNOWN_LOG10 * LN10
-    unigram_backoff = torch.zeros(n_ids, dtype=torch.float64)
-    ids = torch.tensor([index[word] for word in unigram_words], dtype=torch.long)
-    unigram_log_prob[ids] = sections[0].log10_prob * LN10
-    unigram_backoff[ids] = sections[0].log10_backoff * LN10
-    keys, log_probs, log_backoffs = [torch.arange(n_ids)], [unigram_log_prob], [unigram_backoff]
-
-    for k, section in enumerate(sections[1:], start=2):
-        rows = torch.tensor([[_word_id(index, word, section, i) for word in words]
-                             for i, words in enumerate(section.words)], dtype=torch.long).view(-1, k)
-        prefix = ngrams.prefix_indices(keys, rows, n_ids)
-        missing = (prefix < 0).nonzero()
-        if len(missing):
-            row = int(missing[0])
-            context = " ".join(section.words[row][:-1])
-            raise DataError(f"{section.where(row)}: the context {context!r} of this {k}-gram is not a "
-                            f"{k - 1}-gram (every context must be stored, as KenLM requires)")
-        key = prefix * n_ids + rows[:, -1]
-        _reject_repeats(key, section, k)
-        order = torch.argsort(key)
-        keys.append(key[order])
-        log_probs.append(section.log10_prob[order] * LN10)
-        log_backoffs.append(section.log10_backoff[order] * LN10)
-    log_backoffs[-1] = torch.zeros(0, dtype=torch.float64)
-    model.set_tables(keys, log_probs, log_backoffs)
-    return model, vocabulary
-
-
-def _word_id(index: dict[str, int], word: str, section: _Section, row: int) -> int:
-    if word not in index:
-        raise DataError(f"{section.where(row)}: the word {word!r} is not among the 1-grams")
-    return index[word]
-
-
-def _reject_repeats(keys: Tensor, section: _Section, order: int) -> None:
-    """DataError naming the second line of the first n-gram listed twice (equal ``keys``)."""
-    ordered, row = torch.sort(keys, stable=True)
-    repeated = (ordered[1:] == ordered[:-1]).nonzero()
-    if len(repeated):
-        second = int(row[int(repeated[0]) + 1])
-        raise DataError(f"{section.where(second)}: this {order}-gram is listed twice")
-
-
-@dataclass
-class _Section:
-    """The n-grams of one order as read: words, log10 values and the line of each."""
-
-    words: list[list[str]]
-    log10_prob: Tensor           # (N,) float64
-    log10_backoff: Tensor        # (N,) float64, 0 where omitted
-    lines: list[int]             # 1-based line numbers
-    file_name: str
-
-    def where(self, row: int) -> str:
-        return f"line {self.lines[row]} of {self.file_name}"
-
-
-class _ArpaParser:
-    """Reads the sections of an ARPA file, checking the format line by line."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise DataError(f"cannot read ARPA file {str(path)!r}: {error}") from None
-        self.position = 0                     # index of the next line to read
-
-    def error(self, message: str, line: int | None = None) -> DataError:
-        line = self.position if line is None else line
-        return DataError(f"line {line} of {self.path.name}: {message}")
-
-    def next_content_line(self, what: str) -> str:
-        """The next non-blank line (stripped), or a DataError saying the file ends early."""
-        while self.position < len(self.lines):
-            self.position += 1
-            text = self.lines[self.position - 1].strip()
-            if text:
-                return text
-        raise self.error(f"the file ends before {what} (truncated?)", len(self.lines) + 1)
-
-    def parse(self) -> list[_Section]:
-        text = self.next_content_line("the \\data\\ header")
-        if text != "\\data\\":
-            raise self.error(f"expected \\data\\ as the first line that is not blank, got {text!r}")
-        declared = []
-        text = self.next_content_line("the n-gram counts")
-        while text.startswith("ngram "):
-            order, _, count = text[len("ngram "):].partition("=")
-            if not (order.strip().isdigit() and count.strip().isdigit()) or int(order) != len(declared) + 1:
-                raise self.error(f"expected 'ngram {len(declared) + 1}=<count>', got {text!r}")
-            declared.append(int(count))
-            text = self.next_content_line("the first section")
-        if not declared:
-            raise self.error(f"expected 'ngram 1=<count>' after \\data\\, got {text!r}")
-        sections = []
-        for k, count in enumerate(declared, start=1):
-            if text != f"\\{k}-grams:":
-                raise self.error(f"expected the section header '\\{k}-grams:', got {text!r}")
-            sections.append(self.section(k, count, highest=k == len(declared)))
-            text = self.next_content_line("\\end\\")
-            if not text.startswith("\\"):
-                raise self.error(f"more {k}-grams than the {count} the header declares")
-        if text != "\\end\\":
-            raise self.error(f"expected \\end\\, got {text!r}")
-        return sections
-
-    def section(self, order: int, count: int, highest: bool) -> _Section:
-        words, probs, backoffs, lines = [], [], [], []
-        fields_allowed = (order + 1,) if highest else (order + 1, order + 2)
-        for _ in range(count):
-            text = self.next_content_line(f"the {count} {order}-grams the header declares")
-            fields = text.split()
-            if text.startswith("\\") and len(fields) == 1:
-                raise self.error(f"the header declares {count} {order}-grams but the section has {len(words)}")
-            if len(fields) not in fields_allowed:
-                expected = " or ".join(map(str, fields_allowed))
-                raise self.error(f"a {order}-gram line has {len(fields)} fields, expected {expected}")
-            probs.append(self.number(fields[0], "probability"))
-            backoffs.append(self.number(fields[-1], "back-off weight") if len(fields) == order + 2 else 0.0)
-            words.append(fields[1: order + 1])
-            lines.append(self.position)
-        return _Section(words, torch.tensor(probs, dtype=torch.float64),
-                        torch.tensor(backoffs, dtype=torch.float64), lines, self.path.name)
-
-    def number(self, field: str, what: str) -> float:
-        try:
-            value = float(field)
-        except ValueError:
-            raise self.error(f"the {what} {field!r} is not a number") from None
-        if math.isnan(value) or value == math.inf:
-            raise self.error(f"the {what} {field!r} is not a log10 value")
-        return value
+    return read_arpa_file(path)

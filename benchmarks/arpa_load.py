@@ -1,0 +1,91 @@
+"""Loading an ARPA file: seqlab's vectorised reader and binary cache against ``kenlm.Model``.
+
+    python benchmarks/arpa_load.py [--quick]
+
+A 5-gram interpolated modified Kneser-Ney model is fitted to tinyshakespeare's lines (one
+sentence per line, as benchmarks/ngram.py fits them; --quick takes the first 10,000 lines) and
+written as an ARPA file. Timed, taking turns, best of three (two with --quick), one thread:
+
+- kenlm: ``kenlm.Model(arpa)`` (its default probing structure);
+- seqlab: ``read_arpa(arpa)``, the vectorised reader (the line-by-line reference is timed once);
+- seqlab binary: ``load_binary`` of the cache ``save_binary`` wrote.
+
+KenLM's own binary format needs its ``build_binary`` program; when it is not on the PATH the
+binary comparison is against kenlm loading the ARPA file, and the table says so. The last line
+is ``RESULT arpa_load_vs_kenlm=<seqlab s / kenlm s> binary_load_vs_kenlm=<x>`` (lower is faster;
+the issue's targets are <= 2 and <= 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import kenlm
+import torch
+
+from seqlab.classical.arpa import fit_sentences, read_arpa, write_arpa
+from seqlab.classical.arpa_reader import load_binary, read_arpa_reference, save_binary
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+ORDER = 5
+
+
+def best_seconds_taking_turns(actions: dict, repeats: int) -> dict[str, float]:
+    best = {name: float("inf") for name in actions}
+    for _ in range(repeats):
+        for name, action in actions.items():
+            started = time.perf_counter()
+            action()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10,000 lines, best of two")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if not SHAKESPEARE.is_file():
+        raise SystemExit(f"{SHAKESPEARE} is missing: see ../shared/data/README.md")
+    lines = [line for line in SHAKESPEARE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if args.quick:
+        lines = lines[:10_000]
+    repeats = 2 if args.quick else 3
+    with tempfile.TemporaryDirectory() as directory:
+        arpa, cache = Path(directory) / "model.arpa", Path(directory) / "model.ngram"
+        model, vocabulary = fit_sentences(lines, order=ORDER)
+        write_arpa(model, vocabulary, arpa)
+        save_binary(*read_arpa(arpa), cache)
+        build_binary = shutil.which("build_binary")
+        actions = {"kenlm arpa": lambda: kenlm.Model(str(arpa)), "seqlab arpa": lambda: read_arpa(arpa),
+                   "seqlab binary": lambda: load_binary(cache)}
+        if build_binary:
+            kenlm_binary = Path(directory) / "model.klm"
+            subprocess.run([build_binary, str(arpa), str(kenlm_binary)], check=True, capture_output=True)
+            actions["kenlm binary"] = lambda: kenlm.Model(str(kenlm_binary))
+        started = time.perf_counter()
+        read_arpa_reference(arpa)
+        reference_seconds = time.perf_counter() - started
+        best = best_seconds_taking_turns(actions, repeats)
+        print(f"{len(lines)} lines, {ORDER}-gram: {[len(t) for t in model.tables]} n-grams; ARPA "
+              f"{os.path.getsize(arpa) / 1e6:.1f} MB, cache {os.path.getsize(cache) / 1e6:.1f} MB; "
+              f"load average {os.getloadavg()[0]:.2f}")
+        print(f"{'load':<28}{'seconds':>10}")
+        for name, seconds in best.items():
+            print(f"{name:<28}{seconds:>10.3f}")
+        print(f"{'seqlab reference (once)':<28}{reference_seconds:>10.3f}")
+        binary_peer = "kenlm binary" if build_binary else "kenlm arpa"
+        if not build_binary:
+            print("kenlm's build_binary is not on the PATH: the binary cache is compared with kenlm loading the ARPA file")
+        print(f"RESULT arpa_load_vs_kenlm={best['seqlab arpa'] / best['kenlm arpa']:.2f} "
+              f"binary_load_vs_kenlm={best['seqlab binary'] / best[binary_peer]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

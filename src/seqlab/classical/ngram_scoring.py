@@ -1,0 +1,375 @@
+"""Batch scoring of whitespace-tokenised sentences under a word n-gram model, at C speed from numpy.
+
+``log10 p(<s> w_1 .. w_m </s>)`` of every sentence, as ``kenlm.Model.score(s, bos=True, eos=True)``
+computes it, for many sentences at once and with no Python work per sentence or per word:
+
+1. **Words to ids** (``encode_sentences``). The sentences are joined by NUL bytes into one UTF-8
+   buffer; word boundaries are found bytewise (ASCII whitespace, which is all ``str.split`` splits
+   on unless the text holds Unicode spaces). A word of at most 16 bytes *is* its key: the two
+   little-endian 64-bit words of its bytes (read unaligned, masked to its length) and its length.
+   A hash of that key finds the candidate in an open-addressing table of the vocabulary and the
+   whole key confirms it, so the lookup is exact. Longer words, and text that holds Unicode
+   spaces or NUL bytes, go through the vocabulary's dictionary instead (``str.split`` per sentence).
+2. **n-gram lookups** (``NGramScorer``). As in ``NGramLM.score_stream``, the stream
+   ``<s> w_1 .. w_m </s> <s> ...`` is followed up the orders in compact form: the k-grams looked
+   up are the stored (k - 1)-grams extended by the next id of their sentence. Each order's sorted
+   context-encoded keys (``seqlab.classical.counts``) are also held in a linear-probing hash table
+   (load at most 1/2, multiplicative hashing; Knuth, TAOCP vol. 3, 6.4), which answers most
+   queries with one memory access where a binary search takes ~17. KenLM's ``probing`` structure
+   is the same idea (Heafield 2011, sec. 3.1).
+3. **Back-off** (Katz 1987; the ARPA convention). With L the longest order whose n-gram ending at
+   t is stored and ``h_j`` the last j words before t,
+
+       log10 p(w_t | h) = log10 p*(h_{L-1} w_t) + sum_{j = L}^{n - 1} log10 b(h_j)   (b = 1 if h_j is not stored),
+
+   gathered order by order over whole arrays, in float64, and summed per sentence.
+
+``score_sentences_ref`` is the specification: the same recursion over Python tuples, one word at
+a time. ``NGramScorer`` holds the hash tables (4 bytes a slot, 2 to 4 slots an n-gram) and float64
+copies of the log10 values (16 bytes an n-gram); ``scorer_for`` keeps one per model while the
+model's tables are unchanged.
+
+Shapes: S sentences, N words, L = N + 2 S stream positions, M queries of one order.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from seqlab.classical import counts as ngrams
+from seqlab.classical.ngram import NGramLM
+from seqlab.errors import ConfigError
+
+if TYPE_CHECKING:                      # arpa imports nothing from here; only the annotations need it
+    from seqlab.classical.arpa import WordVocabulary
+
+LN10 = math.log(10)
+EMPTY = -1                                   # an empty hash slot (keys are >= 0)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)       # 2^64 / golden ratio: Fibonacci hashing's multiplier
+MIX_HIGH, MIX_LENGTH = np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
+WORD_BYTES = 16                              # words up to this long are their own key
+LOW_BYTES_MASK = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [2**64 - 1], dtype=np.uint64)
+# Bytes at which str.split() splits an ASCII text, and NUL, which joins the sentences.
+BOUNDARY = np.zeros(256, dtype=bool)
+BOUNDARY[[0, 9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+UNICODE_SPACE = re.compile(r"[^\S\x00-\x7f]")     # whitespace outside ASCII: \x85, \xa0, \u2000 ...
+
+
+@dataclass(frozen=True)
+class SentenceScores:
+    """Scores of a batch of sentences.
+
+    Attributes:
+        log10_probs: (S,) float64 ``log10 p(<s> w_1 .. w_m </s>)`` per sentence.
+        n_tokens: predicted tokens, the words and one ``</s>`` per sentence.
+        n_unknown: words outside the vocabulary (scored as ``<unk>``).
+    """
+
+    log10_probs: np.ndarray
+    n_tokens: int
+    n_unknown: int
+
+    @property
+    def total_log10(self) -> float:
+        return float(self.log10_probs.sum())
+
+    @property
+    def perplexity(self) -> float:
+        """``10 ** (-total / n_tokens)``, per token (words and ``</s>``), as KenLM's ``query`` counts."""
+        return 10 ** (-self.total_log10 / max(self.n_tokens, 1))
+
+
+def score_sentences(model: NGramLM, vocabulary: WordVocabulary, sentences: Sequence[str]) -> SentenceScores:
+    """Score whitespace-tokenised sentences, each as ``<s> w_1 .. w_m </s>`` (see the module docstring).
+
+    Args:
+        model: a word-level model whose ids are ``vocabulary``'s (``<s>`` is ``model.start_id``).
+        vocabulary: a ``seqlab.classical.arpa.WordVocabulary``.
+        sentences: S strings; an empty one scores ``log10 p(</s> | <s>)``.
+    Returns:
+        the (S,) log10 probabilities and the totals.
+    """
+    return scorer_for(model, vocabulary).score(sentences)
+
+
+class NGramScorer:
+    """A model and its vocabulary prepared for batch scoring: hash tables of the vocabulary and of
+    every order's keys, and the log10 values as float64 numpy arrays (copies, on the CPU).
+
+    Raises:
+        ConfigError: the model does not predict the vocabulary's words.
+    """
+
+    def __init__(self, model: NGramLM, vocabulary: WordVocabulary):
+        if model.vocab_size != len(vocabulary.words) or model.start_id != len(vocabulary.words):
+            raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "
+                              f"{len(vocabulary.words)} words (and <s> as id {len(vocabulary.words)})")
+        if "</s>" not in vocabulary.index:
+            raise ConfigError("the vocabulary has no '</s>' to end sentences with")
+        self.vocabulary, self.order, self.n_ids = vocabulary, model.order, model.n_ids
+        self.start_id, self.end_id = model.start_id, vocabulary.index["</s>"]
+        self.words = WordTable(vocabulary.words)
+        self.log10_prob = [t.log_prob.detach().double().cpu().numpy() / LN10 for t in model.tables]
+        self.log10_backoff = [t.log_backoff.detach().double().cpu().numpy() / LN10 for t in model.tables]
+        self.tables = [None] + [KeyTable(t.keys.detach().cpu().numpy()) for t in model.tables[1:]]
+
+    def score(self, sentences: Sequence[str]) -> SentenceScores:
+        """``log10 p`` of each sentence and the totals."""
+        word_ids, lengths = encode_sentences(self.words, self.vocabulary, sentences)
+        stream, sentence_starts = self.stream(word_ids, lengths)
+        per_position = self.score_stream(stream)
+        per_position[sentence_starts] = 0.0                                    # <s> is never predicted
+        running = np.cumsum(per_position)                  # a sentence's sum: from its <s> to its </s>
+        log10_probs = running.take(sentence_starts + lengths + 1) - running.take(sentence_starts)
+        return SentenceScores(log10_probs, int(lengths.sum()) + len(sentences),
+                              int(np.count_nonzero(word_ids == 0)))
+
+    def stream(self, word_ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``<s> w_1 .. w_m </s>`` per sentence, one after the other: (L,) int64, and the (S,)
+        positions of the ``<s>``."""
+        ends = np.cumsum(lengths + 2) - 1                                      # where each </s> goes
+        starts = ends - lengths - 1
+        stream = np.full(int(ends[-1]) + 1 if len(ends) else 0, self.end_id, dtype=np.int64)
+        stream[starts] = self.start_id
+        sentence = np.repeat(np.arange(len(lengths)), lengths)
+        stream[np.arange(len(word_ids)) + 2 * sentence + 1] = word_ids
+        return stream, starts
+
+    def score_stream(self, stream: np.ndarray) -> np.ndarray:
+        """``log10 p(stream[t] | the stream before t, back to the last <s>)`` for every t: (L,)
+        float64 (meaningless at the ``<s>`` themselves). ``stream`` must start with ``<s>``."""
+        continues = np.empty(len(stream), dtype=bool)      # t + 1 is a word of the same sentence
+        continues[:-1] = stream[1:] != self.start_id
+        continues[-1:] = False
+        log10 = self.log10_prob[0].take(stream)                                # (L,) unigrams
+        longest = np.ones(len(stream), dtype=np.int8)
+        # per order j < n: where a stored j-gram ends with a word of its sentence after it, and its index
+        end = np.flatnonzero(continues)
+        contexts = [(end, stream.take(end))] if self.order > 1 else []
+        for k in range(2, self.order + 1):
+            end, found = contexts[-1]
+            end = end + 1
+            found = self.tables[k - 1].find(found * self.n_ids + stream.take(end))
+            stored = np.flatnonzero(found >= 0)
+            end, found = end.take(stored), found.take(stored)
+            log10[end] = self.log10_prob[k - 1].take(found)
+            longest[end] = k
+            if k < self.order:
+                kept = np.flatnonzero(continues.take(end))
+                contexts.append((end.take(kept), found.take(kept).astype(np.int64)))
+            if len(end) == 0:
+                break
+        for j, (end, found) in enumerate(contexts, start=1):
+            end = end + 1
+            backs_off = np.flatnonzero(longest.take(end) <= j)
+            log10[end.take(backs_off)] += self.log10_backoff[j - 1].take(found.take(backs_off))
+        return log10
+
+
+def encode_sentences(words: WordTable, vocabulary: WordVocabulary, sentences: Sequence[str]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The id of every word of every sentence, in order (N,) int64 (``<unk>`` 0 for unknown
+    words), and the number of words of each sentence (S,) int64: what ``[s.split() for s in
+    sentences]`` and ``vocabulary.index`` give, bytewise where the text allows it."""
+    text = "\0".join(sentences)
+    if not words.usable or not text.isascii() and UNICODE_SPACE.search(text):
+        return _encode_by_dictionary(vocabulary, sentences)
+    raw = text.encode("utf-8", "surrogatepass")
+    data = np.frombuffer(b"".join((b" ", raw, bytes(WORD_BYTES + 8))), dtype=np.uint8)
+    separators = np.flatnonzero(data[1: len(raw) + 1] == 0) + 1     # (S - 1,) unless a sentence holds NUL
+    if len(separators) != max(len(sentences) - 1, 0):
+        return _encode_by_dictionary(vocabulary, sentences)
+    boundary = data <= 32                               # whitespace, NUL, or another control byte
+    if np.count_nonzero(boundary) != np.count_nonzero(BOUNDARY[data[boundary]]):
+        boundary = BOUNDARY[data]                       # a control byte that str.split keeps
+    edges = np.flatnonzero(boundary[:-1] != boundary[1:]) + 1       # word starts and stops, in turn
+    starts, stops = edges[0::2], edges[1::2]                        # (N,) byte offsets
+    words_before = np.searchsorted(starts, separators)              # words before each separator
+    lengths = np.diff(words_before, prepend=0, append=len(starts)) if len(sentences) else np.zeros(0, np.int64)
+    word_ids = words.find_bytes(data, starts, stops - starts)
+    long_words = np.flatnonzero(stops - starts > WORD_BYTES)
+    if len(long_words):
+        index = vocabulary.index
+        word_ids[long_words] = [index[raw[s - 1: e - 1].decode("utf-8", "surrogatepass")]
+                                for s, e in zip(starts[long_words].tolist(), stops[long_words].tolist())]
+    return word_ids, lengths.astype(np.int64, copy=False)
+
+
+def _encode_by_dictionary(vocabulary: WordVocabulary, sentences: Sequence[str]
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    split = [sentence.split() for sentence in sentences]
+    index = vocabulary.index                                # unknown words (and a literal <s>) are 0
+    ids = np.fromiter((index[word] for words in split for word in words), dtype=np.int64)
+    return ids, np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+
+
+class WordTable:
+    """Words of at most 16 UTF-8 bytes in a hash table (``KeyTable``) keyed by their bytes.
+
+    A word is (``low``, ``high``, ``length``): its first and second 8 bytes as little-endian
+    uint64 (zero past its end) and its byte length; equal triples are equal words. The table is
+    keyed by a 63-bit hash of the triple and every hit is confirmed on the whole triple; should two
+    words of the vocabulary share a hash, ``usable`` is false and words go through the dictionary.
+    """
+
+    def __init__(self, words: Sequence[str]):
+        encoded = [word.encode("utf-8", "surrogatepass") for word in words]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        data = np.frombuffer(b"".join(encoded) + bytes(WORD_BYTES + 8), dtype=np.uint8)
+        starts = np.cumsum(lengths) - lengths
+        short = np.flatnonzero(lengths <= WORD_BYTES)
+        self.low, self.high = _word_halves(data, starts[short], lengths[short])
+        self.length = lengths[short]
+        self.ids = short                                            # the vocabulary id of each entry
+        hashes = _word_hash(self.low, self.high, self.length)
+        self.usable = len(np.unique(hashes)) == len(hashes)
+        self.table = KeyTable(hashes if self.usable else hashes[:0])
+
+    def find_bytes(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The vocabulary id of each word ``data[starts : starts + lengths]``, 0 if none (or if
+        longer than 16 bytes). ``data`` must hold 24 bytes past the last word."""
+        low, high = _word_halves(data, starts, lengths)
+        entry = self.table.find(_word_hash(low, high, lengths))
+        known = np.flatnonzero(entry >= 0)
+        entry = entry.take(known)
+        same = ((self.low.take(entry) == low.take(known)) & (self.high.take(entry) == high.take(known))
+                & (self.length.take(entry) == lengths.take(known)))
+        ids = np.zeros(len(starts), dtype=np.int64)
+        ids[known[same]] = self.ids.take(entry[same])
+        return ids
+
+
+def _word_halves(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first and second 8 bytes of each word as uint64, masked to the word's length."""
+    unaligned = np.ndarray((len(data) - 7,), dtype=np.uint64, buffer=data, strides=(1,))   # any offset
+    low = unaligned[starts] & LOW_BYTES_MASK[np.minimum(lengths, 8)]
+    high = unaligned[starts + 8] & LOW_BYTES_MASK[np.clip(lengths - 8, 0, 8)]
+    return low, high
+
+
+def _word_hash(low: np.ndarray, high: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A 63-bit mix of a word's key (collisions are resolved by comparing the whole key)."""
+    mixed = low * GOLDEN ^ high * MIX_HIGH ^ lengths.astype(np.uint64) * MIX_LENGTH
+    return (mixed >> np.uint64(1)).astype(np.int64)
+
+
+class KeyTable:
+    """An index of distinct int64 keys: a linear-probing hash table of ``2^b >= 2 N`` slots, each
+    holding the position of a key in ``keys`` (int32, ``-1`` for an empty slot; 4 bytes a slot).
+
+    A key's home slot is the top b bits of ``key * GOLDEN mod 2^64`` (Fibonacci hashing); the key
+    lives there or after it, past occupied slots only, at most ``max_displacement`` slots on. A
+    lookup compares ``keys[slot]`` with the query and stops at the key, at an empty slot, or after
+    that many slots, so every answer is exact.
+
+    Args:
+        keys: (N,) distinct int64, in any order (the sorted keys of one order, or word hashes).
+    """
+
+    def __init__(self, keys: np.ndarray):
+        self.keys = keys
+        self.bits = max(int(2 * max(len(keys), 1) - 1).bit_length(), 4)
+        self.slot_entry = np.full(1 << self.bits, EMPTY, dtype=np.int32)
+        home = self.home(keys)
+        pending, displacement = np.arange(len(keys)), np.zeros(len(keys), dtype=np.int64)
+        self.max_displacement = 0
+        while len(pending):                          # every pending key tries its next slot at once
+            slot = (home[pending] + displacement) & ((1 << self.bits) - 1)
+            free = np.flatnonzero(self.slot_entry[slot] == EMPTY)
+            self.slot_entry[slot[free]] = pending[free]           # one of the keys aiming at a slot wins
+            won = np.zeros(len(pending), dtype=bool)
+            won[free] = self.slot_entry[slot[free]] == pending[free]
+            self.max_displacement = max(self.max_displacement, int(displacement[won].max(initial=0)))
+            pending, displacement = pending[~won], displacement[~won] + 1
+
+    def home(self, keys: np.ndarray) -> np.ndarray:
+        hashed = keys.astype(np.int64, copy=False).view(np.uint64) * GOLDEN
+        return (hashed >> np.uint64(64 - self.bits)).view(np.int64)
+
+    def find(self, queries: np.ndarray) -> np.ndarray:
+        """(M,) int32 the position of each query in ``keys``, ``-1`` where it is not stored.
+
+        Every query reads its home slot; those that meet another key read on, one slot at a time
+        while many remain, then the rest of their ``max_displacement`` slots all at once."""
+        if len(self.keys) == 0:
+            return np.full(len(queries), EMPTY, dtype=np.int32)
+        slot = self.home(queries)
+        entry = self.slot_entry.take(slot)
+        occupied = entry >= 0
+        hit = (self.keys.take(entry) == queries) & occupied      # keys[-1] at an empty slot: no hit
+        found = np.where(hit, entry, EMPTY)
+        active = np.flatnonzero(occupied ^ hit)                 # met another key: read on
+        mask, done = (1 << self.bits) - 1, 0
+        slot, queries = slot.take(active), queries.take(active)
+        while len(active) > max(len(found) >> 6, 32) and done < self.max_displacement:
+            slot = (slot + 1) & mask
+            done += 1
+            entry = self.slot_entry.take(slot)
+            occupied = entry >= 0
+            hit = (self.keys.take(entry) == queries) & occupied
+            found[active[hit]] = entry[hit]
+            going_on = np.flatnonzero(occupied ^ hit)
+            active, slot, queries = active.take(going_on), slot.take(going_on), queries.take(going_on)
+        if len(active) and done < self.max_displacement:       # (A, D) the remaining slots at once
+            window = (slot[:, None] + np.arange(1, self.max_displacement - done + 1)) & mask
+            entry = self.slot_entry.take(window)
+            row, column = np.nonzero((self.keys.take(entry) == queries[:, None]) & (entry >= 0))
+            found[active[row]] = entry[row, column]
+        return found
+
+
+# ---- one scorer per model, while its tables are unchanged --------------------------------
+
+_SCORERS: dict[int, tuple[weakref.ref, object, list, NGramScorer]] = {}
+
+
+def scorer_for(model: NGramLM, vocabulary: WordVocabulary) -> NGramScorer:
+    """The ``NGramScorer`` of ``model`` and ``vocabulary``, built on first use and kept while the
+    model lives and its tables are the same tensors, unmodified (``Tensor._version``)."""
+    tensors = [getattr(table, name) for table in model.tables for name in ("keys", "log_prob", "log_backoff")]
+    versions = [tensor._version for tensor in tensors]
+    cached = _SCORERS.get(id(model))
+    if cached is not None:
+        model_ref, cached_vocabulary, state, scorer = cached
+        if (model_ref() is model and cached_vocabulary is vocabulary
+                and all(a is b and v == w for (a, v), b, w in zip(state, tensors, versions))):
+            return scorer
+    scorer = NGramScorer(model, vocabulary)
+    _SCORERS[id(model)] = (weakref.ref(model, lambda _, key=id(model): _SCORERS.pop(key, None)),
+                           vocabulary, list(zip(tensors, versions)), scorer)
+    return scorer
+
+
+# ---- the specification -----------------------------------------------------------------------
+
+
+def score_sentences_ref(model: NGramLM, vocabulary: WordVocabulary, sentences: Sequence[str]) -> np.ndarray:
+    """``log10 p`` of each sentence by the back-off recursion over n-grams as tuples of ids, one
+    word at a time (slow; the specification of ``score_sentences``). Returns (S,) float64."""
+    stored = []           # per order: ids tuple -> (log10 p*, log10 b)
+    for table, ids in zip(model.tables, ngrams.ngram_ids([t.keys.cpu() for t in model.tables], model.n_ids)):
+        backoff = table.log_backoff.double().cpu() if table.log_backoff.numel() else torch.zeros(len(table))
+        stored.append({tuple(row): (p / LN10, b / LN10) for row, p, b in
+                       zip(ids.tolist(), table.log_prob.double().cpu().tolist(), backoff.tolist())})
+    index, n = vocabulary.index, model.order
+    scores = []
+    for sentence in sentences:
+        history, total = [model.start_id], 0.0
+        for word in [index[w] for w in sentence.split()] + [index["</s>"]]:
+            context = tuple(history[-(n - 1):]) if n > 1 else ()
+            longest = next(k for k in range(len(context) + 1, 0, -1)
+                           if context[len(context) - k + 1:] + (word,) in stored[k - 1])
+            total += stored[longest - 1][context[len(context) - longest + 1:] + (word,)][0]
+            for j in range(longest, len(context) + 1):                   # back off from j + 1 to j
+                total += stored[j - 1].get(context[len(context) - j:], (0.0, 0.0))[1]
+            history.append(word)
+        scores.append(total)
+    return np.array(scores, dtype=np.float64)

@@ -1,0 +1,138 @@
+"""Batch sentence scoring (seqlab.classical.ngram_scoring) against its reference, the existing
+stream scorer, and KenLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kenlm
+import numpy as np
+import pytest
+
+from seqlab.classical.arpa import WordVocabulary, fit_sentences, sentence_log10_probs, write_arpa
+from seqlab.classical.ngram_scoring import (
+    KeyTable, NGramScorer, WordTable, _encode_by_dictionary, encode_sentences, score_sentences,
+    score_sentences_ref,
+)
+from seqlab.errors import ConfigError
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+TRAIN = [
+    "the cat sat on the mat", "the dog sat on the log", "a cat and a dog", "the cat saw the dog",
+    "on the mat the cat sat", "a dog on a log", "the extraordinarily-long-word sat", "naïve café sat",
+    "the cat", "dog", "the the the", "sat on the cat and the dog and the mat",
+]
+HELD_OUT = [
+    "the cat sat on the log",                  # every word known, some n-grams unseen
+    "",                                        # <s> </s>
+    "zebra",                                   # one unknown word
+    "the zebra sat on the unicorn",            # unknown words mid-sentence
+    "the cat sat on the mat the cat sat on the mat the dog",   # longer than the order
+    "  the\tcat \n sat  ",                     # whitespace of several kinds, leading and trailing
+    "the extraordinarily-long-word sat",       # a word longer than 16 bytes, known
+    "the extraordinarily-long-wore sat",       # ... and one that differs only past byte 16
+    "naïve café sat", "naïve cafe sat",        # multi-byte UTF-8
+    "dog dog dog dog dog dog",
+]
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3, 5])
+def fitted(request):
+    return fit_sentences(TRAIN, order=request.param)
+
+
+def test_fast_path_equals_the_reference_and_the_stream_scorer(fitted):
+    model, vocabulary = fitted
+    fast = score_sentences(model, vocabulary, HELD_OUT).log10_probs
+    np.testing.assert_allclose(fast, score_sentences_ref(model, vocabulary, HELD_OUT), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(fast, sentence_log10_probs(model, vocabulary, HELD_OUT).numpy(), rtol=0, atol=1e-5)
+
+
+def test_equals_kenlm_on_the_written_arpa(fitted, tmp_path):
+    model, vocabulary = fitted
+    if model.order == 1:
+        pytest.skip("KenLM reads bigram models and up")
+    path = tmp_path / "model.arpa"
+    write_arpa(model, vocabulary, path)
+    reference = kenlm.Model(str(path))
+    expected = [reference.score(sentence, bos=True, eos=True) for sentence in HELD_OUT]
+    np.testing.assert_allclose(score_sentences(model, vocabulary, HELD_OUT).log10_probs, expected,
+                               rtol=0, atol=1e-5)
+
+
+def test_scores_hold_their_totals(fitted):
+    model, vocabulary = fitted
+    scores = score_sentences(model, vocabulary, ["the cat", "", "zebra zebra the"])
+    assert scores.n_tokens == 3 + 1 + 4              # the words and one </s> each
+    assert scores.n_unknown == 2
+    assert scores.total_log10 == pytest.approx(float(scores.log10_probs.sum()), abs=0)
+    assert scores.perplexity == pytest.approx(10 ** (-scores.total_log10 / 8), rel=1e-12)
+    assert score_sentences(model, vocabulary, []).log10_probs.shape == (0,)
+
+
+def test_the_first_word_is_scored_after_sentence_start(fitted):
+    """<s> is context only: "cat" alone scores log10 p(cat | <s>) + log10 p(</s> | <s> cat)."""
+    model, vocabulary = fitted
+    one = score_sentences(model, vocabulary, ["cat"]).log10_probs
+    np.testing.assert_allclose(one, score_sentences_ref(model, vocabulary, ["cat"]), rtol=0, atol=1e-9)
+    empty = score_sentences(model, vocabulary, [""]).log10_probs[0]
+    assert empty < 0 and np.isfinite(empty)
+
+
+@pytest.mark.parametrize("sentences", [
+    ["a\x1cb c", "x\x01y z"],                         # a control byte str.split splits on, one it keeps
+    ["the cat\u00a0sat", "the\u2003dog"],             # Unicode spaces: the dictionary path
+    ["the cat\x00sat", "dog"],                        # a NUL inside a sentence: the dictionary path
+    ["<s> the </s> cat", "</s>"],                     # literal markers: <unk> and the word </s>
+    ["12345678", "1234567812345678", "12345678123456789", "é" * 8, "é" * 9],   # 8, 16, 17, 16, 18 bytes
+    [""], ["", ""], ["   "],
+])
+def test_bytewise_encoding_equals_the_dictionary(sentences):
+    vocabulary = WordVocabulary.from_sentences(sentences + ["the cat sat", "12345678123456789 " + "é" * 9])
+    ids, lengths = encode_sentences(WordTable(vocabulary.words), vocabulary, sentences)
+    expected_ids, expected_lengths = _encode_by_dictionary(vocabulary, sentences)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(lengths, expected_lengths)
+    assert lengths.tolist() == [len(sentence.split()) for sentence in sentences]
+
+
+def test_key_table_finds_exactly_the_stored_keys():
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 1 << 40, size=50_000))
+    keys = np.concatenate([keys, np.arange(1000) * 4096])     # a structured block, as context keys are
+    keys = np.unique(keys)
+    queries = np.concatenate([keys[::3], rng.integers(0, 1 << 40, size=20_000), np.arange(3000) * 4096])
+    found = KeyTable(keys).find(queries)
+    expected = {int(key): i for i, key in enumerate(keys)}
+    assert found.tolist() == [expected.get(int(query), -1) for query in queries]
+    assert KeyTable(keys[:0]).find(queries[:5]).tolist() == [-1] * 5
+
+
+def test_a_refitted_model_is_not_scored_with_old_tables():
+    model, vocabulary = fit_sentences(TRAIN, order=3)
+    before = score_sentences(model, vocabulary, HELD_OUT).log10_probs
+    model.fit_stream(vocabulary.encode(TRAIN[:6]))
+    after = score_sentences(model, vocabulary, HELD_OUT).log10_probs
+    assert np.abs(after - before).max() > 0.1
+    np.testing.assert_allclose(after, score_sentences_ref(model, vocabulary, HELD_OUT), rtol=0, atol=1e-9)
+
+
+def test_a_vocabulary_of_another_model_is_refused():
+    model, _ = fit_sentences(TRAIN, order=3)
+    with pytest.raises(ConfigError, match="vocabulary has"):
+        NGramScorer(model, WordVocabulary(("<unk>", "</s>", "cat")))
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} is absent")
+def test_tinyshakespeare_lines_equal_kenlm(tmp_path):
+    lines = [line for line in SHAKESPEARE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train, held_out = lines[:8000], lines[8000:10000]
+    model, vocabulary = fit_sentences(train, order=5)
+    path = tmp_path / "shakespeare.arpa"
+    write_arpa(model, vocabulary, path)
+    reference = kenlm.Model(str(path))
+    fast = score_sentences(model, vocabulary, held_out).log10_probs
+    np.testing.assert_allclose(fast, [reference.score(line, bos=True, eos=True) for line in held_out],
+                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fast, sentence_log10_probs(model, vocabulary, held_out).numpy(), rtol=0, atol=1e-5)

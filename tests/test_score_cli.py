@@ -1,0 +1,76 @@
+"""`seqlab score`: sentences scored under an ARPA file as kenlm scores them, through an optional
+binary cache that is never written over a file seqlab did not write."""
+
+from __future__ import annotations
+
+import os
+
+import kenlm
+import pytest
+
+from seqlab.classical.arpa import fit_sentences, write_arpa
+from seqlab.classical.arpa_reader import CACHE_SUFFIX
+from seqlab.cli import main
+from seqlab.data.corpora import builtin_corpus
+
+from helpers import fails_cleanly
+
+
+@pytest.fixture(scope="module")
+def arpa(tmp_path_factory):
+    lines = [line for line in builtin_corpus().text.splitlines() if line.split()]
+    model, vocabulary = fit_sentences(lines[:1500], order=4, estimator="modified_kneser_ney")
+    path = tmp_path_factory.mktemp("lm") / "model.arpa"
+    write_arpa(model, vocabulary, path)
+    held_out = lines[1500:1600] + ["", "words nobody ever wrote here"]
+    return path, held_out
+
+
+def scored(capsys, argv):
+    capsys.readouterr()
+    assert main(argv) == 0
+    *rows, total = capsys.readouterr().out.splitlines()
+    return [float(row) for row in rows], total
+
+
+def test_scores_equal_kenlm_per_sentence_and_in_total(arpa, tmp_path, capsys):
+    path, held_out = arpa
+    sentences = tmp_path / "held_out.txt"
+    sentences.write_text("\n".join(held_out) + "\n")
+    values, total = scored(capsys, ["score", str(path), "--input", str(sentences)])
+    reference = kenlm.Model(str(path))
+    expected = [reference.score(sentence, bos=True, eos=True) for sentence in held_out]
+    assert values == pytest.approx(expected, abs=1e-4)
+    assert f"sentences {len(held_out)}" in total
+    assert float(total.split()[3]) == pytest.approx(sum(expected), abs=1e-3)
+
+
+def test_the_binary_cache_is_written_once_read_after_and_never_over_a_foreign_file(arpa, tmp_path, capsys):
+    source, held_out = arpa
+    path = tmp_path / "copy.arpa"
+    path.write_bytes(source.read_bytes())
+    sentences = tmp_path / "held_out.txt"
+    sentences.write_text("\n".join(held_out) + "\n")
+    plain = scored(capsys, ["score", str(path), "--input", str(sentences)])
+    cache = tmp_path / ("copy.arpa" + CACHE_SUFFIX)
+    assert not cache.exists()
+    assert scored(capsys, ["score", str(path), "--input", str(sentences), "--cache"]) == plain
+    written = cache.stat().st_mtime_ns
+    assert scored(capsys, ["score", str(path), "--input", str(sentences), "--cache"]) == plain
+    assert cache.stat().st_mtime_ns == written                    # read, not rewritten
+    assert scored(capsys, ["score", str(cache), "--input", str(sentences)]) == plain
+    os.utime(path, ns=(written + 10**9, written + 10**9))          # the ARPA file changed: refreshed
+    assert scored(capsys, ["score", str(path), "--input", str(sentences), "--cache"]) == plain
+    assert cache.stat().st_mtime_ns != written
+    cache.write_text("my notes")
+    fails_cleanly(capsys, ["score", str(path), "--input", str(sentences), "--cache"], "not a seqlab n-gram cache")
+    assert cache.read_text() == "my notes"
+
+
+def test_bad_input_is_one_line(arpa, tmp_path, capsys):
+    path, _ = arpa
+    fails_cleanly(capsys, ["score", str(tmp_path / "missing.arpa"), "--input", str(path)], "missing.arpa")
+    broken = tmp_path / "broken.arpa"
+    broken.write_text(path.read_text().replace("\\data\\", "\\date\\", 1))
+    fails_cleanly(capsys, ["score", str(broken)], "line")
+    fails_cleanly(capsys, ["score", str(path), "--input", str(tmp_path / "none.txt")], "none.txt")
