@@ -127,8 +127,8 @@ class NGramScorer:
         stream, sentence_starts = self.stream(word_ids, lengths)
         per_position = self.score_stream(stream)
         per_position[sentence_starts] = 0.0                                    # <s> is never predicted
-        running = np.cumsum(per_position)                  # a sentence's sum: from its <s> to its </s>
-        log10_probs = running.take(sentence_starts + lengths + 1) - running.take(sentence_starts)
+        # Each sentence summed on its own, from its <s> to its </s>: the same value alone or in a batch.
+        log10_probs = np.add.reduceat(per_position, sentence_starts) if len(sentence_starts) else per_position[:0]
         return SentenceScores(log10_probs, int(lengths.sum()) + len(sentences),
                               int(np.count_nonzero(word_ids == 0)))
 
