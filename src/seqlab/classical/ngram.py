@@ -69,6 +69,7 @@ from seqlab.classical import counts as ngrams
 from seqlab.classical.counts import (
     ABSENT, NGramTable, absolute_discount, check_ids, good_turing_discounts, modified_kneser_ney_discounts,
 )
+from seqlab.classical.external_counts import MIN_MEMORY_BYTES, count_ngrams_bounded
 from seqlab.contracts import CausalLM
 from seqlab.errors import ConfigError, DataError
 from seqlab.registry import register
@@ -96,6 +97,10 @@ class NGramConfig:
         sentence_start_id: the id of <s> among the vocab_size ids, when the task's tokens hold
             sentence markers (a sentence-per-line lm task sets it): never predicted, and the
             context restarts at it; none: <s> is the extra id vocab_size.
+        memory: bytes of working memory for counting (at least 4096): the stream is counted a
+            chunk at a time, sorted runs spilled to a temporary directory and merged, as lmplz
+            does (seqlab.classical.external_counts); the counts are the same. None counts the
+            whole stream in memory.
     """
 
     vocab_size: int
@@ -105,6 +110,7 @@ class NGramConfig:
     discount: float | None = None
     prune_singletons: bool = False
     sentence_start_id: int | None = None
+    memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
@@ -122,6 +128,10 @@ class NGramConfig:
                                                        and self.vocab_size >= 2):
             raise ConfigError(f"NGramConfig.sentence_start_id must be an id in [0, vocab_size) leaving another "
                               f"to predict, or None; got {self.sentence_start_id} with vocab_size {self.vocab_size}")
+        if self.memory is not None and (isinstance(self.memory, bool) or not isinstance(self.memory, int)
+                                        or self.memory < MIN_MEMORY_BYTES):
+            raise ConfigError(f"NGramConfig.memory must be a number of bytes >= {MIN_MEMORY_BYTES} or None, "
+                              f"got {self.memory!r}")
 
 
 @register("ngram", task="lm", config=NGramConfig, trains="fit")
@@ -175,7 +185,21 @@ class NGramLM(CausalLM):
         if int(stream[0]) != self.start_id:
             raise DataError(f"a training stream must start with <s> (id {self.start_id}), "
                             f"got id {int(stream[0])}")
-        counted = ngrams.count_ngrams(stream, self.order, self.n_ids, start_id=self.start_id)
+        if self.config.memory is None:
+            counted = ngrams.count_ngrams(stream, self.order, self.n_ids, start_id=self.start_id)
+        else:
+            counted = count_ngrams_bounded(torch.split(stream, 2**20), self.order, self.n_ids,
+                                           start_id=self.start_id, memory_bytes=self.config.memory)
+        return self.fit_counted(counted)
+
+    def fit_counted(self, counted: list[ngrams.CountedOrder]) -> NGramLM:
+        """Fit to counted tables, as ``count_ngrams`` or ``count_ngrams_bounded`` return them for
+        a stream of sentences each starting with ``<s>`` (a stream too large to hold at once can
+        be counted chunk by chunk from disk with ``count_ngrams_bounded``).
+
+        Returns:
+            self, fitted.
+        """
         fitted = _Fit(counted, self.n_ids, self.start_id, self.config)
         keys = fitted.keys
         probs, backoffs, discounts = fitted.estimate()
