@@ -27,14 +27,21 @@ Seqlab and KenLM times are the best of three runs for building (two with --quick
 for scoring (five with --quick), seqlab and KenLM taking turns, one thread each. The perplexity table is
 tinyshakespeare's (the synthetic corpus' when it is absent), in a closed vocabulary (training
 words seen once are <unk>). The RESULT line's build and NLTK figures are the synthetic corpus';
-its score_vs_kenlm is the worse of the two corpora, and each corpus' follows it by name.
-Targets (issue 3): build_vs_nltk >= 50, score_vs_nltk >= 50; (issue 17) score_vs_kenlm >= 1 on both.
+its score_vs_kenlm is the worse of the two corpora, and each corpus' follows it by name. Last,
+``benchmarks/arpa_load.py`` (ARPA loading against kenlm.Model) and ``benchmarks/ngram_scale.py``
+(the bounded-memory build at 1M and 10M tokens) run in their own processes, and their headline
+figures join the RESULT line, which starts
+``RESULT score_vs_kenlm=<x> arpa_load_vs_kenlm=<x> build_10m_seconds=<x> build_10m_peak_gb=<x>``.
+Targets (issue 3): build_vs_nltk >= 50, score_vs_nltk >= 50; (issue 17) score_vs_kenlm >= 1 on both,
+arpa_load_vs_kenlm <= 2, build_10m_peak_gb under the limit (4).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -203,13 +210,33 @@ def main() -> None:
     best, worst = min(finite, key=lambda row: row[1])[0], max(finite, key=lambda row: row[1])[0]
     print(f"best: {best}; worst of the smoothed: {worst} (mle gives unseen n-grams probability 0)")
 
+    peers = {}
+    for script in ("arpa_load.py", "ngram_scale.py"):       # ARPA loading vs kenlm; the bounded build at scale
+        peers.update(script_results(Path(__file__).with_name(script), args.quick))
     headline = rows[-1]
     vs_kenlm = {row["name"]: row["score_rate"] / row["kenlm_rate"] for row in rows}
-    print(f"RESULT build_vs_nltk={headline['build_vs_nltk']:.0f} "
+    print(f"RESULT score_vs_kenlm={min(vs_kenlm.values()):.2f} "
+          f"arpa_load_vs_kenlm={peers.get('arpa_load_vs_kenlm', 'nan')} "
+          f"build_10m_seconds={peers.get('build_10m_seconds', 'nan')} "
+          f"build_10m_peak_gb={peers.get('build_10m_peak_gb', 'nan')} "
+          f"build_vs_nltk={headline['build_vs_nltk']:.0f} "
           f"score_vs_nltk={headline['score_rate'] / headline['nltk_rate']:.0f} "
-          f"score_vs_kenlm={min(vs_kenlm.values()):.2f} "
           f"build_seconds_5gram={headline['build_seconds']:.2f} "
           + " ".join(f"score_vs_kenlm_{name}={ratio:.2f}" for name, ratio in vs_kenlm.items()))
+
+
+def script_results(script: Path, quick: bool) -> dict[str, str]:
+    """Run another benchmark in its own process (its tables printed here) and return the
+    key=value pairs of its RESULT line."""
+    print(f"\n$ python benchmarks/{script.name}{' --quick' if quick else ''}", flush=True)
+    done = subprocess.run([sys.executable, str(script), *(["--quick"] if quick else [])], capture_output=True,
+                          text=True)
+    print(done.stdout, end="")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        print(f"{script.name} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+        return {}
+    return dict(item.split("=", 1) for item in lines[-1].split()[1:])
 
 
 if __name__ == "__main__":
