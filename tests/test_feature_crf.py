@@ -7,6 +7,7 @@ python-crfsuite trained on the same feature strings.
 """
 
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -16,13 +17,14 @@ import zlib
 
 import pycrfsuite
 import pytest
+import safetensors.torch
 import torch
 from hypothesis import given, settings, strategies as st
 
-import seqlab.classical.feature_crf  # noqa: F401  (registers "crf" for task "tag")
 from seqlab import registry
-from seqlab.checkpoint import load_checkpoint, save_checkpoint
+from seqlab.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from seqlab.classical.feature_crf import FeatureCRFConfig, FeatureCRFTagger, PenalisedLikelihood
+from seqlab.classical.feature_templates import DEFAULT_TEMPLATES, parse_templates, template_features
 from seqlab.classical.tagging_features import (FeatureHasher, feature_bucket, sentence_features, short_shape,
                                                word_shape)
 from seqlab.data.conll import TaggedSentence, read_conllu
@@ -138,6 +140,21 @@ def test_gradient_equals_finite_differences():
     nll = -sum(model.crf.log_likelihood(emissions[start:start + len(s)][None], torch.tensor([t]))[0]
                for start, s, t in zip([0, 3, 5, 6], sentences, tags))
     assert math.isclose(value, nll.item() + 0.3 * float(theta @ theta), rel_tol=1e-12)
+
+
+def test_objective_does_not_depend_on_how_sentences_are_chunked():
+    """One chunk per sentence (no padding) against one chunk of all (padded): same F and gradient."""
+    sentences = [("the", "cat", "sat"), ("a", "dog"), ("Dogs",), ("the", "dog", "ran", "far"), ("a", "cat")]
+    tags = [[0, 1, 2], [0, 1], [1], [0, 1, 2, 0], [0, 2]]
+    results = []
+    for words_per_chunk in (1, 1000):
+        model = FeatureCRFTagger(FeatureCRFConfig(n_tags=3, n_buckets=64, c2=0.2, words_per_chunk=words_per_chunk))
+        objective = PenalisedLikelihood(model.double(), sentences, tags)
+        assert len(objective.chunks) == (5 if words_per_chunk == 1 else 1)
+        theta = torch.randn(objective.initial().shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        results.append(objective(theta))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-13)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-12, atol=1e-12)
 
 
 def test_fit_learns_the_tiny_task_and_survives_a_checkpoint(tiny_task, tmp_path):
@@ -350,3 +367,127 @@ def test_accuracy_matches_crfsuite_on_the_same_features(shared_data, tmp_path):
     their_accuracy = sum(g == p for g, p in zip(gold, predicted)) / len(gold)
     assert abs(accuracy - their_accuracy) <= 0.005, (accuracy, their_accuracy)
     assert accuracy > 0.88
+
+
+# ---- feature templates ----------------------------------------------------------------------
+
+
+WORDS = st.text(st.sampled_from("aB3-é.xZ"), min_size=1, max_size=6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(WORDS, min_size=1, max_size=7))
+def test_default_templates_spell_the_builtin_features(words):
+    assert template_features(words, parse_templates(DEFAULT_TEMPLATES)) == sentence_features(words)
+
+
+def test_custom_templates_fire_the_features_they_say():
+    templates = parse_templates("w[0] suffix2[-1]  # a comment\n shape[0]|w[1] title[-1] pair=lower[-1]|title[0] EOS")
+    assert template_features(["The", "Cat", "sat"], templates) == [
+        ["word=The", "-1:suffix2=<BOS>", "0|+1:shape|word=Xxx|Cat", "-1:title=<BOS>", "-1|0:pair=<bos>|1"],
+        ["word=Cat", "-1:suffix2=he", "0|+1:shape|word=Xxx|sat", "-1:title", "-1|0:pair=the|1"],
+        ["word=sat", "-1:suffix2=at", "0|+1:shape|word=xxx|<EOS>", "-1:title", "-1|0:pair=cat|0", "EOS"]]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(WORDS, min_size=1, max_size=5), min_size=1, max_size=4))
+def test_hasher_equals_hashing_every_template_feature(sentences):
+    text = "bias w[-3] prefix2[2] upper[1] hyphen[0] x=digit[-1]|w[0]|suffix1[+2] lower[0]|short_shape[0] BOS BOS"
+    hasher = FeatureHasher(97, text)
+    for _ in range(2):                        # the second call answers from the hasher's cache
+        features = hasher(sentences)
+        expected = [[feature_bucket(f, 97) for f in position]
+                    for sentence in sentences for position in template_features(sentence, parse_templates(text))]
+        assert ordered_bucket_lists(features, len(expected)) == expected       # in the templates' order
+
+
+def test_the_default_template_set_hashes_like_the_builtin_features():
+    explicit = FeatureHasher(4096, DEFAULT_TEMPLATES)(SENTENCES)
+    default = FeatureHasher(4096)(SENTENCES)
+    expected = [[feature_bucket(f, 4096) for f in position]
+                for sentence in SENTENCES for position in sentence_features(sentence)]
+    # The same buckets in the same order: a sum of weights adds them up exactly as before templates.
+    assert ordered_bucket_lists(explicit, len(expected)) == ordered_bucket_lists(default, len(expected)) == expected
+
+
+def ordered_bucket_lists(features, n_positions):
+    ends = torch.cat([features.offsets[1:], torch.tensor([len(features.buckets)])])
+    return [features.buckets[features.offsets[i]:ends[i]].tolist() for i in range(n_positions)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("w[0] w[x]", r"template 'w\[x\]' \(line 1, column 6\), at character 1: expected view\[offset\]"),
+    ("w[0]\n  lower[-1]|foo[0]", r"template 'lower\[-1\]\|foo\[0\]' \(line 2, column 3\), at character 11: "
+                                 r"unknown view 'foo'"),
+    ("a|b=w[0]", r"the name 'a\|b' before '=' may not hold"),
+    ("prefix0[0]", "unknown view 'prefix0'"),
+    ("w[0]|", r"at character 6: expected view\[offset\]"),
+    ("  # nothing\n", "the feature template set is empty")])
+def test_bad_templates_raise_one_line_naming_the_place(text, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_templates(text)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match="FeatureCRFConfig.templates: .*" + message):
+        registry.build("crf", task="tag", n_tags=3, templates=text)
+
+
+def test_a_template_set_changes_the_model_and_survives_a_checkpoint(tiny_task, tmp_path):
+    config = {"n_buckets": 4096, "c2": 0.01, "templates": "bias w[0] suffix2[0] w[-1]|w[0]"}
+    model = registry.build_for_task("crf", tiny_task.model_defaults(), config, task="tag").fit(tiny_task)
+    assert int(model.feature_weights.ne(0).any(1).sum()) <= len({
+        feature_bucket(f, 4096) for s in tiny_task.splits["train"]
+        for position in template_features(s.words, parse_templates(config["templates"])) for f in position})
+    assert tiny_task.evaluate(model, "test")["accuracy"] >= 0.75
+    save_checkpoint(tmp_path / "crf", model, tiny_task)
+    loaded = load_checkpoint(tmp_path / "crf").model
+    assert loaded.config.templates == config["templates"]
+    batch = tiny_task.batch(tiny_task.splits["test"] + [tagged("Cats/N ran/V")])
+    assert torch.equal(loaded.tag(batch), model.tag(batch))
+    assert torch.equal(loaded.emissions(loaded.hasher([["a", "cat"]])), model.emissions(model.hasher([["a", "cat"]])))
+
+
+# ---- sparse storage -------------------------------------------------------------------------
+
+
+def test_checkpoint_stores_only_the_non_zero_rows(tiny_task, tmp_path):
+    model = FeatureCRFTagger(FeatureCRFConfig(n_tags=4, n_buckets=2**16, c1=0.05, c2=0.01)).fit(tiny_task)
+    used = model.feature_weights.ne(0).any(1).nonzero()[:, 0]
+    assert 0 < len(used) < 300
+    state = model.state_dict()
+    assert "feature_weights" not in state and torch.equal(state["feature_buckets"], used)
+    assert torch.equal(state["feature_rows"], model.feature_weights[used])
+    directory = save_checkpoint(tmp_path / "crf", model, tiny_task)
+    assert (directory / "model.safetensors").stat().st_size < 40_000          # dense: 2^16 x 4 x 4 bytes = 1 MB
+    loaded = load_checkpoint(tmp_path / "crf").model
+    assert torch.equal(loaded.feature_weights, model.feature_weights)
+    batch = tiny_task.batch(tiny_task.splits["test"])
+    assert torch.equal(loaded.tag(batch), model.tag(batch))
+
+
+def test_old_dense_checkpoints_still_load(tiny_task, tmp_path):
+    model = FeatureCRFTagger(FeatureCRFConfig(n_tags=4, n_buckets=4096, c2=0.01)).fit(tiny_task)
+    directory = save_checkpoint(tmp_path / "crf", model, tiny_task)
+    dense = {"feature_weights": model.feature_weights.detach(),
+             **{f"crf.{name}": tensor for name, tensor in model.crf.state_dict().items()}}
+    safetensors.torch.save_file(dense, str(directory / "model.safetensors"))     # as before sparse storage
+    info = json.loads((directory / "config.json").read_text())
+    info["weights_sha256"] = file_sha256(directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps(info))
+    loaded = load_checkpoint(directory).model
+    assert torch.equal(loaded.feature_weights, model.feature_weights)
+    fresh = FeatureCRFTagger(model.config)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.feature_weights, model.feature_weights)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda state: state.pop("feature_rows"), "need both feature_buckets and feature_rows"),
+    (lambda state: state.update(feature_buckets=state["feature_buckets"].flip(0)), "must be increasing bucket ids"),
+    (lambda state: state.update(feature_buckets=state["feature_buckets"] + 4096), r"in \[0, 4096\)"),
+    (lambda state: state.update(feature_rows=state["feature_rows"][:, :2]), r"feature_rows \(R, 4\)")])
+def test_a_damaged_sparse_state_is_refused(tiny_task, change, message):
+    model = FeatureCRFTagger(FeatureCRFConfig(n_tags=4, n_buckets=4096, c2=0.01)).fit(tiny_task)
+    state = model.state_dict()
+    change(state)
+    with pytest.raises(RuntimeError, match=message):
+        FeatureCRFTagger(model.config).load_state_dict(state)

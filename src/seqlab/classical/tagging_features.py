@@ -19,9 +19,12 @@ Weinberger et al. 2009). CRC-32 is fixed by its polynomial, so a bucket is the s
 process and on every machine, unlike Python's salted ``hash``. Distinct features that share a
 bucket share their weights.
 
-``sentence_features`` is the specification (the feature strings, also what crfsuite is given
-in the benchmark); ``FeatureHasher`` is the fast path: it hashes each distinct word's own and
-neighbour features once and assembles positions by array indexing.
+``sentence_features`` is the specification of these built-in features (the feature strings,
+also what crfsuite is given in the benchmark); ``seqlab.classical.feature_templates`` spells
+them as a template set (``DEFAULT_TEMPLATES``), and users may write their own.
+``FeatureHasher`` is the fast path for any template set: it hashes each distinct word's
+features once and assembles positions by array indexing; for the default set it gives the
+buckets of ``sentence_features`` in their order.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqlab.classical.feature_templates import (AFTER, BEFORE, DEFAULT_TEMPLATES, Template, parse_templates,
+                                               short_shape, view_function, word_shape)
 from seqlab.errors import ConfigError, DataError
 
 AFFIX_LENGTHS = (1, 2, 3, 4)
@@ -44,24 +49,12 @@ NEIGHBOUR_VIEWS = {
 }
 NEIGHBOUR_TEMPLATES = {-2: ("lower",), -1: ("lower", "suffix3", "short_shape"),
                        1: ("lower", "suffix3", "short_shape"), 2: ("lower",)}
-BEFORE, AFTER = "<BOS>", "<EOS>"       # the word seen beyond the start and the end of a sentence
 _CACHE_LIMIT = 1_000_000               # distinct words a hasher remembers before starting afresh
 
 
 def feature_bucket(feature: str, n_buckets: int) -> int:
     """The bucket of one feature string: ``crc32(utf8(feature)) mod n_buckets``."""
     return zlib.crc32(feature.encode("utf-8")) % n_buckets
-
-
-def word_shape(word: str) -> str:
-    """Upper case -> ``X``, lower case -> ``x``, digit -> ``d``, any other character as it is."""
-    return "".join("X" if c.isupper() else "x" if c.islower() else "d" if c.isdigit() else c for c in word)
-
-
-def short_shape(word: str) -> str:
-    """``word_shape`` with each run of one character collapsed: ``Xxxxx`` -> ``Xx``."""
-    shape = word_shape(word)
-    return "".join(c for i, c in enumerate(shape) if i == 0 or c != shape[i - 1])
 
 
 def word_features(word: str) -> list[str]:
@@ -123,84 +116,145 @@ class HashedFeatures(NamedTuple):
 
 
 class FeatureHasher:
-    """Hashes sentences' features into ``n_buckets``, each distinct word's features once.
+    """Hashes the features of a template set (default: the built-in features) into ``n_buckets``.
 
-    ``hasher(sentences)`` equals hashing ``sentence_features`` of each sentence, up to the
-    order of features within a position (which a sum of weights does not see).
+    ``hasher(sentences)`` equals hashing ``template_features`` of each sentence (for the default
+    templates, ``sentence_features``), each position's features in the templates' order. A template of one view depends on one word only: its bucket
+    is computed once per distinct word (and remembered across calls) and gathered by array
+    indexing; a join is hashed once per distinct combination of words.
+
+    Raises:
+        ConfigError: ``n_buckets`` < 1 or a template that does not parse.
     """
 
-    def __init__(self, n_buckets: int):
+    def __init__(self, n_buckets: int, templates: str | None = None):
         if n_buckets <= 0:
             raise ConfigError(f"n_buckets must be > 0, got {n_buckets}")
         self.n_buckets = n_buckets
-        self._own: dict[str, list[int]] = {}               # word -> buckets of word_features
-        self._seen_from: dict[str, list[int]] = {}         # word -> buckets it gives each neighbour slot
-        # Slots of neighbour features, in a fixed order: (offset of the neighbour, feature index).
-        self._slots = [(offset, index) for offset, names in NEIGHBOUR_TEMPLATES.items() for index in range(len(names))]
-        self._markers = [feature_bucket("BOS", n_buckets), feature_bucket("EOS", n_buckets)]
+        self.templates = parse_templates(DEFAULT_TEMPLATES if templates is None else templates)
+        self._single_positions = [index for index, template in enumerate(self.templates) if template.is_single]
+        self._singles = [self.templates[index] for index in self._single_positions]
+        by_offset: dict[int, list[int]] = {}
+        for column, template in enumerate(self._singles):
+            by_offset.setdefault(template.views[0].offset, []).append(column)
+        self._columns_by_offset = {offset: np.array(columns) for offset, columns in by_offset.items()}
+        # Each single template's "prefix name=" as a CRC-32 to carry on from, and its feature as a flag.
+        self._single_heads = []
+        for template in self._singles:
+            offset = template.views[0].offset
+            prefix = "" if offset == 0 else f"{offset:+d}:"
+            self._single_heads.append((zlib.crc32(f"{prefix}{template.name}=".encode("utf-8")),
+                                       feature_bucket(prefix + template.name, n_buckets)))
+        # Rows 0 and 1 of the per-word table: what the single templates fire beyond the start and the end.
+        self._marker_rows = [self._buckets_of_word(None, before) for before in (True, False)]
+        self._words: dict[str, list[int]] = {}             # word -> buckets of the single templates, -1: none
 
     def __call__(self, sentences: Sequence[Sequence[str]]) -> HashedFeatures:
         """The hashed features of every position of ``sentences`` (see ``HashedFeatures``)."""
         if not sentences:
             raise DataError("no sentences to extract features from")
-        if len(self._own) > _CACHE_LIMIT:
-            self._own.clear()
-            self._seen_from.clear()
-        types: dict[str, int] = {BEFORE: 0, AFTER: 1}
+        if len(self._words) > _CACHE_LIMIT:
+            self._words.clear()
+        types: dict[str, int] = {}
         token_types = []
         for index, sentence in enumerate(sentences):
             if not sentence or any(not word for word in sentence):
                 raise DataError(f"sentence {index + 1} is empty or has an empty word")
-            token_types.extend(types.setdefault(word, len(types)) for word in sentence)
+            token_types.extend(types.setdefault(word, len(types) + 2) for word in sentence)
         words = list(types)
         lengths = np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences))
-        token_type = np.asarray(token_types, dtype=np.int64)                  # (N,)
+        token_type = np.asarray(token_types, dtype=np.int64)                  # (N,) 0, 1: the markers
         position = np.arange(len(token_type)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         length_of_token = np.repeat(lengths, lengths)
 
-        own = [self._own_buckets(word) for word in words]
-        width = max(map(len, own))
-        own_table = np.full((len(words), width), -1, dtype=np.int64)         # (n_types, width), -1: absent
-        for row, buckets in enumerate(own):
-            own_table[row, :len(buckets)] = buckets
-        seen_table = np.array([self._seen_from_buckets(word) for word in words], dtype=np.int64)
+        def type_at(offset: int) -> np.ndarray:
+            """(N,) the type of the word at t + offset of every position t (0 or 1 beyond the sentence)."""
+            neighbour = token_type[np.clip(np.arange(len(token_type)) + offset, 0, len(token_type) - 1)]
+            neighbour = np.where(position + offset < 0, 0, neighbour)
+            return np.where(position + offset >= length_of_token, 1, neighbour)
 
-        columns = [own_table[token_type]]
-        every = np.arange(len(token_type))
-        for slot, (offset, _) in enumerate(self._slots):
-            neighbour = token_type[np.clip(every + offset, 0, len(token_type) - 1)]
-            neighbour = np.where(position + offset < 0, types[BEFORE], neighbour)
-            neighbour = np.where(position + offset >= length_of_token, types[AFTER], neighbour)
-            columns.append(seen_table[neighbour, slot][:, None])
-        columns.append(self._bigrams(sentences))
-        columns.append(np.where(position == 0, self._markers[0], -1)[:, None])
-        columns.append(np.where(position == length_of_token - 1, self._markers[1], -1)[:, None])
-        table = np.concatenate(columns, axis=1)                               # (N, slots)
+        word_table = np.array(self._marker_rows + [self._word_buckets(word) for word in words],
+                              dtype=np.int64).reshape(len(words) + 2, len(self._singles))   # (n_types + 2, singles)
+        columns: list[np.ndarray] = [np.empty(0)] * len(self.templates)     # (N,) each, in the templates' order
+        for offset, chosen in self._columns_by_offset.items():
+            gathered = word_table[type_at(offset)][:, chosen]                # (N, single templates at this offset)
+            for column, single in enumerate(chosen):
+                columns[self._single_positions[single]] = gathered[:, column]
+        for index, template in enumerate(self.templates):
+            if template.kind == "views" and not template.is_single:
+                columns[index] = self._join_buckets(template, [type_at(view.offset) for view in template.views],
+                                                    [None, None, *words])
+            elif template.kind != "views":
+                bucket = feature_bucket(template.kind, self.n_buckets)
+                fires = {"bias": position >= 0, "BOS": position == 0, "EOS": position == length_of_token - 1}
+                columns[index] = np.where(fires[template.kind], bucket, -1)
+        table = np.stack(columns, axis=1)                                     # (N, templates)
         present = table >= 0
         counts = present.sum(axis=1)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
         return HashedFeatures(torch.from_numpy(table[present]), torch.from_numpy(offsets),
                               torch.from_numpy(lengths))
 
-    def _own_buckets(self, word: str) -> list[int]:
-        buckets = self._own.get(word)
+    def _buckets_of_word(self, word: str | None, before: bool = True) -> list[int]:
+        """The bucket of each single template (-1: fires nothing) when its word is ``word``
+        (None: beyond the start, or the end when not ``before``, of the sentence)."""
+        if word is None:
+            buckets = []
+            for template in self._singles:
+                offset = template.views[0].offset
+                reaches = offset < 0 if before else offset > 0          # can this template look out there?
+                buckets.append(feature_bucket(template.feature(lambda _: None), self.n_buckets) if reaches else -1)
+            return buckets
+        # Template.feature, unrolled (this runs once per word and template): the CRC-32 of
+        # "prefix name=value" is carried on from that of "prefix name=" (zlib.crc32's start).
+        buckets, values = [], {}
+        for template, (head_crc, flag_bucket) in zip(self._singles, self._single_heads):
+            name = template.views[0].name
+            value = values.get(name)
+            if value is None:
+                value = values[name] = template.views[0].of(word)
+            if isinstance(value, bool):
+                buckets.append(flag_bucket if value else -1)
+            else:
+                buckets.append(zlib.crc32(value.encode("utf-8"), head_crc) % self.n_buckets)
+        return buckets
+
+    def _word_buckets(self, word: str) -> list[int]:
+        buckets = self._words.get(word)
         if buckets is None:
-            buckets = self._own[word] = [feature_bucket(f, self.n_buckets) for f in word_features(word)]
+            buckets = self._words[word] = self._buckets_of_word(word)
         return buckets
 
-    def _seen_from_buckets(self, word: str) -> list[int]:
-        buckets = self._seen_from.get(word)
-        if buckets is None:       # in the order of self._slots
-            buckets = self._seen_from[word] = [feature_bucket(feature, self.n_buckets) for offset in NEIGHBOUR_TEMPLATES
-                                               for feature in neighbour_features(word, offset)]
-        return buckets
+    def _join_buckets(self, join: Template, view_types: list[np.ndarray], word_of_type: list[str | None]) -> np.ndarray:
+        """(N,) buckets of one join template, hashed once per distinct combination of words."""
+        n_types = len(word_of_type)
+        if n_types ** len(view_types) < 2**62:     # a combination as one integer: a fast 1-D unique
+            code = np.zeros_like(view_types[0])
+            for types in view_types:
+                code = code * n_types + types
+            combinations, inverse = np.unique(code, return_inverse=True)
+            combinations = np.stack([combinations // n_types ** i % n_types for i in reversed(range(len(view_types)))],
+                                    axis=1)
+        else:
+            combinations, inverse = np.unique(np.stack(view_types, axis=1), axis=0, return_inverse=True)
+        # Template.feature, unrolled: each view's value of each type is computed once, and the
+        # CRC-32 of "head value_1|value_2..." carried on from one part to the next (zlib.crc32's start).
+        head = f"{'|'.join('0' if v.offset == 0 else f'{v.offset:+d}' for v in join.views)}:{join.name}="
+        parts = []
+        for index, view in enumerate(join.views):
+            marker = BEFORE if view.offset < 0 else AFTER
+            function = view_function(view.name)
+            parts.append([(("|" if index else "") + _text(function(marker if word is None else word))).encode("utf-8")
+                          for word in word_of_type])
+        head_crc = zlib.crc32(head.encode("utf-8"))
+        crcs = [zlib.crc32(part, head_crc) for part in parts[0]]                # (n_types,) after the first view
+        columns = combinations.T.tolist()
+        running = [crcs[type_] for type_ in columns[0]]
+        for view_parts, types in zip(parts[1:], columns[1:]):
+            running = [zlib.crc32(view_parts[type_], crc) for type_, crc in zip(types, running)]
+        buckets = np.asarray(running, dtype=np.int64) % self.n_buckets
+        return buckets[inverse.reshape(-1)]
 
-    def _bigrams(self, sentences: Sequence[Sequence[str]]) -> np.ndarray:
-        """(N, 2) buckets of the two bigram features of every position (hashed position by position)."""
-        buckets = []
-        for sentence in sentences:
-            padded = [BEFORE, *sentence, AFTER]
-            for t in range(1, len(padded) - 1):
-                buckets.append((feature_bucket(bigram_feature(padded[t - 1], padded[t], True), self.n_buckets),
-                                feature_bucket(bigram_feature(padded[t], padded[t + 1], False), self.n_buckets)))
-        return np.asarray(buckets, dtype=np.int64)
+
+def _text(value: str | bool) -> str:
+    return str(int(value)) if isinstance(value, bool) else value

@@ -70,18 +70,18 @@ def pseudo_gradient(x: Tensor, gradient: Tensor, c1: float) -> Tensor:
 
 def two_loop_direction(gradient: Tensor, history: list[tuple[Tensor, Tensor, float]]) -> Tensor:
     """``-H gradient`` by the L-BFGS two-loop recursion over ``history`` of (s, y, 1 / s.y), oldest first."""
-    direction = -gradient
+    direction = -gradient                                   # a fresh tensor: updated in place below
     alphas = []
     for s, y, rho in reversed(history):
         alpha = rho * float(s @ direction)
-        direction = direction - alpha * y
+        direction.add_(y, alpha=-alpha)
         alphas.append(alpha)
     if history:
         s, y, _ = history[-1]
-        direction = direction * (float(s @ y) / float(y @ y))
+        direction.mul_(float(s @ y) / float(y @ y))
     for (s, y, rho), alpha in zip(history, reversed(alphas)):
         beta = rho * float(y @ direction)
-        direction = direction + (alpha - beta) * s
+        direction.add_(s, alpha=alpha - beta)
     return direction
 
 
