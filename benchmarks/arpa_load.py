@@ -10,7 +10,9 @@ written as an ARPA file. Timed, taking turns, best of three (two with --quick), 
 - seqlab: ``read_arpa(arpa)``, the vectorised reader (the line-by-line reference is timed once);
 - seqlab binary: ``load_binary`` of the cache ``save_binary`` wrote.
 
-KenLM's own binary format needs its ``build_binary`` program; when it is not on the PATH the
+One more read under cProfile splits the vectorised reader's time into its stages (cumulative
+seconds of its functions, profiler overhead included). KenLM's own binary format needs its
+``build_binary`` program; when it is not on the PATH the
 binary comparison is against kenlm loading the ARPA file, and the table says so. The last line
 is ``RESULT arpa_load_vs_kenlm=<seqlab s / kenlm s> binary_load_vs_kenlm=<x>`` (lower is faster;
 the issue's targets are <= 2 and <= 1).
@@ -19,7 +21,9 @@ the issue's targets are <= 2 and <= 1).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +34,7 @@ import kenlm
 import torch
 
 from seqlab.classical.arpa import fit_sentences, read_arpa, write_arpa
+from seqlab.classical import arpa_reader
 from seqlab.classical.arpa_reader import load_binary, read_arpa_reference, save_binary
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -44,6 +49,22 @@ def best_seconds_taking_turns(actions: dict, repeats: int) -> dict[str, float]:
             action()
             best[name] = min(best[name], time.perf_counter() - started)
     return best
+
+
+STAGES = {"_parse_fast": "parse (all below)", "_parse_decimals": "  numbers",
+          "_find_words": "  words", "_assemble": "assemble tables"}
+
+
+def stage_seconds(arpa: Path) -> dict[str, float]:
+    """Cumulative seconds of the reader's stages in one profiled ``read_arpa``."""
+    profiler = cProfile.Profile()
+    profiler.runcall(read_arpa, arpa)
+    seconds = {name: 0.0 for name in STAGES}
+    for (file_name, _, function), row in pstats.Stats(profiler).stats.items():
+        if function in seconds and file_name == arpa_reader.__file__:
+            seconds[function] += row[3]
+    seconds["tokens and lines"] = seconds["_parse_fast"] - seconds["_parse_decimals"] - seconds["_find_words"]
+    return seconds
 
 
 def main() -> None:
@@ -80,6 +101,10 @@ def main() -> None:
         for name, seconds in best.items():
             print(f"{name:<28}{seconds:>10.3f}")
         print(f"{'seqlab reference (once)':<28}{reference_seconds:>10.3f}")
+        stages = stage_seconds(arpa)
+        print("seqlab arpa by stage (one profiled run):")
+        for name in ["_parse_fast", "tokens and lines", "_parse_decimals", "_find_words", "_assemble"]:
+            print(f"  {STAGES.get(name, '  ' + name):<26}{stages[name]:>10.3f}")
         binary_peer = "kenlm binary" if build_binary else "kenlm arpa"
         if not build_binary:
             print("kenlm's build_binary is not on the PATH: the binary cache is compared with kenlm loading the ARPA file")

@@ -10,9 +10,11 @@ import safetensors.torch
 import torch
 from hypothesis import given, settings, strategies as st
 
+from seqlab.classical import arpa_reader
 from seqlab.classical.arpa import LN10, ZERO_LOG10, fit_sentences, write_arpa
 from seqlab.classical.arpa_reader import (
-    _parse_decimals, load_binary, read_arpa_file, read_arpa_reference, save_binary,
+    UNICODE_SPACES, _parse_decimals, _parse_packed, _plain_utf8, load_binary, read_arpa_file, read_arpa_reference,
+    save_binary,
 )
 from seqlab.data.corpora import builtin_corpus
 from seqlab.errors import CheckpointError, DataError
@@ -56,7 +58,8 @@ def test_a_written_file_reads_back_exactly_and_as_the_reference_reads_it(order, 
 
 def test_files_in_other_layouts_read_as_the_reference_reads_them(sentences, tmp_path):
     """Spaces for tabs, CRLF line ends, blank lines, n-grams out of order, <unk> absent, -inf and
-    exponents: the fast path takes what it can and hands the rest to the reference."""
+    exponents, whitespace and line breaks above ASCII, bytes that are not UTF-8: the fast path
+    takes what it can and hands the rest to the reference, which reads it or fails alike."""
     model, vocabulary = fit_sentences(sentences[:300], order=3)
     path = tmp_path / "model.arpa"
     write_arpa(model, vocabulary, path)
@@ -75,14 +78,61 @@ def test_files_in_other_layouts_read_as_the_reference_reads_them(sentences, tmp_
         "blank lines": "\n\n".join(lines) + "\n",
         "exponents and -inf": "\n".join(exponent_form(line).replace("-9.900000000000e+01\t<s>", "-inf\t<s>")
                                         for line in lines) + "\n",
+        "no-break spaces after words": "\n".join(line.replace("\t", "\u00a0\t").replace("\u00a0\t", "\t", 1)
+                                                  for line in lines) + "\n",
+        "ideographic spaces between words": "\n".join(line.replace(" ", "\u3000") for line in lines) + "\n",
+        "a line separator": "\n".join(lines[:12] + [lines[12].replace("\t", "\u2028", 1)] + lines[13:]) + "\n",
+        "not UTF-8": "\n".join(lines) + "\n",
         "no <unk>": "\n".join(line for line in lines if "\t<unk>" not in line).replace(
             f"ngram 1={len(vocabulary.words) + 1}", f"ngram 1={len(vocabulary.words)}"),
     }
     for name, text in variants.items():
         path.write_text(text, newline="")
+        if name == "not UTF-8":
+            path.write_bytes(text.encode().replace(b"\t", b"\xff\t", 1))
+        try:
+            reference, reference_vocabulary = read_arpa_reference(path)
+        except DataError as error:                     # then the fast reader fails alike
+            with pytest.raises(DataError) as raised:
+                read_arpa_file(path)
+            assert str(raised.value) == str(error), name
+            continue
         fast, fast_vocabulary = read_arpa_file(path)
-        reference, reference_vocabulary = read_arpa_reference(path)
         assert_same_model(fast, reference, fast_vocabulary, reference_vocabulary, written=False)
+
+
+@pytest.mark.parametrize("blocks", [(1 << 14, 1 << 16), (3, 5)])
+def test_words_of_every_length_are_found_as_the_reference_finds_them(blocks, tmp_path, monkeypatch):
+    """Words of 1 to 25 bytes (one uint64 chunk, exactly 8 bytes, several chunks, non-ASCII),
+    and a long word whose first 8 bytes are a short 1-gram: found, or not, exactly; numbers and
+    words parsed in blocks of any size."""
+    monkeypatch.setattr(arpa_reader, "BLOCK", blocks[0])
+    monkeypatch.setattr(arpa_reader, "WORD_BLOCK", blocks[1])
+    words = ["abcdefghijklmnopqrstuvwxy"[:n] for n in range(1, 26)] + ["ça", "naïveté-über-straße"]
+    sentences = [" ".join(words[i::3]) for i in range(3)] + [" ".join(reversed(words))]
+    model, vocabulary = fit_sentences(sentences, order=3)
+    path = tmp_path / "model.arpa"
+    write_arpa(model, vocabulary, path)
+    fast, fast_vocabulary = read_arpa_file(path)
+    assert_same_model(fast, model, fast_vocabulary, vocabulary)
+    text = path.read_text()
+    bigram = next(line for line in text.splitlines() if "\t" in line and line.split("\t")[1].endswith(" abcdefgh"))
+    for unknown in ("abcdefghZ", "abcdefghijklmnopqrstZ", "abcdefZ", "naïveté-über-straßZ"):
+        path.write_text(text.replace(bigram, bigram.replace(" abcdefgh", f" {unknown}"), 1))
+        for reader in (read_arpa_file, read_arpa_reference):
+            with pytest.raises(DataError, match=f"the word '{unknown}' is not among the 1-grams"):
+                reader(path)
+
+
+def test_unicode_spaces_are_the_ones_python_splits_at():
+    assert set(UNICODE_SPACES) == {chr(c) for c in range(128, 0x110000) if chr(c).isspace()}
+    for space in UNICODE_SPACES:
+        for text in (f"{space}abc", f"ab{space}c", f"abc{space}"):
+            data = text.encode("utf-8")
+            assert not _plain_utf8(np.frombuffer(data + bytes(16), np.uint8), len(data)), repr(text)
+    data = "naïve 日本語 \u2027\u202a\u3001\u1681 ç\t-1.5\n".encode("utf-8")   # neighbours of spaces
+    assert _plain_utf8(np.frombuffer(data + bytes(16), np.uint8), len(data))
+    assert not _plain_utf8(np.frombuffer(b"ab\xff" + bytes(16), np.uint8), 3)
 
 
 def exponent_form(line: str) -> str:
@@ -93,18 +143,64 @@ def exponent_form(line: str) -> str:
     return "\t".join(["%.12e" % float(fields[0])] + fields[1:])
 
 
+def parse_as_in_a_file(texts: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
+    """``_parse_decimals`` of tokens laid out as in a file: the first at byte 0 (before the 16
+    bytes the packed parser reads back from a token's end), the others after a line of text.
+    Also returns whether ``_parse_packed`` took each token."""
+    data, starts = b"", []
+    for i, text in enumerate(texts):
+        data += b"" if i == 0 else b"\t<s> the cat sat on the mat\n"
+        starts.append(len(data))
+        data += text.encode()
+    buffer = np.frombuffer(data + b"\n" + bytes(16), np.uint8)
+    starts, lengths = np.array(starts), np.array([len(text.encode()) for text in texts])
+    return _parse_decimals(buffer, starts, lengths, data), _parse_packed(buffer, starts, lengths)[1]
+
+
+def assert_parsed_as_python_float(texts: list[str]) -> None:
+    parsed, _ = parse_as_in_a_file(texts)
+    expected = []
+    for text in texts:
+        try:
+            expected.append(float(text))
+        except ValueError:
+            expected.append(math.nan)
+    if any(math.isnan(value) or value == math.inf for value in expected):
+        assert parsed is None, texts
+    else:
+        assert parsed is not None, texts
+        for text, value, want in zip(texts, parsed, expected):
+            assert value == want and math.copysign(1, value) == math.copysign(1, want), (text, value, want)
+
+
 @settings(max_examples=200, deadline=None)
 @given(value=st.floats(allow_nan=False, allow_infinity=False, width=64),
-       form=st.sampled_from(["%.8g", "%.17g", "%r", "%.3f", "%.12e", "%.0f", "%E"]))
+       form=st.sampled_from(["%.8g", "%.17g", "%r", "%.3f", "%.12e", "%.0f", "%E", "%.16f", "%.6f"]))
 def test_decimals_parse_exactly_as_python_float(value, form):
     text = form % value
-    buffer = np.frombuffer(text.encode() + b"\n" + bytes(16), np.uint8)
-    parsed = _parse_decimals(buffer, np.array([0]), np.array([len(text)]), text.encode())
-    expected = float(text)
-    if math.isinf(expected) and expected > 0:
-        assert parsed is None
-    else:
-        assert parsed is not None and parsed[0] == expected and math.copysign(1, parsed[0]) == math.copysign(1, expected)
+    assert_parsed_as_python_float([text, text, "-1.0282758"])
+    assert_parsed_as_python_float(["-0.27653734", text])
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.from_regex(r"\A[-+]?[0-9]{0,18}\.?[0-9]{0,18}([eE][-+]?[0-9]{0,3})?\Z")
+       | st.text(alphabet="0123456789.-+eE", min_size=1, max_size=20))
+def test_decimal_like_tokens_parse_as_python_float_or_fail(text):
+    """The packed parser's edges (16 digits, a dot first or last, two dots, signs, a lone '-')
+    and the general parser's: a token parses to ``float(text)`` or the whole parse fails."""
+    assert_parsed_as_python_float(["-1.5", text])
+
+
+def test_the_packed_parser_takes_what_seqlab_and_kenlm_write():
+    texts = ["-1.0282758", "-0.27653734", "-0.012345678", "0", "-99", "-0", "5.", ".5", "-.5",
+             "1234567890123456", "-12345678.0123456", "1234.56789012345"]
+    parsed, packed = parse_as_in_a_file(["0"] + texts)
+    assert packed[1:].all()
+    assert parsed[1:].tolist() == [float(text) for text in texts]
+    assert math.copysign(1, parsed[texts.index("-0") + 1]) == -1.0
+    _, packed = parse_as_in_a_file(["0", "9007199254740993", "-1e-05", "+1.5", "1.2.3", "-", ".", "0x1",
+                                    "12345678901234567"])
+    assert not packed[1:].any()                  # >= 2^53, exponent, '+', two dots, no digit, 17 digits
 
 
 # A small file and its malformed variants: (text, message, line).
@@ -135,6 +231,7 @@ ngram 3=2
 
 MALFORMED = {
     "missing \\data\\": (GOOD.replace("\\data\\\n", ""), "expected \\data\\", 1),
+    "blank": ("\n \n", "the file ends before the \\data\\ header", 3),
     "count does not match": (GOOD.replace("ngram 2=3", "ngram 2=4"), "declares 4 2-grams but the section has 3", 18),
     "more n-grams than counted": (GOOD.replace("ngram 1=5", "ngram 1=4"), "more 1-grams than the 4", 11),
     "non-numeric probability": (GOOD.replace("-0.6\tthe cat", "-0.6x\tthe cat"), "probability '-0.6x' is not a number", 15),
@@ -144,6 +241,9 @@ MALFORMED = {
     "a 3-gram among 2-grams": (GOOD.replace("-0.4\tcat sat", "-0.4\tthe cat sat"), "back-off weight 'sat'", 16),
     "back-off at the top": (GOOD.replace("\tthe cat sat", "\tthe cat sat\t-0.1"), "has 5 fields, expected 4", 20),
     "unknown word": (GOOD.replace("-0.4\tcat sat", "-0.4\tcat sits"), "'sits' is not among the 1-grams", 16),
+    # No 1-gram is longer than 8 bytes; an unknown 9-byte word starts with an 8-byte 1-gram.
+    "unknown long word": (GOOD.replace("sat", "abcdefgh").replace("cat abcdefgh\n", "cat abcdefghX\n"),
+                          "'abcdefghX' is not among the 1-grams", 16),
     "missing context": (GOOD.replace("\tthe cat sat", "\tcat the sat"), "context 'cat the' of this 3-gram", 20),
     "repeated n-gram": (GOOD.replace("-0.4\tcat sat", "-0.4\tthe cat"), "this 2-gram is listed twice", 16),
     "repeated 1-gram": (GOOD.replace("\tsat\n", "\tcat\n"), "this 1-gram is listed twice", 11),
@@ -160,6 +260,26 @@ def test_malformed_files_fail_naming_the_line(case, tmp_path):
         with pytest.raises(DataError) as raised:
             reader(path)
         assert message in str(raised.value) and f"line {line} of bad.arpa" in str(raised.value), str(raised.value)
+
+
+@pytest.mark.parametrize("spelled_below", [0, 2**63])
+def test_contexts_are_found_by_spelling_and_by_search_alike(spelled_below, sentences, tmp_path, monkeypatch):
+    """Contexts are found as base-n_ids numbers while they fit in int64 (the threshold 0 forces
+    ``counts.prefix_indices`` from order 3 on, as for a vocabulary too large to spell)."""
+    monkeypatch.setattr(arpa_reader, "SPELLED_BELOW", spelled_below)
+    model, vocabulary = fit_sentences(sentences[:400], order=5)
+    path = tmp_path / "model.arpa"
+    write_arpa(model, vocabulary, path)
+    lines = path.read_text().splitlines()
+    assert lines[-2:] == ["", "\\end\\"] and lines[-4].count(" ") == 4
+    lines[-4:-2] = lines[-4:-2][::-1]                      # the last two 5-grams out of order
+    path.write_text("\n".join(lines) + "\n")
+    fast, fast_vocabulary = read_arpa_file(path)
+    assert_same_model(fast, model, fast_vocabulary, vocabulary)
+    text, message, line = MALFORMED["missing context"]
+    path.write_text(text)
+    with pytest.raises(DataError, match=f"line {line} of model.arpa: the {message}"):
+        read_arpa_file(path)
 
 
 def test_the_small_file_reads(tmp_path):

@@ -52,13 +52,26 @@ class WordVocabulary:
     words: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        self._check_ids()
+        bad = next((w for w in self.words if not w or any(c.isspace() for c in w)), None)
+        if bad is not None:
+            raise ConfigError(f"ARPA words hold no whitespace and are not empty, got {bad!r}")
+
+    def _check_ids(self) -> None:
         if not self.words or self.words[0] != UNKNOWN:
             raise ConfigError(f"a WordVocabulary starts with {UNKNOWN!r}, got {self.words[:1]}")
         if len(set(self.words)) != len(self.words) or SENTENCE_START in self.words:
             raise ConfigError(f"a WordVocabulary's words are distinct and exclude {SENTENCE_START!r}")
-        bad = next((w for w in self.words if not w or any(c.isspace() for c in w)), None)
-        if bad is not None:
-            raise ConfigError(f"ARPA words hold no whitespace and are not empty, got {bad!r}")
+
+    @classmethod
+    def _from_split_words(cls, words: tuple[str, ...]) -> WordVocabulary:
+        """A vocabulary of words that ``str.split()`` produced (an ARPA reader's fields): every
+        check of the constructor but the scan of each character for whitespace, which such words
+        pass by construction (``str.split`` and ``str.isspace`` agree on what whitespace is)."""
+        vocabulary = object.__new__(cls)
+        object.__setattr__(vocabulary, "words", words)
+        vocabulary._check_ids()
+        return vocabulary
 
     @classmethod
     def from_sentences(cls, sentences: Sequence[str], min_count: int = 1) -> WordVocabulary:

@@ -4,17 +4,21 @@
 so no Python object is made per n-gram:
 
 1. every whitespace byte is found in one pass; the tokens are the runs between them, and a
-   cumulative count of newlines gives each token its line;
+   token whose previous separators hold a newline starts a line (line numbers are counted only
+   for an error message);
 2. the few lines that start with ``\\`` (``\\data\\``, ``\\k-grams:``, ``\\end\\``) and the counts
    lines are read in Python; each section is then a block of lines of k + 1 or k + 2 tokens;
-3. probabilities and back-off weights are parsed as decimals: the mantissa digits M and the
-   exponent E of ``M * 10^E`` column by column over blocks of tokens, then one multiplication
-   or division by an exact power of ten (M < 2^53, |E| <= 22), which is correctly rounded, so
-   the value is exactly Python's ``float`` of the text (Clinger 1990, the "fast path");
-4. a word is the tuple of its bytes read eight at a time as little-endian uint64 (zero-padded:
-   words hold no NUL byte); the words of the 1-grams are hashed into a table (one dict lookup
-   per 1-gram), every other word is found in it by its hash and then compared chunk by chunk;
-5. the keys are built as ``seqlab.classical.counts`` encodes them, one batched search per order.
+3. probabilities and back-off weights are parsed as decimals ``M * 10^E``, then one
+   multiplication or division by an exact power of ten (M < 2^53, |E| <= 22), which is
+   correctly rounded, so the value is exactly Python's ``float`` of the text (Clinger 1990, the
+   "fast path"). What seqlab and KenLM write (``-1.2345678``, ``-0.12345678``, ``0``, ``-99``)
+   is read as two 8-byte words per number, the digits combined by multiply-shifts (SWAR);
+   exponents and other forms digit column by digit column;
+4. a word of at most 8 bytes is its bytes as one little-endian uint64 (zero-padded: words hold
+   no NUL byte), looked up exactly in a hash table of the short 1-grams; a longer word is
+   hashed over its 8-byte chunks, looked up among the long 1-grams and compared chunk by chunk;
+5. the keys are built as ``seqlab.classical.counts`` encodes them; a context is found among
+   the n-grams of the order below as one base-``n_ids`` number (one binary search per order).
 
 Anything the fast path cannot vouch for (a line that is not a well-formed n-gram, a number it
 does not parse, an unusual byte) hands the file to ``read_arpa_reference``, the line-by-line
@@ -32,7 +36,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +53,12 @@ from seqlab.errors import CheckpointError, ConfigError, DataError
 
 BINARY_FORMAT = "seqlab-ngram-tables"
 BINARY_VERSION = "1"
-BLOCK = 1 << 16                        # tokens parsed at once: (BLOCK, width) byte matrices
+BLOCK = 1 << 14                        # tokens parsed at once (temporaries of BLOCK or (BLOCK, width))
+WORD_BLOCK = 1 << 16                   # words looked up at once
 POWERS_OF_TEN = 10.0 ** np.arange(23)  # exact in float64
 EXACT_MANTISSA = 2**53
 INTEGER_POWERS = 10 ** np.arange(19, dtype=np.int64)
+SPELLED_BELOW = 2**63                  # n-grams are looked up as base-n_ids numbers while these fit in int64
 
 
 @dataclasses.dataclass
@@ -65,14 +72,15 @@ class _Order:
 
 
 class _Where:
-    """Where things are in the file, for error messages: the line of each n-gram and the text of
-    each word. ``lines[k - 1]`` (N_k,) holds 1-based line numbers."""
+    """Where things are in the file, for error messages, looked up only when one is raised:
+    ``line_number(k, row)`` the 1-based line of the row-th k-gram, ``word(k, row, column)`` the
+    text of one of its words."""
 
-    def __init__(self, file_name: str, lines: Sequence[np.ndarray], word: Callable[[int, int, int], str]):
-        self.file_name, self.lines, self.word = file_name, lines, word
+    def __init__(self, file_name: str, line_number: Callable[[int, int], int], word: Callable[[int, int, int], str]):
+        self.file_name, self.line_number, self.word = file_name, line_number, word
 
     def line(self, order: int, row: int) -> str:
-        return f"line {int(self.lines[order - 1][row])} of {self.file_name}"
+        return f"line {self.line_number(order, row)} of {self.file_name}"
 
 
 def read_arpa_file(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
@@ -81,10 +89,14 @@ def read_arpa_file(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
     ``read_arpa_reference``, and the same errors."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            buffer = np.zeros(size + 17, np.uint8)      # a last newline; room for 8-byte loads
+            complete = handle.readinto(memoryview(buffer)[:size]) == size and not handle.read(1)
     except OSError as error:
         raise DataError(f"cannot read ARPA file {str(path)!r}: {error}") from None
-    parsed = _parse_fast(data, path.name)
+    buffer[size] = 10
+    parsed = _parse_fast(buffer, size, path.name) if complete else None
     if parsed is None:
         return read_arpa_reference(path)
     return _assemble(*parsed)
@@ -93,30 +105,25 @@ def read_arpa_file(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
 # ---- the fast path: whole-array parsing -------------------------------------------------------
 
 
-def _parse_fast(data: bytes, file_name: str) -> tuple | None:
-    """The arguments of ``_assemble``, or None where the reference reader must decide."""
-    size = len(data)
-    buffer = np.frombuffer(data + b"\n" + bytes(16), np.uint8)   # a last newline; room for 8-byte loads
+def _parse_fast(buffer: np.ndarray, size: int, file_name: str) -> tuple | None:
+    """The arguments of ``_assemble``, or None where the reference reader must decide.
+
+    ``buffer`` holds the file's ``size`` bytes, a newline and 16 zero bytes.
+    """
     text = buffer[: size + 1]
-    separator = np.flatnonzero(text <= 32)                         # (S,) whitespace and control bytes
-    char = text[separator]
-    newline = char == 10
-    if not np.all(newline | (char == 9) | (char == 32) | (char == 13)):
-        return None                     # a form feed, a NUL...: splitlines() and split() disagree
-    if not np.all(text[separator[char == 13] + 1] == 10):
-        return None                     # a lone \r is a line break to the reference reader
-    previous = np.empty_like(separator)
-    previous[0], previous[1:] = -1, separator[:-1]
-    ends_token = separator - previous > 1
-    starts, ends = previous[ends_token] + 1, separator[ends_token]        # (T,) each token's bytes
-    token_line = (np.cumsum(newline) - newline)[ends_token]              # (T,) 0-based line
-    first = np.ones(len(starts), dtype=bool)
-    first[1:] = token_line[1:] != token_line[:-1]
+    data = memoryview(buffer)
+    is_ascii = text.max() < 128
+    if not is_ascii and not _plain_utf8(buffer, size):
+        return None
+    tokens = _tokens(text)
+    if tokens is None:
+        return None
+    starts, ends, first = tokens
     line_first = np.flatnonzero(first)                                    # (R,) per non-blank line
     n_fields = np.diff(np.append(line_first, len(starts)))                # (R,)
 
     def line_text(row: int) -> str:
-        return data[starts[line_first[row]]: ends[line_first[row] + n_fields[row] - 1]].decode("utf-8")
+        return str(data[starts[line_first[row]]: ends[line_first[row] + n_fields[row] - 1]], "utf-8")
 
     headers = np.flatnonzero(text[starts[line_first]] == 92).tolist()     # lines that start with \
     try:
@@ -142,7 +149,8 @@ def _parse_fast(data: bytes, file_name: str) -> tuple | None:
     has_backoff = [n_fields[section] == k + 2 for k, section in enumerate(rows, start=1)]
     backoff_tokens = [t[b] + k + 1 for k, (t, b) in enumerate(zip(first_tokens, has_backoff), start=1)]
     number_tokens = np.concatenate(first_tokens + backoff_tokens)
-    values = _parse_decimals(buffer, starts[number_tokens], ends[number_tokens] - starts[number_tokens], data)
+    number_starts = starts[number_tokens]
+    values = _parse_decimals(buffer, number_starts, ends[number_tokens] - number_starts, data)
     if values is None:
         return None
     splits = np.cumsum([len(t) for t in first_tokens + backoff_tokens])[:-1]
@@ -156,15 +164,16 @@ def _parse_fast(data: bytes, file_name: str) -> tuple | None:
     # Words: the 1-grams' bytes make the table every other word is looked up in.
     unigram_tokens = first_tokens[0] + 1
     word_tokens = [(t[:, None] + np.arange(1, k + 1)).reshape(-1) for k, t in enumerate(first_tokens[1:], start=2)]
-    try:
-        unigram_words = [data[s:e].decode("utf-8") for s, e in zip(starts[unigram_tokens].tolist(),
-                                                                 ends[unigram_tokens].tolist())]
-    except UnicodeDecodeError:
-        return None
-    if any(len(word.split()) != 1 for word in unigram_words):
-        return None                     # Unicode whitespace: the reference reader splits there
+    unigram_starts, unigram_ends = starts[unigram_tokens], ends[unigram_tokens]
+    section = bytes(data[unigram_starts[0]: unigram_ends[-1]]) if len(unigram_tokens) else b""
+    if is_ascii:                                    # offsets in bytes are offsets in characters
+        section = section.decode("ascii")
+    unigram_words = [section[s:e] for s, e in zip((unigram_starts - unigram_starts[:1]).tolist(),
+                                                  (unigram_ends - unigram_starts[:1]).tolist())]
+    if not is_ascii:
+        unigram_words = [word.decode("utf-8") for word in unigram_words]
     queries = np.concatenate(word_tokens) if word_tokens else np.zeros(0, dtype=np.int64)
-    unigram_row = _find_words(buffer, starts, ends - starts, unigram_tokens, queries)
+    unigram_row = _find_words(buffer, starts, ends, unigram_tokens, queries)
     if unigram_row is None:
         return None
     orders = [_Order(np.zeros((0, 1), dtype=np.int64), log10_probs[0], log10_backoffs[0])]
@@ -176,10 +185,69 @@ def _parse_fast(data: bytes, file_name: str) -> tuple | None:
 
     def word(order: int, row: int, column: int) -> str:
         token = word_tokens[order - 2][row * order + column]
-        return data[starts[token]: ends[token]].decode("utf-8", errors="replace")
+        return str(data[starts[token]: ends[token]], "utf-8")
 
-    lines = [token_line[t] + 1 for t in first_tokens]
-    return unigram_words, orders, _Where(file_name, lines, word)
+    def line_number(order: int, row: int) -> int:
+        return bytes(data[: starts[first_tokens[order - 1][row]]]).count(b"\n") + 1
+
+    return unigram_words, orders, _Where(file_name, line_number, word)
+
+
+def _tokens(text: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Each token's first byte and the byte after it (T,), and whether it starts a line (T,),
+    of ``text``, which ends with a newline; None where a byte would make the reference reader
+    split differently (a control byte other than tab, LF, CR; a CR not before an LF)."""
+    separator = np.flatnonzero(text <= 32)                         # (S,) whitespace and control bytes
+    char = text[separator]
+    newline = char == 10
+    if not np.all(newline | (char == 9) | (char == 32) | (char == 13)):
+        return None                     # a form feed, a NUL...: splitlines() and split() disagree
+    if not np.all(text[separator[char == 13] + 1] == 10):
+        return None                     # a lone \r is a line break to the reference reader
+    previous = np.empty_like(separator)
+    previous[0], previous[1:] = -1, separator[:-1]
+    ends_token = separator - previous > 1
+    starts, ends = previous[ends_token] + 1, separator[ends_token]        # (T,)
+    first = np.empty(len(starts), dtype=bool)                             # (T,) first of its line
+    first[:1] = True
+    first[1:] = text[starts[1:] - 1] == 10                                # a newline just before
+    several = np.flatnonzero(starts[1:] - ends[:-1] > 1)                 # or anywhere in a longer gap
+    if len(several) > 100:                                                # CRLF, indented lines...
+        newlines = separator[newline]
+        first[several + 1] = (np.searchsorted(newlines, starts[several + 1])
+                              > np.searchsorted(newlines, ends[several]))
+    for gap in several.tolist() if len(several) <= 100 else []:          # blank lines
+        first[gap + 1] = np.any(text[ends[gap]: starts[gap + 1]] == 10)
+    return starts, ends, first
+
+
+# Python's whitespace (``str.isspace``, where ``str.split`` and ``str.splitlines`` break) above ASCII.
+UNICODE_SPACES = "\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+                 "\u2028\u2029\u202f\u205f\u3000"
+
+
+def _plain_utf8(buffer: np.ndarray, size: int) -> bool:
+    """Whether the first ``size`` bytes (followed by at least two more) are UTF-8 without
+    whitespace above ASCII: the reference reader would reject the file otherwise, or break lines
+    or fields where the fast path does not.
+
+    In valid UTF-8 a character's bytes occur nowhere else, so each space is looked for as the
+    first byte of its encoding followed by the rest (2 or 3 bytes).
+    """
+    try:
+        str(memoryview(buffer)[:size], "utf-8")
+    except UnicodeDecodeError:
+        return False
+    encodings = [space.encode("utf-8") for space in UNICODE_SPACES]
+    leads = np.flatnonzero(np.isin(buffer[:size], [encoding[0] for encoding in encodings]))
+    following = buffer[leads + 1].astype(np.int64) << 8 | buffer[leads + 2]
+    lead = buffer[leads]
+    for encoding in encodings:
+        rest = encoding[1] << 8 | (encoding[2] if len(encoding) == 3 else 0)
+        mask = 0xFFFF if len(encoding) == 3 else 0xFF00
+        if np.any((lead == encoding[0]) & (following & mask == rest)):
+            return False
+    return True
 
 
 def _parse_count_line(text: str, order: int) -> int | None:
@@ -196,24 +264,26 @@ def _parse_decimals(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
     """The float64 value of each token ``buffer[starts[i]: starts[i] + lengths[i]]``, as Python's
     ``float`` reads it; None where one is not a number or is NaN or +inf.
 
-    Tokens of the form ``[+-]digits[.digits][(e|E)[+-]digits]`` with at most 17 significant
-    digits and an exponent that keeps to the exact fast path are parsed here; the others (``-inf``,
+    Plain decimals ``[-]digits[.digits]`` of at most 16 digits (what ``%.8g`` writes but for
+    small values) are parsed eight bytes at a time (``_parse_packed``); the others of the form
+    ``[+-]digits[.digits][(e|E)[+-]digits]`` with at most 17 significant digits and an exponent
+    that keeps to the exact fast path column by column (``_parse_general``); the rest (``-inf``,
     long mantissas) by ``float``, one by one.
     """
-    values = np.empty(len(starts))
+    values, good = np.empty(len(starts)), np.empty(len(starts), dtype=bool)
+    for block in range(0, len(starts), BLOCK):       # blocks whose temporaries stay in cache
+        values[block: block + BLOCK], good[block: block + BLOCK] = _parse_packed(
+            buffer, starts[block: block + BLOCK], lengths[block: block + BLOCK])
+    rest = np.flatnonzero(~good)
     slow = []
-    for block in range(0, len(starts), BLOCK):
-        start, length = starts[block: block + BLOCK], lengths[block: block + BLOCK]
-        plain, good = _parse_plain(buffer, start, length)
-        values[block: block + BLOCK] = plain
-        rest = np.flatnonzero(~good)
-        if len(rest):
-            general, good = _parse_general(buffer, start[rest], length[rest])
-            values[block + rest] = general
-            slow.extend((block + rest[~good]).tolist())
+    for block in range(0, len(rest), BLOCK):
+        tokens = rest[block: block + BLOCK]
+        general, good = _parse_general(buffer, starts[tokens], lengths[tokens])
+        values[tokens] = general
+        slow.extend(tokens[~good].tolist())
     for i in slow:
         try:
-            values[i] = float(data[starts[i]: starts[i] + lengths[i]].decode("ascii"))
+            values[i] = float(str(data[starts[i]: starts[i] + lengths[i]], "ascii"))
         except (ValueError, UnicodeDecodeError):
             return None
         if math.isnan(values[i]) or values[i] == math.inf:
@@ -221,26 +291,60 @@ def _parse_decimals(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
     return values
 
 
-def _parse_plain(buffer: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[-]digits[.digits]`` (what ``%.8g`` writes but for small values): the value of each
-    token and whether it had that form and fits the exact fast path."""
-    length = np.minimum(length, 24)
-    width = int(length.max()) if len(length) else 0
-    column = np.arange(width, dtype=np.int16)
-    inside = column < length[:, None]                                          # (m, W)
-    chars = np.where(inside, buffer[start[:, None] + column], 48)              # (m, W) uint8, '0' past the end
-    negative = chars[:, 0] == 45
-    is_dot = chars == 46
-    dot_at = np.where(is_dot.any(axis=1), is_dot.argmax(axis=1), -1).astype(np.int16)   # -1: no dot
-    digit = chars - np.uint8(48)
-    is_digit = digit < 10
-    good = (is_digit | (column == dot_at[:, None]) | ((column == 0) & negative[:, None])).all(axis=1)
-    place = (length - 1).astype(np.int16)[:, None] - column - (column < dot_at[:, None])   # digits to the right
-    weight = np.where(is_digit & inside & (place >= 0), INTEGER_POWERS[np.clip(place, 0, 18)], 0)
-    whole = (digit.astype(np.int64) * weight).sum(axis=1)
-    fraction = np.where(dot_at >= 0, length - 1 - dot_at, 0)
-    good &= (length - (dot_at >= 0) - negative >= 1) & (length <= 18) & (whole < EXACT_MANTISSA) & (fraction <= 22)
-    magnitude = whole / POWERS_OF_TEN[np.minimum(fraction, 22)]
+def _bytes_repeated(byte: int) -> np.uint64:
+    return np.uint64(int.from_bytes(bytes([byte]) * 8, "little"))
+
+
+ASCII_ZEROS, DOTS_AS_DIGITS = _bytes_repeated(48), _bytes_repeated(46 ^ 48)
+LOW_BITS, HIGH_BITS, ABOVE_NINE = _bytes_repeated(1), _bytes_repeated(128), _bytes_repeated(128 - 10)
+KEEP_FROM_BYTE = np.array([(2**64 - 1) << (8 * k) & (2**64 - 1) for k in range(8)] + [0], dtype=np.uint64)
+LOW_BYTES = ~KEEP_FROM_BYTE                       # LOW_BYTES[k]: the lowest k bytes set
+UNSIGNED_POWERS = 10 ** np.arange(20, dtype=np.uint64)
+
+
+def _parse_packed(buffer: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[-]digits[.digits]`` of at most 16 bytes after the sign: the value of each token and
+    whether it had that form and fits the exact fast path.
+
+    The 16 bytes that end each token are two little-endian uint64 words, the first character in
+    the lowest byte (``start + length >= 16``: the file's numbers come after its header). Bytes
+    before the digits are zeroed, the first dot found by a zero-byte test is zeroed too, every
+    byte is then checked to be a digit, and each word's eight digits are combined by three
+    multiply-shifts (SWAR: pairs, then fours, then eights). With the dot read as a 0 digit, the
+    16 digits are ``N' = I 10^(f + 1) + F`` for integer part I and f fraction digits F; the
+    mantissa is ``N = I 10^f + F`` and the value ``N / 10^f``, correctly rounded when
+    ``N < 2^53`` (Clinger's fast path).
+    """
+    loads = np.ndarray((len(buffer) - 7,), dtype="<u8", buffer=buffer, strides=(1,))
+    end = start + length
+    negative = buffer[start] == 45
+    body = length - negative                                             # the bytes after the sign
+    window = np.maximum(end, 16) - 16
+    first = (loads[window] ^ ASCII_ZEROS) & KEEP_FROM_BYTE[np.clip(16 - body, 0, 8)]    # digits 0..9
+    second = (loads[window + 8] ^ ASCII_ZEROS) & KEEP_FROM_BYTE[np.clip(8 - body, 0, 8)]
+    dots = []                                             # per word: the flag bit of its first dot, or 0
+    for word in (first, second):
+        is_dot = word ^ DOTS_AS_DIGITS
+        is_dot = (is_dot - LOW_BITS) & ~is_dot & HIGH_BITS                # the lowest flag marks a dot
+        dots.append(is_dot & (~is_dot + np.uint64(1)))
+    in_second = dots[1] != 0
+    dots[0][in_second] = 0
+    has_dot = in_second | (dots[0] != 0)
+    dot_at = np.frexp(dots[0] | dots[1])[1] // 8 + np.where(in_second, 7, -1)   # 0..15 in the 16 bytes
+    fraction = np.where(has_dot, 15 - dot_at, 0)
+    first ^= (dots[0] >> np.uint64(7)) * np.uint64(46 ^ 48)            # the dot becomes a 0 digit
+    second ^= (dots[1] >> np.uint64(7)) * np.uint64(46 ^ 48)
+    all_digits = ((first | (first + ABOVE_NINE) | second | (second + ABOVE_NINE)) & HIGH_BITS) == 0
+    digits = []
+    for word in (first, second):
+        word = ((word & _bytes_repeated(15)) * np.uint64(10 * 256 + 1)) >> np.uint64(8)
+        word = ((word & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(100 * 65536 + 1)) >> np.uint64(16)
+        digits.append(((word & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(10000 * 2**32 + 1)) >> np.uint64(32))
+    integer, fractional = np.divmod(digits[0] * np.uint64(10**8) + digits[1],
+                                    np.where(has_dot, UNSIGNED_POWERS[fraction + 1], 1))
+    mantissa = integer * UNSIGNED_POWERS[fraction] + fractional
+    good = all_digits & (body >= 1 + has_dot) & (body <= 16) & (end >= 16) & (mantissa < EXACT_MANTISSA)
+    magnitude = mantissa.astype(np.float64) / POWERS_OF_TEN[fraction]
     return np.where(negative, -magnitude, magnitude), good
 
 
@@ -285,22 +389,54 @@ def _parse_general(buffer: np.ndarray, start: np.ndarray, length: np.ndarray) ->
 def _word_chunks(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, chunk: int) -> np.ndarray:
     """Bytes ``8 chunk .. 8 chunk + 7`` of each token as a little-endian uint64, zero-padded."""
     loads = np.ndarray((len(buffer) - 7,), dtype="<u8", buffer=buffer, strides=(1,))
-    remaining = np.clip(lengths - 8 * chunk, 0, 8).astype(np.uint64)
-    mask = np.where(remaining == 8, np.uint64(2**64 - 1),
-                    (np.uint64(1) << (np.uint64(8) * remaining)) - np.uint64(1))
-    return loads[np.minimum(starts + 8 * chunk, len(loads) - 1)] & mask
+    if chunk == 0:                                                # every token starts inside the file
+        return loads[starts] & LOW_BYTES[np.minimum(lengths, 8)]
+    remaining = np.clip(lengths - 8 * chunk, 0, 8)
+    return loads[np.minimum(starts + 8 * chunk, len(loads) - 1)] & LOW_BYTES[remaining]
 
 
-def _find_words(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, unigram_tokens: np.ndarray,
+def _find_words(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray, unigram_tokens: np.ndarray,
                 queries: np.ndarray) -> np.ndarray | None:
-    """The 1-gram row of each query token's word, -1 where it is not a 1-gram; None on a hash
-    collision (the reference reader then decides).
+    """The 1-gram row of each query token's word (token i is ``buffer[starts[i]: ends[i]]``), -1
+    where it is not a 1-gram; None on a hash collision or a repeated 1-gram (the reference
+    reader then decides).
 
-    A word's hash is ``sum_j chunk_j * M_j + length * M`` (mod 2^64) over its uint64 chunks; a
-    query found by its hash is then compared chunk by chunk, so a collision cannot go unseen.
+    A word of at most 8 bytes is its zero-padded bytes as one uint64 (words hold no NUL byte),
+    looked up exactly among the short 1-grams. A longer word is looked up among the long 1-grams
+    by ``sum_j chunk_j * M_j + length * M`` (mod 2^64) over its uint64 chunks, then compared
+    chunk by chunk, so a collision cannot go unseen.
     """
-    unigram_start, unigram_length = starts[unigram_tokens], lengths[unigram_tokens]
-    query_start, query_length = starts[queries], lengths[queries]
+    unigram_start = starts[unigram_tokens]
+    unigram_length = ends[unigram_tokens] - unigram_start
+    long_unigrams = np.flatnonzero(unigram_length > 8)
+    first_chunks = _word_chunks(buffer, unigram_start, unigram_length, 0)
+    first_chunks[long_unigrams] = long_unigrams.astype(np.uint64) << np.uint64(8) | np.uint64(1)   # no word's
+    table = pd.Index(first_chunks)                # bytes: a word's first byte is above 32, these are 1
+    if not table.is_unique:
+        return None
+    row = np.empty(len(queries), dtype=np.int64)
+    long_queries = []
+    for block in range(0, len(queries), WORD_BLOCK):           # blocks whose temporaries stay in cache
+        query_start = starts[queries[block: block + WORD_BLOCK]]
+        query_length = ends[queries[block: block + WORD_BLOCK]] - query_start
+        row[block: block + WORD_BLOCK] = table.get_indexer(_word_chunks(buffer, query_start, query_length, 0))
+        long_queries.append(block + np.flatnonzero(query_length > 8))   # their first chunk may be an 8-byte word's
+    long_queries = np.concatenate(long_queries) if long_queries else np.zeros(0, dtype=np.int64)
+    row[long_queries] = -1
+    query_start = starts[queries[long_queries]]
+    query_length = ends[queries[long_queries]] - query_start
+    if len(long_queries) and len(long_unigrams):
+        found = _find_long_words(buffer, unigram_start[long_unigrams], unigram_length[long_unigrams],
+                                 query_start, query_length)
+        if found is None:
+            return None
+        row[long_queries] = np.where(found >= 0, long_unigrams[found], -1)
+    return row
+
+
+def _find_long_words(buffer: np.ndarray, unigram_start: np.ndarray, unigram_length: np.ndarray,
+                     query_start: np.ndarray, query_length: np.ndarray) -> np.ndarray | None:
+    """``_find_words`` by hash and comparison: the row of each query among the given 1-grams."""
     n_chunks = (int(max(unigram_length.max(initial=1), query_length.max(initial=1))) + 7) // 8
     multipliers = np.random.default_rng(0).integers(1, 2**63, size=n_chunks + 1, dtype=np.uint64) | np.uint64(1)
     unigram_chunks = np.stack([_word_chunks(buffer, unigram_start, unigram_length, chunk)
@@ -311,7 +447,7 @@ def _find_words(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, uni
             axis=1, dtype=np.uint64)
         query_hash = query_length.astype(np.uint64) * multipliers[-1]
         for chunk in range(n_chunks):
-            reaching = np.flatnonzero(query_length > 8 * chunk) if chunk else np.arange(len(queries))
+            reaching = np.flatnonzero(query_length > 8 * chunk) if chunk else np.arange(len(query_start))
             values = _word_chunks(buffer, query_start[reaching], query_length[reaching], chunk)
             query_hash[reaching] += values * multipliers[chunk]
             query_chunks.append((reaching, values))
@@ -340,7 +476,7 @@ def _assemble(unigram_words: list[str], orders: list[_Order], where: _Where) -> 
     dense = np.array([first_seen.setdefault(word, len(first_seen)) for word in unigram_words], dtype=np.int64)
     _reject_repeats(dense, where, 1)
     others = (word for word in unigram_words if word not in (UNKNOWN, SENTENCE_START))
-    vocabulary = WordVocabulary((UNKNOWN, *others))
+    vocabulary = WordVocabulary._from_split_words((UNKNOWN, *others))
     index = {**vocabulary.index, SENTENCE_START: vocabulary.start_id}
     model = NGramLM(NGramConfig(vocab_size=len(vocabulary.words), order=len(orders)))
     n_ids = model.n_ids
@@ -353,22 +489,30 @@ def _assemble(unigram_words: list[str], orders: list[_Order], where: _Where) -> 
     unigram_backoff[unigram_ids] = orders[0].log10_backoff * LN10
     keys = [torch.arange(n_ids)]
     log_probs, log_backoffs = [torch.from_numpy(unigram_log_prob)], [torch.from_numpy(unigram_backoff)]
+    spelled = np.arange(n_ids)          # the n-grams of the order below, sorted, as base-n_ids numbers
     for k, order in enumerate(orders[1:], start=2):
-        unknown = np.flatnonzero((order.ids < 0).any(axis=1))
+        unknown = np.flatnonzero((order.ids < 0).any(axis=1)) if order.ids.size and order.ids.min() < 0 else []
         if len(unknown):
             row = int(unknown[0])
             column = int(np.argmax(order.ids[row] < 0))
             raise DataError(f"{where.line(k, row)}: the word {where.word(k, row, column)!r} is not among the 1-grams")
-        ids = torch.from_numpy(unigram_ids[order.ids])
-        prefix = ngrams.prefix_indices(keys, ids, n_ids)
-        missing = (prefix < 0).nonzero()
+        ids = unigram_ids[order.ids]                                            # (N, k)
+        if spelled is not None:
+            context = ids[:, 0]
+            for j in range(1, k - 1):
+                context = context * n_ids + ids[:, j]
+            prefix = _find_spelled(spelled, context)
+        else:
+            prefix = ngrams.prefix_indices(keys, torch.from_numpy(ids), n_ids).numpy()
+        missing = np.flatnonzero(prefix < 0)
         if len(missing):
             row = int(missing[0])
             context = " ".join(where.word(k, row, j) for j in range(k - 1))
             raise DataError(f"{where.line(k, row)}: the context {context!r} of this {k}-gram is not a "
                             f"{k - 1}-gram (every context must be stored, as KenLM requires)")
-        key = (prefix * n_ids + ids[:, -1]).numpy()
+        key = prefix * n_ids + ids[:, -1]
         ordering = _reject_repeats(key, where, k)
+        spelled = (context * n_ids + ids[:, -1])[ordering] if spelled is not None and n_ids**k < SPELLED_BELOW else None
         keys.append(torch.from_numpy(key[ordering]))
         log_probs.append(torch.from_numpy(order.log10_prob[ordering] * LN10))
         log_backoffs.append(torch.from_numpy(order.log10_backoff[ordering] * LN10))
@@ -377,9 +521,26 @@ def _assemble(unigram_words: list[str], orders: list[_Order], where: _Where) -> 
     return model, vocabulary
 
 
-def _reject_repeats(keys: np.ndarray, where: _Where, order: int) -> np.ndarray:
-    """The stable sorting order of ``keys``; DataError naming the second line of the first
-    n-gram listed twice."""
+def _find_spelled(spelled: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """The index of each query in ``spelled``, ``ABSENT`` where it is not there.
+
+    Keys are sorted by (prefix index, last id) and prefix indices are ranks in sorted order, so
+    the sorted n-grams of an order are in lexicographic order of their ids: written as base-n_ids
+    numbers ``sum_j w_j n_ids^(k - 1 - j)`` they are increasing, and one binary search finds a
+    context, where ``counts.prefix_indices`` searches once per word.
+    """
+    if not len(spelled):
+        return np.full(len(queries), ngrams.ABSENT)
+    position = np.minimum(np.searchsorted(spelled, queries), len(spelled) - 1)
+    return np.where(spelled[position] == queries, position, ngrams.ABSENT)
+
+
+def _reject_repeats(keys: np.ndarray, where: _Where, order: int) -> np.ndarray | slice:
+    """The stable sorting order of ``keys`` (all of them, in order, where they are increasing,
+    as a file seqlab wrote lists them); DataError naming the second line of the first n-gram
+    listed twice."""
+    if np.all(keys[1:] > keys[:-1]):
+        return slice(None)
     ordering = np.argsort(keys, kind="stable")
     ordered = keys[ordering]
     repeated = np.flatnonzero(ordered[1:] == ordered[:-1])
@@ -410,7 +571,7 @@ def read_arpa_reference(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
     orders = [_Order(np.array([[unigram_row.get(word, -1) for word in words] for words in section.words],
                               dtype=np.int64).reshape(-1, k), section.log10_prob, section.log10_backoff)
               for k, section in enumerate(sections, start=1)]
-    where = _Where(path.name, [np.array(section.lines) for section in sections],
+    where = _Where(path.name, lambda order, row: sections[order - 1].lines[row],
                    lambda order, row, column: sections[order - 1].words[row][column])
     return _assemble(unigram_words, orders, where)
 
