@@ -33,25 +33,14 @@ from pathlib import Path
 import kenlm
 import torch
 
+from seqlab.classical import arpa_reader, decimals
 from seqlab.classical.arpa import fit_sentences, read_arpa, write_arpa
-from seqlab.classical import arpa_reader
-from seqlab.classical.arpa_reader import load_binary, read_arpa_reference, save_binary
+from seqlab.classical.arpa_reader import read_arpa_reference
+from seqlab.classical.ngram_cache import load_binary, save_binary
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+from ngram import SHAKESPEARE, best_seconds_taking_turns, shakespeare_sentences   # benchmarks/ngram.py
 ORDER = 5
-
-
-def best_seconds_taking_turns(actions: dict, repeats: int) -> dict[str, float]:
-    best = {name: float("inf") for name in actions}
-    for _ in range(repeats):
-        for name, action in actions.items():
-            started = time.perf_counter()
-            action()
-            best[name] = min(best[name], time.perf_counter() - started)
-    return best
-
-
-STAGES = {"_parse_fast": "parse (all below)", "_parse_decimals": "  numbers",
+STAGES = {"_parse_fast": "parse (all below)", "parse_decimals": "  numbers",
           "_find_words": "  words", "_assemble": "assemble tables"}
 
 
@@ -61,9 +50,9 @@ def stage_seconds(arpa: Path) -> dict[str, float]:
     profiler.runcall(read_arpa, arpa)
     seconds = {name: 0.0 for name in STAGES}
     for (file_name, _, function), row in pstats.Stats(profiler).stats.items():
-        if function in seconds and file_name == arpa_reader.__file__:
+        if function in seconds and file_name in (arpa_reader.__file__, decimals.__file__):
             seconds[function] += row[3]
-    seconds["tokens and lines"] = seconds["_parse_fast"] - seconds["_parse_decimals"] - seconds["_find_words"]
+    seconds["tokens and lines"] = seconds["_parse_fast"] - seconds["parse_decimals"] - seconds["_find_words"]
     return seconds
 
 
@@ -72,9 +61,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10,000 lines, best of two")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if not SHAKESPEARE.is_file():
+    lines = shakespeare_sentences()
+    if lines is None:
         raise SystemExit(f"{SHAKESPEARE} is missing: see ../shared/data/README.md")
-    lines = [line for line in SHAKESPEARE.read_text(encoding="utf-8").splitlines() if line.strip()]
     if args.quick:
         lines = lines[:10_000]
     repeats = 2 if args.quick else 3
@@ -93,7 +82,8 @@ def main() -> None:
         started = time.perf_counter()
         read_arpa_reference(arpa)
         reference_seconds = time.perf_counter() - started
-        best = best_seconds_taking_turns(actions, repeats)
+        best = dict(zip(actions, (seconds for seconds, _ in best_seconds_taking_turns(list(actions.values()),
+                                                                                     repeats))))
         print(f"{len(lines)} lines, {ORDER}-gram: {[len(t) for t in model.tables]} n-grams; ARPA "
               f"{os.path.getsize(arpa) / 1e6:.1f} MB, cache {os.path.getsize(cache) / 1e6:.1f} MB; "
               f"load average {os.getloadavg()[0]:.2f}")
@@ -103,7 +93,7 @@ def main() -> None:
         print(f"{'seqlab reference (once)':<28}{reference_seconds:>10.3f}")
         stages = stage_seconds(arpa)
         print("seqlab arpa by stage (one profiled run):")
-        for name in ["_parse_fast", "tokens and lines", "_parse_decimals", "_find_words", "_assemble"]:
+        for name in ["_parse_fast", "tokens and lines", "parse_decimals", "_find_words", "_assemble"]:
             print(f"  {STAGES.get(name, '  ' + name):<26}{stages[name]:>10.3f}")
         binary_peer = "kenlm binary" if build_binary else "kenlm arpa"
         if not build_binary:

@@ -10,12 +10,11 @@ import safetensors.torch
 import torch
 from hypothesis import given, settings, strategies as st
 
-from seqlab.classical import arpa_reader
+from seqlab.classical import arpa_reader, decimals
 from seqlab.classical.arpa import LN10, ZERO_LOG10, fit_sentences, write_arpa
-from seqlab.classical.arpa_reader import (
-    UNICODE_SPACES, _parse_decimals, _parse_packed, _plain_utf8, load_binary, read_arpa_file, read_arpa_reference,
-    save_binary,
-)
+from seqlab.classical.arpa_reader import UNICODE_SPACES, _plain_utf8, read_arpa_file, read_arpa_reference
+from seqlab.classical.decimals import _parse_packed, parse_decimals
+from seqlab.classical.ngram_cache import load_binary, save_binary
 from seqlab.data.corpora import builtin_corpus
 from seqlab.errors import CheckpointError, DataError
 
@@ -106,7 +105,7 @@ def test_words_of_every_length_are_found_as_the_reference_finds_them(blocks, tmp
     """Words of 1 to 25 bytes (one uint64 chunk, exactly 8 bytes, several chunks, non-ASCII),
     and a long word whose first 8 bytes are a short 1-gram: found, or not, exactly; numbers and
     words parsed in blocks of any size."""
-    monkeypatch.setattr(arpa_reader, "BLOCK", blocks[0])
+    monkeypatch.setattr(decimals, "BLOCK", blocks[0])
     monkeypatch.setattr(arpa_reader, "WORD_BLOCK", blocks[1])
     words = ["abcdefghijklmnopqrstuvwxy"[:n] for n in range(1, 26)] + ["ça", "naïveté-über-straße"]
     sentences = [" ".join(words[i::3]) for i in range(3)] + [" ".join(reversed(words))]
@@ -154,7 +153,7 @@ def parse_as_in_a_file(texts: list[str]) -> tuple[np.ndarray | None, np.ndarray]
         data += text.encode()
     buffer = np.frombuffer(data + b"\n" + bytes(16), np.uint8)
     starts, lengths = np.array(starts), np.array([len(text.encode()) for text in texts])
-    return _parse_decimals(buffer, starts, lengths, data), _parse_packed(buffer, starts, lengths)[1]
+    return parse_decimals(buffer, starts, lengths, data), _parse_packed(buffer, starts, lengths)[1]
 
 
 def assert_parsed_as_python_float(texts: list[str]) -> None:

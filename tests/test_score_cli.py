@@ -9,7 +9,7 @@ import kenlm
 import pytest
 
 from seqlab.classical.arpa import fit_sentences, write_arpa
-from seqlab.classical.arpa_reader import CACHE_SUFFIX
+from seqlab.classical.ngram_cache import CACHE_SUFFIX
 from seqlab.cli import main
 from seqlab.data.corpora import builtin_corpus
 

@@ -473,7 +473,7 @@ def _score_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from seqlab.classical.arpa_reader import load_arpa
+    from seqlab.classical.ngram_cache import load_arpa
     from seqlab.classical.ngram_scoring import score_sentences
 
     model, vocabulary = load_arpa(args.model, cache=args.cache)

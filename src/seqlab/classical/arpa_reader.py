@@ -1,4 +1,4 @@
-"""Reading ARPA files at C speed, and a binary cache of the tables they hold.
+"""Reading ARPA files at C speed.
 
 ``read_arpa_file`` reads the file once as bytes and parses it with whole-array numpy operations,
 so no Python object is made per n-gram:
@@ -26,15 +26,13 @@ reader that is the specification: it raises the ``DataError`` naming the line, o
 file if the fast path was only being cautious. Errors found after parsing (an unknown word, a
 missing context, a repeated n-gram) are raised by the shared assembly with the line number.
 
-The binary cache (``save_binary`` / ``load_binary``) is a safetensors file of each order's
-sorted keys, ln p* and ln b as the model holds them, the discounts, the vocabulary as UTF-8
-bytes and the config as metadata; loading it is a memory map and no parsing.
+Numbers are parsed by ``seqlab.classical.decimals``; the binary cache of the tables is
+``seqlab.classical.ngram_cache``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable
@@ -42,22 +40,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import safetensors
-import safetensors.torch
 import torch
 
 from seqlab.classical import counts as ngrams
 from seqlab.classical.arpa import LN10, MISSING_UNKNOWN_LOG10, SENTENCE_START, UNKNOWN, WordVocabulary
 from seqlab.classical.ngram import NGramConfig, NGramLM
-from seqlab.errors import CheckpointError, ConfigError, DataError
+from seqlab.classical.decimals import LOW_BYTES, parse_decimals
+from seqlab.errors import DataError
 
-BINARY_FORMAT = "seqlab-ngram-tables"
-BINARY_VERSION = "1"
-BLOCK = 1 << 14                        # tokens parsed at once (temporaries of BLOCK or (BLOCK, width))
 WORD_BLOCK = 1 << 16                   # words looked up at once
-POWERS_OF_TEN = 10.0 ** np.arange(23)  # exact in float64
-EXACT_MANTISSA = 2**53
-INTEGER_POWERS = 10 ** np.arange(19, dtype=np.int64)
 SPELLED_BELOW = 2**63                  # n-grams are looked up as base-n_ids numbers while these fit in int64
 
 
@@ -150,7 +141,7 @@ def _parse_fast(buffer: np.ndarray, size: int, file_name: str) -> tuple | None:
     backoff_tokens = [t[b] + k + 1 for k, (t, b) in enumerate(zip(first_tokens, has_backoff), start=1)]
     number_tokens = np.concatenate(first_tokens + backoff_tokens)
     number_starts = starts[number_tokens]
-    values = _parse_decimals(buffer, number_starts, ends[number_tokens] - number_starts, data)
+    values = parse_decimals(buffer, number_starts, ends[number_tokens] - number_starts, data)
     if values is None:
         return None
     splits = np.cumsum([len(t) for t in first_tokens + backoff_tokens])[:-1]
@@ -258,132 +249,6 @@ def _parse_count_line(text: str, order: int) -> int | None:
     if not (k.strip().isdigit() and count.strip().isdigit()) or int(k) != order:
         return None
     return int(count)
-
-
-def _parse_decimals(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, data: bytes) -> np.ndarray | None:
-    """The float64 value of each token ``buffer[starts[i]: starts[i] + lengths[i]]``, as Python's
-    ``float`` reads it; None where one is not a number or is NaN or +inf.
-
-    Plain decimals ``[-]digits[.digits]`` of at most 16 digits (what ``%.8g`` writes but for
-    small values) are parsed eight bytes at a time (``_parse_packed``); the others of the form
-    ``[+-]digits[.digits][(e|E)[+-]digits]`` with at most 17 significant digits and an exponent
-    that keeps to the exact fast path column by column (``_parse_general``); the rest (``-inf``,
-    long mantissas) by ``float``, one by one.
-    """
-    values, good = np.empty(len(starts)), np.empty(len(starts), dtype=bool)
-    for block in range(0, len(starts), BLOCK):       # blocks whose temporaries stay in cache
-        values[block: block + BLOCK], good[block: block + BLOCK] = _parse_packed(
-            buffer, starts[block: block + BLOCK], lengths[block: block + BLOCK])
-    rest = np.flatnonzero(~good)
-    slow = []
-    for block in range(0, len(rest), BLOCK):
-        tokens = rest[block: block + BLOCK]
-        general, good = _parse_general(buffer, starts[tokens], lengths[tokens])
-        values[tokens] = general
-        slow.extend(tokens[~good].tolist())
-    for i in slow:
-        try:
-            values[i] = float(str(data[starts[i]: starts[i] + lengths[i]], "ascii"))
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if math.isnan(values[i]) or values[i] == math.inf:
-            return None
-    return values
-
-
-def _bytes_repeated(byte: int) -> np.uint64:
-    return np.uint64(int.from_bytes(bytes([byte]) * 8, "little"))
-
-
-ASCII_ZEROS, DOTS_AS_DIGITS = _bytes_repeated(48), _bytes_repeated(46 ^ 48)
-LOW_BITS, HIGH_BITS, ABOVE_NINE = _bytes_repeated(1), _bytes_repeated(128), _bytes_repeated(128 - 10)
-KEEP_FROM_BYTE = np.array([(2**64 - 1) << (8 * k) & (2**64 - 1) for k in range(8)] + [0], dtype=np.uint64)
-LOW_BYTES = ~KEEP_FROM_BYTE                       # LOW_BYTES[k]: the lowest k bytes set
-UNSIGNED_POWERS = 10 ** np.arange(20, dtype=np.uint64)
-
-
-def _parse_packed(buffer: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[-]digits[.digits]`` of at most 16 bytes after the sign: the value of each token and
-    whether it had that form and fits the exact fast path.
-
-    The 16 bytes that end each token are two little-endian uint64 words, the first character in
-    the lowest byte (``start + length >= 16``: the file's numbers come after its header). Bytes
-    before the digits are zeroed, the first dot found by a zero-byte test is zeroed too, every
-    byte is then checked to be a digit, and each word's eight digits are combined by three
-    multiply-shifts (SWAR: pairs, then fours, then eights). With the dot read as a 0 digit, the
-    16 digits are ``N' = I 10^(f + 1) + F`` for integer part I and f fraction digits F; the
-    mantissa is ``N = I 10^f + F`` and the value ``N / 10^f``, correctly rounded when
-    ``N < 2^53`` (Clinger's fast path).
-    """
-    loads = np.ndarray((len(buffer) - 7,), dtype="<u8", buffer=buffer, strides=(1,))
-    end = start + length
-    negative = buffer[start] == 45
-    body = length - negative                                             # the bytes after the sign
-    window = np.maximum(end, 16) - 16
-    first = (loads[window] ^ ASCII_ZEROS) & KEEP_FROM_BYTE[np.clip(16 - body, 0, 8)]    # digits 0..9
-    second = (loads[window + 8] ^ ASCII_ZEROS) & KEEP_FROM_BYTE[np.clip(8 - body, 0, 8)]
-    dots = []                                             # per word: the flag bit of its first dot, or 0
-    for word in (first, second):
-        is_dot = word ^ DOTS_AS_DIGITS
-        is_dot = (is_dot - LOW_BITS) & ~is_dot & HIGH_BITS                # the lowest flag marks a dot
-        dots.append(is_dot & (~is_dot + np.uint64(1)))
-    in_second = dots[1] != 0
-    dots[0][in_second] = 0
-    has_dot = in_second | (dots[0] != 0)
-    dot_at = np.frexp(dots[0] | dots[1])[1] // 8 + np.where(in_second, 7, -1)   # 0..15 in the 16 bytes
-    fraction = np.where(has_dot, 15 - dot_at, 0)
-    first ^= (dots[0] >> np.uint64(7)) * np.uint64(46 ^ 48)            # the dot becomes a 0 digit
-    second ^= (dots[1] >> np.uint64(7)) * np.uint64(46 ^ 48)
-    all_digits = ((first | (first + ABOVE_NINE) | second | (second + ABOVE_NINE)) & HIGH_BITS) == 0
-    digits = []
-    for word in (first, second):
-        word = ((word & _bytes_repeated(15)) * np.uint64(10 * 256 + 1)) >> np.uint64(8)
-        word = ((word & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(100 * 65536 + 1)) >> np.uint64(16)
-        digits.append(((word & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(10000 * 2**32 + 1)) >> np.uint64(32))
-    integer, fractional = np.divmod(digits[0] * np.uint64(10**8) + digits[1],
-                                    np.where(has_dot, UNSIGNED_POWERS[fraction + 1], 1))
-    mantissa = integer * UNSIGNED_POWERS[fraction] + fractional
-    good = all_digits & (body >= 1 + has_dot) & (body <= 16) & (end >= 16) & (mantissa < EXACT_MANTISSA)
-    magnitude = mantissa.astype(np.float64) / POWERS_OF_TEN[fraction]
-    return np.where(negative, -magnitude, magnitude), good
-
-
-def _parse_general(buffer: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[+-]digits[.digits][(e|E)[+-]digits]``: the value of each token and whether it had that
-    form and fits the exact fast path."""
-    too_long = length > 24
-    length = np.minimum(length, 24)
-    width = int(length.max()) if len(length) else 0
-    column = np.arange(width)
-    inside = column < length[:, None]                                          # (m, W)
-    chars = np.where(inside, buffer[start[:, None] + column], 0)               # (m, W) uint8
-    signed = (chars[:, 0] == 45) | (chars[:, 0] == 43)
-    is_e = (chars == 101) | (chars == 69)
-    has_e = is_e.any(axis=1)
-    e_at = np.where(has_e, is_e.argmax(axis=1), length)
-    is_digit = (chars >= 48) & (chars <= 57)
-    is_dot = chars == 46
-    mantissa = is_digit & (column < e_at[:, None])                              # (m, W)
-    exponent = is_digit & (column > e_at[:, None])
-    exponent_sign = (column == e_at[:, None] + 1) & ((chars == 45) | (chars == 43))
-    allowed = (is_digit | (is_dot & (column < e_at[:, None])) | (is_e & (column == e_at[:, None]))
-               | ((column == 0) & signed[:, None]) | exponent_sign | ~inside)
-    n_mantissa, n_exponent = mantissa.sum(axis=1), exponent.sum(axis=1)
-    dot_at = np.where(is_dot.any(axis=1), is_dot.argmax(axis=1), e_at)
-    fraction = (mantissa & (column > dot_at[:, None])).sum(axis=1)
-    digit = chars.astype(np.int64) - 48
-    place = np.cumsum(mantissa[:, ::-1], axis=1)[:, ::-1] - 1                  # digits to the right
-    whole = np.where(mantissa, digit * INTEGER_POWERS[np.clip(place, 0, 18)], 0).sum(axis=1)
-    place = np.cumsum(exponent[:, ::-1], axis=1)[:, ::-1] - 1
-    power = np.where(exponent, digit * INTEGER_POWERS[np.clip(place, 0, 3)], 0).sum(axis=1)
-    negative_power = exponent_sign.any(axis=1) & (chars[np.arange(len(chars)), np.minimum(e_at + 1, width - 1)] == 45)
-    power = np.where(negative_power, -power, power) - fraction
-    good = (allowed.all(axis=1) & (is_dot.sum(axis=1) <= 1) & (is_e.sum(axis=1) <= 1) & (n_mantissa >= 1)
-            & (n_mantissa <= 17) & (n_exponent <= 3) & (has_e <= (n_exponent >= 1))
-            & (whole < EXACT_MANTISSA) & (np.abs(power) <= 22) & ~too_long)
-    magnitude = np.where(power >= 0, whole * POWERS_OF_TEN[np.clip(power, 0, 22)],
-                         whole / POWERS_OF_TEN[np.clip(-power, 0, 22)])
-    return np.where(chars[:, 0] == 45, -magnitude, magnitude), good
 
 
 def _word_chunks(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, chunk: int) -> np.ndarray:
@@ -661,123 +526,3 @@ class _LineParser:
         if math.isnan(value) or value == math.inf:
             raise self.error(f"the {what} {field!r} is not a log10 value")
         return value
-
-
-# ---- the binary cache -------------------------------------------------------------------------
-
-
-def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path) -> None:
-    """Write ``model``'s tables and ``vocabulary`` as one safetensors file for ``load_binary``.
-
-    Tensors: ``order{k}.keys`` (N_k,) int64, ``order{k}.log_prob`` and ``order{k}.log_backoff``
-    as the model holds them, ``discounts`` (n, 3) and ``vocabulary`` (bytes,) uint8, the words
-    joined by newlines. Metadata: the format name and version and the ``NGramConfig`` as JSON.
-    """
-    if model.vocab_size != len(vocabulary.words):
-        raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "
-                          f"{len(vocabulary.words)} words")
-    tensors = {"discounts": model.discounts.detach().cpu().contiguous(),
-               "vocabulary": torch.frombuffer(bytearray("\n".join(vocabulary.words).encode("utf-8")), dtype=torch.uint8)}
-    for k, table in enumerate(model.tables, start=1):
-        for name in ("keys", "log_prob", "log_backoff"):
-            tensors[f"order{k}.{name}"] = getattr(table, name).detach().cpu().contiguous()
-    metadata = {"format": BINARY_FORMAT, "version": BINARY_VERSION,
-                "config": json.dumps(dataclasses.asdict(model.config))}
-    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
-
-
-CACHE_SUFFIX = ".seqlab.safetensors"
-
-
-def load_arpa(path: str | Path, *, cache: bool = False) -> tuple[NGramLM, WordVocabulary]:
-    """The model of an ARPA file or of a binary cache (a ``.safetensors`` file ``save_binary``
-    wrote). With ``cache``, an ARPA file is read through ``PATH.seqlab.safetensors`` beside it:
-    loaded from there when it is newer than the ARPA file, else the ARPA file is parsed and the
-    cache written (aside, then renamed). A file at that name that seqlab did not write is never
-    replaced.
-
-    Raises:
-        DataError: the ARPA file is missing or malformed. CheckpointError: the cache is corrupt.
-        ConfigError: a file that is not seqlab's cache holds the cache's name.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_binary(path)
-    if not cache:
-        return read_arpa_file(path)
-    cached = path.with_name(path.name + CACHE_SUFFIX)
-    if cached.is_file():
-        try:
-            with safetensors.safe_open(str(cached), framework="pt") as handle:
-                ours = (handle.metadata() or {}).get("format") == BINARY_FORMAT
-        except (OSError, safetensors.SafetensorError):
-            ours = False
-        if not ours:
-            raise ConfigError(f"{str(cached)!r} is not a seqlab n-gram cache; move it, or score without --cache")
-        if path.is_file() and cached.stat().st_mtime >= path.stat().st_mtime:
-            return load_binary(cached)
-    model, vocabulary = read_arpa_file(path)
-    staging = cached.with_name(f".{cached.name}.partial")
-    save_binary(model, vocabulary, staging)
-    staging.replace(cached)
-    return model, vocabulary
-
-
-def load_binary(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
-    """The model and vocabulary ``save_binary`` wrote, exactly.
-
-    Raises:
-        CheckpointError: the file is missing, not a safetensors file, of another format or
-            version, or its tables do not fit together (sizes, unsorted keys, vocabulary).
-    """
-    path = Path(path)
-    where = f"n-gram cache {str(path)!r}"
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != BINARY_FORMAT or metadata.get("version") != BINARY_VERSION:
-                raise CheckpointError(f"{where} is not a {BINARY_FORMAT} file of version {BINARY_VERSION} "
-                                      f"(found {metadata.get('format')!r} {metadata.get('version')!r}); "
-                                      "rebuild it with save_binary")
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        config = NGramConfig(**json.loads(metadata["config"]))
-        words = tuple(bytes(tensors.pop("vocabulary").numpy()).decode("utf-8").split("\n"))
-        vocabulary = WordVocabulary(words)
-        names = [f"order{k}.{name}" for k in range(1, config.order + 1) for name in ("keys", "log_prob", "log_backoff")]
-        tables = [tensors.pop(name) for name in names]
-        discounts = tensors.pop("discounts")
-    except CheckpointError:
-        raise
-    except (OSError, safetensors.SafetensorError, KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{where} cannot be read as an n-gram cache: {error}".replace("\n", " ")) from None
-    model = NGramLM(config)
-    keys, log_probs, log_backoffs = tables[0::3], tables[1::3], tables[2::3]
-    _check_tables(where, model, vocabulary, keys, log_probs, log_backoffs, discounts, sorted(tensors))
-    model.set_tables(keys, log_probs, log_backoffs)
-    model.discounts.copy_(discounts)
-    return model, vocabulary
-
-
-def _check_tables(where: str, model: NGramLM, vocabulary: WordVocabulary, keys: list[torch.Tensor],
-                  log_probs: list[torch.Tensor], log_backoffs: list[torch.Tensor], discounts: torch.Tensor,
-                  unexpected: list[str]) -> None:
-    """CheckpointError unless the cached tables fit ``model``'s config and one another."""
-    problem = None
-    if unexpected:
-        problem = f"holds unexpected tensors {unexpected}"
-    elif len(vocabulary.words) != model.vocab_size:
-        problem = f"holds {len(vocabulary.words)} words for a model of {model.vocab_size} ids"
-    elif discounts.shape != model.discounts.shape:
-        problem = f"holds discounts of shape {tuple(discounts.shape)}, expected {tuple(model.discounts.shape)}"
-    for k, (key, log_prob, log_backoff) in enumerate(zip(keys, log_probs, log_backoffs), start=1):
-        if problem:
-            break
-        backoffs = 0 if k == model.order else len(key)
-        if key.dtype != torch.int64 or key.dim() != 1 or log_prob.shape != key.shape or len(log_backoff) != backoffs:
-            problem = f"holds order {k} tables of mismatched sizes or types"
-        elif k == 1 and not torch.equal(key, torch.arange(model.n_ids)):
-            problem = f"holds 1-gram keys that are not 0 .. {model.n_ids - 1}"
-        elif len(key) > 1 and not bool((key[1:] > key[:-1]).all()):
-            problem = f"holds order {k} keys that are not strictly increasing"
-    if problem:
-        raise CheckpointError(f"{where} {problem}: it is corrupt; rebuild it with save_binary")

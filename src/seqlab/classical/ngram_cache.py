@@ -1,0 +1,142 @@
+"""A binary cache of an n-gram model's tables: loading it is a memory map and no parsing.
+
+``save_binary`` writes one safetensors file of each order's sorted keys, ln p* and ln b as the
+model holds them, the discounts, the vocabulary as UTF-8 bytes and the config as metadata;
+``load_binary`` reads it back exactly, after checking that the parts fit together.
+``load_arpa`` reads an ARPA file through such a cache beside it (``seqlab score --cache``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from seqlab.classical.arpa import WordVocabulary
+from seqlab.classical.arpa_reader import read_arpa_file
+from seqlab.classical.ngram import NGramConfig, NGramLM
+from seqlab.errors import CheckpointError, ConfigError
+
+BINARY_FORMAT = "seqlab-ngram-tables"
+BINARY_VERSION = "1"
+
+
+def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path) -> None:
+    """Write ``model``'s tables and ``vocabulary`` as one safetensors file for ``load_binary``.
+
+    Tensors: ``order{k}.keys`` (N_k,) int64, ``order{k}.log_prob`` and ``order{k}.log_backoff``
+    as the model holds them, ``discounts`` (n, 3) and ``vocabulary`` (bytes,) uint8, the words
+    joined by newlines. Metadata: the format name and version and the ``NGramConfig`` as JSON.
+    """
+    if model.vocab_size != len(vocabulary.words):
+        raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "
+                          f"{len(vocabulary.words)} words")
+    tensors = {"discounts": model.discounts.detach().cpu().contiguous(),
+               "vocabulary": torch.frombuffer(bytearray("\n".join(vocabulary.words).encode("utf-8")), dtype=torch.uint8)}
+    for k, table in enumerate(model.tables, start=1):
+        for name in ("keys", "log_prob", "log_backoff"):
+            tensors[f"order{k}.{name}"] = getattr(table, name).detach().cpu().contiguous()
+    metadata = {"format": BINARY_FORMAT, "version": BINARY_VERSION,
+                "config": json.dumps(dataclasses.asdict(model.config))}
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+
+CACHE_SUFFIX = ".seqlab.safetensors"
+
+
+def load_arpa(path: str | Path, *, cache: bool = False) -> tuple[NGramLM, WordVocabulary]:
+    """The model of an ARPA file or of a binary cache (a ``.safetensors`` file ``save_binary``
+    wrote). With ``cache``, an ARPA file is read through ``PATH.seqlab.safetensors`` beside it:
+    loaded from there when it is newer than the ARPA file, else the ARPA file is parsed and the
+    cache written (aside, then renamed). A file at that name that seqlab did not write is never
+    replaced.
+
+    Raises:
+        DataError: the ARPA file is missing or malformed. CheckpointError: the cache is corrupt.
+        ConfigError: a file that is not seqlab's cache holds the cache's name.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_binary(path)
+    if not cache:
+        return read_arpa_file(path)
+    cached = path.with_name(path.name + CACHE_SUFFIX)
+    if cached.is_file():
+        try:
+            with safetensors.safe_open(str(cached), framework="pt") as handle:
+                ours = (handle.metadata() or {}).get("format") == BINARY_FORMAT
+        except (OSError, safetensors.SafetensorError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"{str(cached)!r} is not a seqlab n-gram cache; move it, or score without --cache")
+        if path.is_file() and cached.stat().st_mtime >= path.stat().st_mtime:
+            return load_binary(cached)
+    model, vocabulary = read_arpa_file(path)
+    staging = cached.with_name(f".{cached.name}.partial")
+    save_binary(model, vocabulary, staging)
+    staging.replace(cached)
+    return model, vocabulary
+
+
+def load_binary(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
+    """The model and vocabulary ``save_binary`` wrote, exactly.
+
+    Raises:
+        CheckpointError: the file is missing, not a safetensors file, of another format or
+            version, or its tables do not fit together (sizes, unsorted keys, vocabulary).
+    """
+    path = Path(path)
+    where = f"n-gram cache {str(path)!r}"
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != BINARY_FORMAT or metadata.get("version") != BINARY_VERSION:
+                raise CheckpointError(f"{where} is not a {BINARY_FORMAT} file of version {BINARY_VERSION} "
+                                      f"(found {metadata.get('format')!r} {metadata.get('version')!r}); "
+                                      "rebuild it with save_binary")
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        config = NGramConfig(**json.loads(metadata["config"]))
+        words = tuple(bytes(tensors.pop("vocabulary").numpy()).decode("utf-8").split("\n"))
+        vocabulary = WordVocabulary(words)
+        names = [f"order{k}.{name}" for k in range(1, config.order + 1) for name in ("keys", "log_prob", "log_backoff")]
+        tables = [tensors.pop(name) for name in names]
+        discounts = tensors.pop("discounts")
+    except CheckpointError:
+        raise
+    except (OSError, safetensors.SafetensorError, KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{where} cannot be read as an n-gram cache: {error}".replace("\n", " ")) from None
+    model = NGramLM(config)
+    keys, log_probs, log_backoffs = tables[0::3], tables[1::3], tables[2::3]
+    _check_tables(where, model, vocabulary, keys, log_probs, log_backoffs, discounts, sorted(tensors))
+    model.set_tables(keys, log_probs, log_backoffs)
+    model.discounts.copy_(discounts)
+    return model, vocabulary
+
+
+def _check_tables(where: str, model: NGramLM, vocabulary: WordVocabulary, keys: list[torch.Tensor],
+                  log_probs: list[torch.Tensor], log_backoffs: list[torch.Tensor], discounts: torch.Tensor,
+                  unexpected: list[str]) -> None:
+    """CheckpointError unless the cached tables fit ``model``'s config and one another."""
+    problem = None
+    if unexpected:
+        problem = f"holds unexpected tensors {unexpected}"
+    elif len(vocabulary.words) != model.vocab_size:
+        problem = f"holds {len(vocabulary.words)} words for a model of {model.vocab_size} ids"
+    elif discounts.shape != model.discounts.shape:
+        problem = f"holds discounts of shape {tuple(discounts.shape)}, expected {tuple(model.discounts.shape)}"
+    for k, (key, log_prob, log_backoff) in enumerate(zip(keys, log_probs, log_backoffs), start=1):
+        if problem:
+            break
+        backoffs = 0 if k == model.order else len(key)
+        if key.dtype != torch.int64 or key.dim() != 1 or log_prob.shape != key.shape or len(log_backoff) != backoffs:
+            problem = f"holds order {k} tables of mismatched sizes or types"
+        elif k == 1 and not torch.equal(key, torch.arange(model.n_ids)):
+            problem = f"holds 1-gram keys that are not 0 .. {model.n_ids - 1}"
+        elif len(key) > 1 and not bool((key[1:] > key[:-1]).all()):
+            problem = f"holds order {k} keys that are not strictly increasing"
+    if problem:
+        raise CheckpointError(f"{where} {problem}: it is corrupt; rebuild it with save_binary")
