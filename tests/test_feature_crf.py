@@ -30,6 +30,7 @@ from seqlab.classical.tagging_features import (FeatureHasher, feature_bucket, se
 from seqlab.data.conll import TaggedSentence, read_conllu
 from seqlab.errors import ConfigError, DataError
 from seqlab.optim import minimize, pseudo_gradient
+from seqlab.runs import initialise_from
 from seqlab.tasks.tagging import Tagging
 
 SENTENCES = [("The", "well-known", "cat", "sat", "on", "3", "mats", "."), ("Go",), ("E-mail", "me", "at", "9:30", "!")]
@@ -166,6 +167,17 @@ def test_fit_learns_the_tiny_task_and_survives_a_checkpoint(tiny_task, tmp_path)
     batch = tiny_task.batch(tiny_task.splits["test"] + [tagged("Cats/N ran/V")])
     assert torch.equal(loaded.tag(batch), model.tag(batch))
     assert torch.equal(loaded.feature_weights, model.feature_weights)
+
+
+def test_init_from_a_fitted_crf_loads_its_weights(tiny_task, tmp_path):
+    """The checkpoint stores the non-zero rows only; --init-from still carries every weight."""
+    model = registry.build_for_task("crf", tiny_task.model_defaults(), {"n_buckets": 4096, "c2": 0.01}, task="tag")
+    model.fit(tiny_task)
+    save_checkpoint(tmp_path / "crf", model, tiny_task)
+    fresh = registry.build_for_task("crf", tiny_task.model_defaults(), {"n_buckets": 4096, "c2": 0.01}, task="tag")
+    report = initialise_from(fresh, tmp_path / "crf", tiny_task)
+    assert "feature_weights" in report.loaded and not report.skipped
+    assert torch.equal(fresh.feature_weights, model.feature_weights)
 
 
 def test_padding_does_not_change_the_tags(tiny_task):

@@ -62,9 +62,20 @@ def test_the_binary_cache_is_written_once_read_after_and_never_over_a_foreign_fi
     os.utime(path, ns=(written + 10**9, written + 10**9))          # the ARPA file changed: refreshed
     assert scored(capsys, ["score", str(path), "--input", str(sentences), "--cache"]) == plain
     assert cache.stat().st_mtime_ns != written
+    replacement = tmp_path / "other.arpa"                          # another model, dated in the past
+    write_arpa(*fit_sentences(held_out[:40], order=2), replacement)
+    os.utime(replacement, ns=(written - 10**9, written - 10**9))
+    os.replace(replacement, path)
+    other = scored(capsys, ["score", str(path), "--input", str(sentences)])
+    assert other != plain
+    assert scored(capsys, ["score", str(path), "--input", str(sentences), "--cache"]) == other
     cache.write_text("my notes")
     fails_cleanly(capsys, ["score", str(path), "--input", str(sentences), "--cache"], "not a seqlab n-gram cache")
     assert cache.read_text() == "my notes"
+    cache.unlink()
+    cache.mkdir()
+    fails_cleanly(capsys, ["score", str(path), "--input", str(sentences), "--cache"], "not a seqlab n-gram cache")
+    assert cache.is_dir() and not list(tmp_path.glob(".*partial"))
 
 
 def test_bad_input_is_one_line(arpa, tmp_path, capsys):
@@ -74,3 +85,16 @@ def test_bad_input_is_one_line(arpa, tmp_path, capsys):
     broken.write_text(path.read_text().replace("\\data\\", "\\date\\", 1))
     fails_cleanly(capsys, ["score", str(broken)], "line")
     fails_cleanly(capsys, ["score", str(path), "--input", str(tmp_path / "none.txt")], "none.txt")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    fails_cleanly(capsys, ["score", str(path), "--input", str(latin)], "latin1.txt")
+
+
+def test_only_a_line_feed_ends_a_sentence(arpa, tmp_path, capsys):
+    """kenlm reads one sentence per line feed; a form feed or a Unicode line separator inside a
+    line is white space between words, not a new sentence."""
+    path, _ = arpa
+    sentences = tmp_path / "odd.txt"
+    sentences.write_text("the value\x0cof x\nthe\u2028name\r\n", encoding="utf-8")
+    values, total = scored(capsys, ["score", str(path), "--input", str(sentences)])
+    assert len(values) == 2 and "sentences 2" in total

@@ -477,13 +477,15 @@ def _score(args: argparse.Namespace) -> int:
     from seqlab.classical.ngram_scoring import score_sentences
 
     model, vocabulary = load_arpa(args.model, cache=args.cache)
-    if args.input is None:
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            lines = Path(args.input).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise DataError(f"cannot read --input {args.input!r}: {error}") from None
+    where = "standard input" if args.input is None else repr(args.input)
+    try:
+        data = sys.stdin.buffer.read() if args.input is None else Path(args.input).read_bytes()
+        text = data.decode("utf-8").replace("\r\n", "\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {where}: {error}") from None
+    lines = text.split("\n")                     # only a line feed ends a sentence, as kenlm reads
+    if lines and lines[-1] == "":
+        lines.pop()
     scores = score_sentences(model, vocabulary, lines)
     if not args.summary_only:
         sys.stdout.write("".join(f"{value:.6f}\n" for value in scores.log10_probs.tolist()))

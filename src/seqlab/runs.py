@@ -206,8 +206,7 @@ def initialise_from(model: nn.Module, source: str | Path, task: Any = None) -> I
             if _serialised(loaded.artifacts[name]) != _serialised(task.artifacts()[name]):
                 raise ConfigError(f"--init-from {source}: the two runs' {name}s differ, so the ids of its weights "
                                   f"would mean other things here; train this run with that run's {name}")
-    theirs = loaded.model.state_dict()
-    ours = model.state_dict()
+    theirs, ours = _named_tensors(loaded.model), _named_tensors(model)
     report = Initialisation(str(source))
     update = {}
     for name, tensor in ours.items():
@@ -223,6 +222,14 @@ def initialise_from(model: nn.Module, source: str | Path, task: Any = None) -> I
                               "--init-from loads only what matches")
     model.load_state_dict(update, strict=False)
     return report
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by name, tied ones under each name: what ``--init-from``
+    matches. (Not the state dict: a model may save a compact form of a tensor, as the feature
+    CRF saves only its non-zero weight rows, whose shape says nothing about the model's.)"""
+    return {**dict(model.named_parameters(remove_duplicate=False)),
+            **dict(model.named_buffers(remove_duplicate=False))}
 
 
 def _serialised(artifact: Any) -> bytes:

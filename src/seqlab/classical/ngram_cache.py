@@ -1,4 +1,4 @@
-"""A binary cache of an n-gram model's tables: loading it is a memory map and no parsing.
+"""A binary cache of an n-gram model's tables: loading it parses nothing.
 
 ``save_binary`` writes one safetensors file of each order's sorted keys, ln p* and ln b as the
 model holds them, the discounts, the vocabulary as UTF-8 bytes and the config as metadata;
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import safetensors
@@ -19,29 +21,31 @@ import torch
 from seqlab.classical.arpa import WordVocabulary
 from seqlab.classical.arpa_reader import read_arpa_file
 from seqlab.classical.ngram import NGramConfig, NGramLM
-from seqlab.errors import CheckpointError, ConfigError
+from seqlab.errors import CheckpointError, ConfigError, DataError
 
 BINARY_FORMAT = "seqlab-ngram-tables"
 BINARY_VERSION = "1"
 
 
-def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path) -> None:
+def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path, source: str = "") -> None:
     """Write ``model``'s tables and ``vocabulary`` as one safetensors file for ``load_binary``.
 
     Tensors: ``order{k}.keys`` (N_k,) int64, ``order{k}.log_prob`` and ``order{k}.log_backoff``
     as the model holds them, ``discounts`` (n, 3) and ``vocabulary`` (bytes,) uint8, the words
-    joined by newlines. Metadata: the format name and version and the ``NGramConfig`` as JSON.
+    joined by newlines. Metadata: the format name and version, the ``NGramConfig`` as JSON and
+    ``source``, what the cache was made from (an ARPA file's size and modification time).
     """
     if model.vocab_size != len(vocabulary.words):
         raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "
                           f"{len(vocabulary.words)} words")
+    words = bytearray("\n".join(vocabulary.words).encode("utf-8"))
     tensors = {"discounts": model.discounts.detach().cpu().contiguous(),
-               "vocabulary": torch.frombuffer(bytearray("\n".join(vocabulary.words).encode("utf-8")), dtype=torch.uint8)}
+               "vocabulary": torch.frombuffer(words, dtype=torch.uint8)}
     for k, table in enumerate(model.tables, start=1):
         for name in ("keys", "log_prob", "log_backoff"):
             tensors[f"order{k}.{name}"] = getattr(table, name).detach().cpu().contiguous()
     metadata = {"format": BINARY_FORMAT, "version": BINARY_VERSION,
-                "config": json.dumps(dataclasses.asdict(model.config))}
+                "config": json.dumps(dataclasses.asdict(model.config)), "source": source}
     safetensors.torch.save_file(tensors, str(path), metadata=metadata)
 
 
@@ -51,13 +55,15 @@ CACHE_SUFFIX = ".seqlab.safetensors"
 def load_arpa(path: str | Path, *, cache: bool = False) -> tuple[NGramLM, WordVocabulary]:
     """The model of an ARPA file or of a binary cache (a ``.safetensors`` file ``save_binary``
     wrote). With ``cache``, an ARPA file is read through ``PATH.seqlab.safetensors`` beside it:
-    loaded from there when it is newer than the ARPA file, else the ARPA file is parsed and the
-    cache written (aside, then renamed). A file at that name that seqlab did not write is never
-    replaced.
+    loaded from there when it was made from the ARPA file as it is now (the same size and
+    modification time, recorded in the cache: a file replaced by an older one is noticed), else
+    the ARPA file is parsed and the cache written aside, then renamed into place. A file at that
+    name that seqlab did not write is never replaced.
 
     Raises:
-        DataError: the ARPA file is missing or malformed. CheckpointError: the cache is corrupt.
-        ConfigError: a file that is not seqlab's cache holds the cache's name.
+        DataError: the ARPA file is missing or malformed; the cache cannot be read or written.
+        CheckpointError: the cache is corrupt.
+        ConfigError: something that is not seqlab's cache holds the cache's name.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -65,21 +71,54 @@ def load_arpa(path: str | Path, *, cache: bool = False) -> tuple[NGramLM, WordVo
     if not cache:
         return read_arpa_file(path)
     cached = path.with_name(path.name + CACHE_SUFFIX)
-    if cached.is_file():
-        try:
-            with safetensors.safe_open(str(cached), framework="pt") as handle:
-                ours = (handle.metadata() or {}).get("format") == BINARY_FORMAT
-        except (OSError, safetensors.SafetensorError):
-            ours = False
-        if not ours:
-            raise ConfigError(f"{str(cached)!r} is not a seqlab n-gram cache; move it, or score without --cache")
-        if path.is_file() and cached.stat().st_mtime >= path.stat().st_mtime:
+    source = ""
+    if path.is_file():
+        stat = path.stat()
+        source = f"{stat.st_size}:{stat.st_mtime_ns}"
+    if os.path.lexists(cached):
+        made_from = _cache_source(cached)
+        if made_from == source and source:
             return load_binary(cached)
     model, vocabulary = read_arpa_file(path)
-    staging = cached.with_name(f".{cached.name}.partial")
-    save_binary(model, vocabulary, staging)
-    staging.replace(cached)
+    handle, staging = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".partial")
+    os.close(handle)
+    try:
+        save_binary(model, vocabulary, staging, source=source)
+        os.chmod(staging, 0o666 & ~_umask())                 # safetensors writes 0600
+        os.replace(staging, cached)
+    except (OSError, safetensors.SafetensorError) as error:
+        raise DataError(f"cannot write the n-gram cache {str(cached)!r}: {error}".replace("\n", " ")) from None
+    finally:
+        Path(staging).unlink(missing_ok=True)
     return model, vocabulary
+
+
+def _cache_source(cached: Path) -> str:
+    """What the cache at ``cached`` was made from (its ``source`` metadata).
+
+    Raises:
+        ConfigError: the path holds something other than a seqlab n-gram cache.
+        DataError: the cache cannot be read.
+    """
+    foreign = ConfigError(f"{str(cached)!r} is not a seqlab n-gram cache; move it, or score without --cache")
+    if not cached.is_file():
+        raise foreign
+    try:
+        with safetensors.safe_open(str(cached), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except PermissionError as error:
+        raise DataError(f"cannot read the n-gram cache {str(cached)!r}: {error}") from None
+    except (OSError, safetensors.SafetensorError):
+        raise foreign from None
+    if metadata.get("format") != BINARY_FORMAT:
+        raise foreign
+    return metadata.get("source", "")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_binary(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
@@ -97,7 +136,7 @@ def load_binary(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
             if metadata.get("format") != BINARY_FORMAT or metadata.get("version") != BINARY_VERSION:
                 raise CheckpointError(f"{where} is not a {BINARY_FORMAT} file of version {BINARY_VERSION} "
                                       f"(found {metadata.get('format')!r} {metadata.get('version')!r}); "
-                                      "rebuild it with save_binary")
+                                      "rebuild it with save_binary (or delete it: seqlab score --cache rebuilds it)")
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         config = NGramConfig(**json.loads(metadata["config"]))
         words = tuple(bytes(tensors.pop("vocabulary").numpy()).decode("utf-8").split("\n"))

@@ -70,7 +70,7 @@ class SentenceScores:
     Attributes:
         log10_probs: (S,) float64 ``log10 p(<s> w_1 .. w_m </s>)`` per sentence.
         n_tokens: predicted tokens, the words and one ``</s>`` per sentence.
-        n_unknown: words outside the vocabulary (scored as ``<unk>``).
+        n_unknown: words scored as ``<unk>`` (outside the vocabulary, or a literal ``<unk>``).
     """
 
     log10_probs: np.ndarray
