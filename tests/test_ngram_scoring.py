@@ -11,7 +11,7 @@ import pytest
 
 from seqlab.classical.arpa import WordVocabulary, fit_sentences, sentence_log10_probs, write_arpa
 from seqlab.classical.ngram_scoring import (
-    KeyTable, NGramScorer, WordTable, _encode_by_dictionary, encode_sentences, score_sentences,
+    NGramScorer, SlotTable, WordTable, _encode_by_dictionary, encode_sentences, score_sentences,
     score_sentences_ref,
 )
 from seqlab.errors import ConfigError
@@ -97,16 +97,59 @@ def test_bytewise_encoding_equals_the_dictionary(sentences):
     assert lengths.tolist() == [len(sentence.split()) for sentence in sentences]
 
 
-def test_key_table_finds_exactly_the_stored_keys():
+def test_word_table_finds_exactly_the_vocabulary():
+    """Every word of 1 to 16 bytes is found at its id (longer ones are 0, left to the dictionary);
+    words that share a prefix, a 16-byte head of a longer word, a word with NUL, and words of the
+    other length class are not confused."""
     rng = np.random.default_rng(0)
-    keys = np.unique(rng.integers(0, 1 << 40, size=50_000))
-    keys = np.concatenate([keys, np.arange(1000) * 4096])     # a structured block, as context keys are
-    keys = np.unique(keys)
+    alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz") + ["é", "ß", "\x01"])
+    made = {"".join(rng.choice(alphabet, size=n)) for n in rng.integers(1, 14, size=3000)}
+    words = ("<unk>", "</s>", "a\x00b", "abcdefghijklmnopq", *sorted(made))
+    table = WordTable(words)
+    assert table.usable
+    queries = [*words[4:], "abcdefghijklmnop", "a", "ab", "abcdefgh", "abcdefghi", "zzzzzzzzzzzzzzzz", "zzzzzzzz"]
+    raw = b" ".join(word.encode() for word in queries)
+    data = np.frombuffer(b" " + raw + bytes(24), dtype=np.uint8)
+    lengths = np.array([len(word.encode()) for word in queries])
+    starts = 1 + np.cumsum(lengths + 1) - lengths - 1
+    index = {word: i for i, word in enumerate(words)}
+    expected = [index.get(word, 0) if len(word.encode()) <= 16 else 0 for word in queries]
+    assert 0 < expected.count(0) < len(queries) // 2
+    assert table.find_bytes(data, starts, lengths).tolist() == expected
+
+
+def test_a_hash_collision_of_long_words_is_confirmed_away(monkeypatch):
+    """With a hash that sees only the first 8 bytes, an unknown 10-byte word meets a known one's
+    slot; the comparison of both halves must turn it away."""
+    from seqlab.classical import ngram_scoring
+    monkeypatch.setattr(ngram_scoring, "_word_hash", lambda low, high: low & ngram_scoring.HASH_MASK)
+    vocabulary = WordVocabulary.from_sentences(["abcdefghij cat", "zyxwvutsrqp"])
+    sentences = ["abcdefghik cat abcdefghij", "zyxwvutsrqz zyxwvutsrqp"]
+    ids, lengths = encode_sentences(WordTable(vocabulary.words), vocabulary, sentences)
+    expected_ids, _ = _encode_by_dictionary(vocabulary, sentences)
+    assert (expected_ids == 0).sum() == 2
+    np.testing.assert_array_equal(ids, expected_ids)
+
+
+@pytest.mark.parametrize("with_priority", [False, True])
+def test_slot_table_finds_exactly_the_stored_keys_and_their_values(with_priority):
+    rng = np.random.default_rng(0)
+    keys = np.unique(np.concatenate([rng.integers(0, 1 << 40, size=50_000), np.arange(1000) * 4096]))
+    keys = rng.permutation(keys)                              # a structured block, as context keys are
+    prob, backoff = -rng.random(len(keys)), -rng.random(len(keys))
+    table = SlotTable(keys, prob, backoff, priority=prob if with_priority else None)
     queries = np.concatenate([keys[::3], rng.integers(0, 1 << 40, size=20_000), np.arange(3000) * 4096])
-    found = KeyTable(keys).find(queries)
+    slot = table.find(queries)
     expected = {int(key): i for i, key in enumerate(keys)}
-    assert found.tolist() == [expected.get(int(query), -1) for query in queries]
-    assert KeyTable(keys[:0]).find(queries[:5]).tolist() == [-1] * 5
+    entry = np.array([expected.get(int(query), -1) for query in queries])
+    assert ((slot >= 0) == (entry >= 0)).all() and 0 < (entry < 0).sum() < len(queries)
+    rows = table.slots[slot[entry >= 0]]
+    np.testing.assert_array_equal(rows[:, 0], queries[entry >= 0])
+    np.testing.assert_array_equal(rows[:, 1].view(np.float64), prob[entry[entry >= 0]])
+    np.testing.assert_array_equal(rows[:, 2].view(np.float64), backoff[entry[entry >= 0]])
+    assert table.slots[-1].tolist() == [-1, 0, 0]             # the row a miss reads
+    assert len(np.unique(table.slot_of_entry)) == len(keys)
+    assert SlotTable(keys[:0], prob[:0], backoff[:0]).find(queries[:5]).tolist() == [-1] * 5
 
 
 def test_a_refitted_model_is_not_scored_with_old_tables():

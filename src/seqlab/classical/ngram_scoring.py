@@ -5,18 +5,22 @@ computes it, for many sentences at once and with no Python work per sentence or 
 
 1. **Words to ids** (``encode_sentences``). The sentences are joined by NUL bytes into one UTF-8
    buffer; word boundaries are found bytewise (ASCII whitespace, which is all ``str.split`` splits
-   on unless the text holds Unicode spaces). A word of at most 16 bytes *is* its key: the two
-   little-endian 64-bit words of its bytes (read unaligned, masked to its length) and its length.
-   A hash of that key finds the candidate in an open-addressing table of the vocabulary and the
-   whole key confirms it, so the lookup is exact. Longer words, and text that holds Unicode
-   spaces or NUL bytes, go through the vocabulary's dictionary instead (``str.split`` per sentence).
+   on unless the text holds Unicode spaces). A word of at most 8 bytes *is* its key: the
+   little-endian 64-bit word of its bytes (read unaligned, masked to its length); a word of 9 to
+   16 bytes is keyed by a hash of its two 64-bit words and confirmed on both, so the lookup is
+   exact. The keys are looked up in a ``SlotTable`` of the vocabulary whose slots hold the ids
+   (the more frequent of two words with one home slot takes it).
+   Longer words, and text that holds Unicode spaces or NUL bytes, go through the vocabulary's
+   dictionary instead (``str.split`` per sentence).
 2. **n-gram lookups** (``NGramScorer``). As in ``NGramLM.score_stream``, the stream
    ``<s> w_1 .. w_m </s> <s> ...`` is followed up the orders in compact form: the k-grams looked
-   up are the stored (k - 1)-grams extended by the next id of their sentence. Each order's sorted
-   context-encoded keys (``seqlab.classical.counts``) are also held in a linear-probing hash table
-   (load at most 1/2, multiplicative hashing; Knuth, TAOCP vol. 3, 6.4), which answers most
-   queries with one memory access where a binary search takes ~17. KenLM's ``probing`` structure
-   is the same idea (Heafield 2011, sec. 3.1).
+   up are the stored (k - 1)-grams extended by the next id of their sentence. Each order's
+   n-grams are held in a linear-probing hash table (``SlotTable``: load at most 1/2,
+   multiplicative hashing; Knuth, TAOCP vol. 3, 6.4) whose 24-byte slots hold the key and both
+   log10 values, so that most queries cost one memory access (one cache line) where a binary
+   search takes ~17. An n-gram is known by its slot: order k's keys are re-encoded as
+   ``slot of the prefix * n_ids + last word``. KenLM's ``probing`` structure is the same idea
+   (Heafield 2011, sec. 3.1).
 3. **Back-off** (Katz 1987; the ARPA convention). With L the longest order whose n-gram ending at
    t is stored and ``h_j`` the last j words before t,
 
@@ -25,9 +29,9 @@ computes it, for many sentences at once and with no Python work per sentence or 
    gathered order by order over whole arrays, in float64, and summed per sentence.
 
 ``score_sentences_ref`` is the specification: the same recursion over Python tuples, one word at
-a time. ``NGramScorer`` holds the hash tables (4 bytes a slot, 2 to 4 slots an n-gram) and float64
-copies of the log10 values (16 bytes an n-gram); ``scorer_for`` keeps one per model while the
-model's tables are unchanged.
+a time. ``NGramScorer`` holds the hash tables (24 bytes a slot, 2 to 4 slots an n-gram, the
+log10 values as float64 copies); ``scorer_for`` keeps one per model while the model's tables are
+unchanged.
 
 Shapes: S sentences, N words, L = N + 2 S stream positions, M queries of one order.
 """
@@ -52,9 +56,10 @@ if TYPE_CHECKING:                      # arpa imports nothing from here; only th
     from seqlab.classical.arpa import WordVocabulary
 
 LN10 = math.log(10)
-EMPTY = -1                                   # an empty hash slot (keys are >= 0)
+EMPTY = -1                                   # an empty slot's key (no key is -1)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)       # 2^64 / golden ratio: Fibonacci hashing's multiplier
-MIX_HIGH, MIX_LENGTH = np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
+MIX_HIGH = np.uint64(0xC2B2AE3D27D4EB4F)
+HASH_MASK = np.uint64(2**64 - 256)                # a hashed key's lowest byte is zero
 WORD_BYTES = 16                              # words up to this long are their own key
 LOW_BYTES_MASK = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [2**64 - 1], dtype=np.uint64)
 # Bytes at which str.split() splits an ASCII text, and NUL, which joins the sentences.
@@ -102,7 +107,7 @@ def score_sentences(model: NGramLM, vocabulary: WordVocabulary, sentences: Seque
 
 class NGramScorer:
     """A model and its vocabulary prepared for batch scoring: hash tables of the vocabulary and of
-    every order's keys, and the log10 values as float64 numpy arrays (copies, on the CPU).
+    every order's n-grams with their log10 values as float64 (copies, on the CPU).
 
     Raises:
         ConfigError: the model does not predict the vocabulary's words.
@@ -117,9 +122,21 @@ class NGramScorer:
         self.vocabulary, self.order, self.n_ids = vocabulary, model.order, model.n_ids
         self.start_id, self.end_id = model.start_id, vocabulary.index["</s>"]
         self.words = WordTable(vocabulary.words)
-        self.log10_prob = [t.log_prob.detach().double().cpu().numpy() / LN10 for t in model.tables]
-        self.log10_backoff = [t.log_backoff.detach().double().cpu().numpy() / LN10 for t in model.tables]
-        self.tables = [None] + [KeyTable(t.keys.detach().cpu().numpy()) for t in model.tables[1:]]
+        self.log10_unigrams = np.zeros((len(model.tables[0]), 2))         # (n_ids, 2) log10 p*, log10 b
+        self.log10_unigrams[:, 0] = _log10(model.tables[0].log_prob)
+        if model.tables[0].log_backoff.numel():
+            self.log10_unigrams[:, 1] = _log10(model.tables[0].log_backoff)
+        # per order >= 2: a hash table whose slots hold the n-grams and their values; an n-gram's
+        # slot is its id in the keys of the order above (its prefix's slot * n_ids + its last word)
+        self.tables, prefix_slots = [None], None
+        for table in model.tables[1:]:
+            keys = table.keys.detach().cpu().numpy()
+            if prefix_slots is not None:
+                keys = prefix_slots.take(keys // self.n_ids) * self.n_ids + keys % self.n_ids
+            self.tables.append(SlotTable(keys, _log10(table.log_prob), _log10(table.log_backoff)))
+            prefix_slots = self.tables[-1].slot_of_entry
+        for table in self.tables[1:]:
+            del table.slot_of_entry                  # only the build needs it
 
     def score(self, sentences: Sequence[str]) -> SentenceScores:
         """``log10 p`` of each sentence and the totals."""
@@ -149,28 +166,32 @@ class NGramScorer:
         continues = np.empty(len(stream), dtype=bool)      # t + 1 is a word of the same sentence
         continues[:-1] = stream[1:] != self.start_id
         continues[-1:] = False
-        log10 = self.log10_prob[0].take(stream)                                # (L,) unigrams
+        values = self.log10_unigrams.take(stream, axis=0)                        # (L, 2) unigrams
+        log10 = values[:, 0]
         longest = np.ones(len(stream), dtype=np.int8)
-        # per order j < n: where a stored j-gram ends with a word of its sentence after it, and its index
+        # per order j < n: where a stored j-gram ends with a word of its sentence after it, its id
+        # (a word id, then a slot), and its log10 back-off weight
         end = np.flatnonzero(continues)
-        contexts = [(end, stream.take(end))] if self.order > 1 else []
+        contexts = [(end, stream.take(end), values[:, 1].take(end))] if self.order > 1 else []
         for k in range(2, self.order + 1):
-            end, found = contexts[-1]
+            end, found, _ = contexts[-1]
             end = end + 1
-            found = self.tables[k - 1].find(found * self.n_ids + stream.take(end))
+            table = self.tables[k - 1]
+            found = table.find(found * self.n_ids + stream.take(end))
             stored = np.flatnonzero(found >= 0)
             end, found = end.take(stored), found.take(stored)
-            log10[end] = self.log10_prob[k - 1].take(found)
+            values = table.slots.take(found, axis=0)                              # (M, 3) key, p*, b
+            log10[end] = values[:, 1].view(np.float64)
             longest[end] = k
             if k < self.order:
                 kept = np.flatnonzero(continues.take(end))
-                contexts.append((end.take(kept), found.take(kept).astype(np.int64)))
+                contexts.append((end.take(kept), found.take(kept), values[:, 2].view(np.float64).take(kept)))
             if len(end) == 0:
                 break
-        for j, (end, found) in enumerate(contexts, start=1):
+        for j, (end, _, backoff) in enumerate(contexts, start=1):
             end = end + 1
             backs_off = np.flatnonzero(longest.take(end) <= j)
-            log10[end.take(backs_off)] += self.log10_backoff[j - 1].take(found.take(backs_off))
+            log10[end.take(backs_off)] += backoff.take(backs_off)
         return log10
 
 
@@ -184,23 +205,28 @@ def encode_sentences(words: WordTable, vocabulary: WordVocabulary, sentences: Se
         return _encode_by_dictionary(vocabulary, sentences)
     raw = text.encode("utf-8", "surrogatepass")
     data = np.frombuffer(b"".join((b" ", raw, bytes(WORD_BYTES + 8))), dtype=np.uint8)
-    separators = np.flatnonzero(data[1: len(raw) + 1] == 0) + 1     # (S - 1,) unless a sentence holds NUL
+    controls = np.flatnonzero(data[: len(raw) + 1] < 32)          # the NULs that join the sentences, tabs ...
+    control_bytes = data.take(controls)
+    separators = controls[control_bytes == 0]                      # (S - 1,) unless a sentence holds NUL
     if len(separators) != max(len(sentences) - 1, 0):
         return _encode_by_dictionary(vocabulary, sentences)
     boundary = data <= 32                               # whitespace, NUL, or another control byte
-    if np.count_nonzero(boundary) != np.count_nonzero(BOUNDARY[data[boundary]]):
-        boundary = BOUNDARY[data]                       # a control byte that str.split keeps
+    if not BOUNDARY.take(control_bytes).all():
+        boundary = BOUNDARY.take(data)                  # a control byte that str.split keeps
     edges = np.flatnonzero(boundary[:-1] != boundary[1:]) + 1       # word starts and stops, in turn
     starts, stops = edges[0::2], edges[1::2]                        # (N,) byte offsets
-    words_before = np.searchsorted(starts, separators)              # words before each separator
-    lengths = np.diff(words_before, prepend=0, append=len(starts)) if len(sentences) else np.zeros(0, np.int64)
-    word_ids = words.find_bytes(data, starts, stops - starts)
-    long_words = np.flatnonzero(stops - starts > WORD_BYTES)
+    words_before = np.empty(len(sentences) + 1, dtype=np.int64)     # words before each sentence, and N
+    words_before[0], words_before[-1] = 0, len(starts)
+    words_before[1:-1] = np.searchsorted(starts, separators)
+    lengths = np.diff(words_before) if len(sentences) else np.zeros(0, np.int64)
+    word_lengths = stops - starts
+    word_ids = words.find_bytes(data, starts, word_lengths)
+    long_words = np.flatnonzero(word_lengths > WORD_BYTES)
     if len(long_words):
         index = vocabulary.index
         word_ids[long_words] = [index[raw[s - 1: e - 1].decode("utf-8", "surrogatepass")]
                                 for s, e in zip(starts[long_words].tolist(), stops[long_words].tolist())]
-    return word_ids, lengths.astype(np.int64, copy=False)
+    return word_ids, lengths
 
 
 def _encode_by_dictionary(vocabulary: WordVocabulary, sentences: Sequence[str]
@@ -212,12 +238,15 @@ def _encode_by_dictionary(vocabulary: WordVocabulary, sentences: Sequence[str]
 
 
 class WordTable:
-    """Words of at most 16 UTF-8 bytes in a hash table (``KeyTable``) keyed by their bytes.
+    """The vocabulary in one hash table keyed by the bytes of its words (a ``SlotTable`` whose rows
+    hold the word ids), for words of at most 16 UTF-8 bytes and no NUL byte.
 
-    A word is (``low``, ``high``, ``length``): its first and second 8 bytes as little-endian
-    uint64 (zero past its end) and its byte length; equal triples are equal words. The table is
-    keyed by a 63-bit hash of the triple and every hit is confirmed on the whole triple; should two
-    words of the vocabulary share a hash, ``usable`` is false and words go through the dictionary.
+    A word is (``low``, ``high``): its first and second 8 bytes as little-endian uint64, zero past
+    its end; as words hold no NUL byte, equal pairs are equal words. A word of at most 8 bytes is
+    keyed by ``low`` itself, exactly; its lowest byte (the word's first) is not zero. A longer one
+    is keyed by a hash of the pair with its lowest byte cleared, so it never meets a short word's
+    key, and every hit is confirmed on the pair. Other words get keys no query reaches unconfirmed.
+    Should two keys coincide, ``usable`` is false and words go through the dictionary.
     """
 
     def __init__(self, words: Sequence[str]):
@@ -225,25 +254,37 @@ class WordTable:
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         data = np.frombuffer(b"".join(encoded) + bytes(WORD_BYTES + 8), dtype=np.uint8)
         starts = np.cumsum(lengths) - lengths
-        short = np.flatnonzero(lengths <= WORD_BYTES)
-        self.low, self.high = _word_halves(data, starts[short], lengths[short])
-        self.length = lengths[short]
-        self.ids = short                                            # the vocabulary id of each entry
-        hashes = _word_hash(self.low, self.high, self.length)
-        self.usable = len(np.unique(hashes)) == len(hashes)
-        self.table = KeyTable(hashes if self.usable else hashes[:0])
+        has_nul = np.fromiter((b"\0" in word for word in encoded), dtype=bool, count=len(encoded))
+        low, high = _word_halves(data, starts, lengths)
+        short = (lengths <= 8) & ~has_nul
+        medium = (lengths > 8) & (lengths <= WORD_BYTES) & ~has_nul
+        keys = np.where(short, low, np.arange(len(encoded), dtype=np.uint64) << np.uint64(8))
+        keys[medium] = _word_hash(low[medium], high[medium])
+        keys = keys.view(np.int64)                  # (no word's key is -1: 0xff is in no UTF-8 text)
+        self.usable = len(np.unique(keys)) == len(keys)
+        ids = np.arange(len(encoded), dtype=np.int64)
+        kept = len(keys) if self.usable else 0       # ids are (usually) in order of frequency
+        self.table = SlotTable(keys[:kept], ids[:kept], np.zeros(0), priority=-ids[:kept])
+        # the pair each medium word's hit is confirmed on; zero (no query's) for every other word
+        self.low, self.high = np.where(medium, low, 0), np.where(medium, high, 0)
 
     def find_bytes(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The vocabulary id of each word ``data[starts : starts + lengths]``, 0 if none (or if
         longer than 16 bytes). ``data`` must hold 24 bytes past the last word."""
-        low, high = _word_halves(data, starts, lengths)
-        entry = self.table.find(_word_hash(low, high, lengths))
-        known = np.flatnonzero(entry >= 0)
-        entry = entry.take(known)
-        same = ((self.low.take(entry) == low.take(known)) & (self.high.take(entry) == high.take(known))
-                & (self.length.take(entry) == lengths.take(known)))
-        ids = np.zeros(len(starts), dtype=np.int64)
-        ids[known[same]] = self.ids.take(entry[same])
+        unaligned = np.ndarray((len(data) - 7,), dtype=np.uint64, buffer=data, strides=(1,))   # any offset
+        keys = unaligned.take(starts) & LOW_BYTES_MASK.take(np.minimum(lengths, 8))
+        longer = np.flatnonzero(lengths > 8)
+        if len(longer):
+            low = keys.take(longer)
+            high = unaligned.take(starts.take(longer) + 8) & LOW_BYTES_MASK.take(
+                np.minimum(lengths.take(longer) - 8, 8))
+            keys[longer] = _word_hash(low, high)
+        ids = self.table.flat.take(self.table.find(keys.view(np.int64)) * 3 + 1)        # a miss reads 0
+        if len(longer):
+            entry = ids.take(longer)
+            same = ((self.low.take(entry) == low) & (self.high.take(entry) == high)
+                    & (lengths.take(longer) <= WORD_BYTES))
+            ids[longer] = np.where(same, entry, 0)
         return ids
 
 
@@ -255,74 +296,94 @@ def _word_halves(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> t
     return low, high
 
 
-def _word_hash(low: np.ndarray, high: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """A 63-bit mix of a word's key (collisions are resolved by comparing the whole key)."""
-    mixed = low * GOLDEN ^ high * MIX_HIGH ^ lengths.astype(np.uint64) * MIX_LENGTH
-    return (mixed >> np.uint64(1)).astype(np.int64)
+def _word_hash(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """A 56-bit mix of a word's two halves, times 256 (collisions are resolved by comparing both)."""
+    return (low * GOLDEN ^ high * MIX_HIGH) & HASH_MASK
 
 
-class KeyTable:
-    """An index of distinct int64 keys: a linear-probing hash table of ``2^b >= 2 N`` slots, each
-    holding the position of a key in ``keys`` (int32, ``-1`` for an empty slot; 4 bytes a slot).
+def _log10(log_values: torch.Tensor) -> np.ndarray:
+    """Natural-log values as float64 log10 (an empty back-off tensor, the last order's, as zeros)."""
+    return log_values.detach().double().cpu().numpy() / LN10 if log_values.numel() else np.zeros(0)
+
+
+class SlotTable:
+    """Distinct int64 keys and two values each (an order's n-grams and their log10 p* and log10 b
+    as float64 bits; or the vocabulary's word keys and ids) in a linear-probing hash table of
+    ``2^b >= 2 N`` slots, each one int64 row (key, value, value): a lookup reads one cache line
+    where a key table and value arrays take three.
 
     A key's home slot is the top b bits of ``key * GOLDEN mod 2^64`` (Fibonacci hashing); the key
-    lives there or after it, past occupied slots only, at most ``max_displacement`` slots on. A
-    lookup compares ``keys[slot]`` with the query and stops at the key, at an empty slot, or after
-    that many slots, so every answer is exact.
+    lives there or after it (wrapping around), past occupied slots only, at most
+    ``max_displacement`` slots on. A lookup compares the slot's key with the query and stops at
+    the key, at an empty slot (key -1), or after that many slots, so every answer is exact.
 
     Args:
-        keys: (N,) distinct int64, in any order (the sorted keys of one order, or word hashes).
+        keys: (N,) distinct int64, in any order, none -1.
+        log10_prob, log10_backoff: (N,) float64 each (the back-off may be empty: zeros), or any
+            values as int64 (their bits are stored).
+        priority: (N,) how often each key is expected to be queried (e.g. minus a word's
+            frequency rank): of the keys with one home slot, the one of highest priority takes it,
+            and is found at the first read. (For n-grams, whose queries are mostly misses,
+            sorting costs more than it saves.)
+    Attributes:
+        slots: (2^b + 1, 3) int64 rows, the last one (key -1, values 0) never used: ``slots[-1]``.
+        slot_of_entry: (N,) int64 the slot of each key.
     """
 
-    def __init__(self, keys: np.ndarray):
-        self.keys = keys
+    def __init__(self, keys: np.ndarray, log10_prob: np.ndarray, log10_backoff: np.ndarray,
+                 priority: np.ndarray | None = None):
         self.bits = max(int(2 * max(len(keys), 1) - 1).bit_length(), 4)
-        self.slot_entry = np.full(1 << self.bits, EMPTY, dtype=np.int32)
+        self.slots = np.zeros(((1 << self.bits) + 1, 3), dtype=np.int64)   # and a last row of zeros,
+        self.slots[:, 0] = EMPTY                                         # which a miss (-1) reads
+        self.flat = self.slots.reshape(-1)                               # (3 * 2^b,) a key every 3
         home = self.home(keys)
-        pending, displacement = np.arange(len(keys)), np.zeros(len(keys), dtype=np.int64)
+        self.slot_of_entry = np.empty(len(keys), dtype=np.int64)
+        owner = np.full(1 << self.bits, EMPTY, dtype=np.int64)
+        # in order of priority, so that of the keys aiming at a free slot the last, the most queried, wins
+        pending = np.argsort(priority, kind="stable") if priority is not None else np.arange(len(keys))
+        displacement = np.zeros(len(keys), dtype=np.int64)
         self.max_displacement = 0
         while len(pending):                          # every pending key tries its next slot at once
             slot = (home[pending] + displacement) & ((1 << self.bits) - 1)
-            free = np.flatnonzero(self.slot_entry[slot] == EMPTY)
-            self.slot_entry[slot[free]] = pending[free]           # one of the keys aiming at a slot wins
+            free = np.flatnonzero(owner[slot] == EMPTY)
+            owner[slot[free]] = pending[free]                     # one of the keys aiming at a slot wins
             won = np.zeros(len(pending), dtype=bool)
-            won[free] = self.slot_entry[slot[free]] == pending[free]
+            won[free] = owner[slot[free]] == pending[free]
+            self.slot_of_entry[pending[won]] = slot[won]
             self.max_displacement = max(self.max_displacement, int(displacement[won].max(initial=0)))
             pending, displacement = pending[~won], displacement[~won] + 1
+        self.slots[self.slot_of_entry, 0] = keys
+        self.slots[self.slot_of_entry, 1] = log10_prob.view(np.int64)   # float64 bits (or int64)
+        if len(log10_backoff):
+            self.slots[self.slot_of_entry, 2] = log10_backoff.view(np.int64)
 
     def home(self, keys: np.ndarray) -> np.ndarray:
         hashed = keys.astype(np.int64, copy=False).view(np.uint64) * GOLDEN
         return (hashed >> np.uint64(64 - self.bits)).view(np.int64)
 
     def find(self, queries: np.ndarray) -> np.ndarray:
-        """(M,) int32 the position of each query in ``keys``, ``-1`` where it is not stored.
+        """(M,) int64 the slot of each query, ``-1`` where it is not stored.
 
         Every query reads its home slot; those that meet another key read on, one slot at a time
         while many remain, then the rest of their ``max_displacement`` slots all at once."""
-        if len(self.keys) == 0:
-            return np.full(len(queries), EMPTY, dtype=np.int32)
         slot = self.home(queries)
-        entry = self.slot_entry.take(slot)
-        occupied = entry >= 0
-        hit = (self.keys.take(entry) == queries) & occupied      # keys[-1] at an empty slot: no hit
-        found = np.where(hit, entry, EMPTY)
-        active = np.flatnonzero(occupied ^ hit)                 # met another key: read on
+        key = self.flat.take(slot * 3)
+        found = np.where(key == queries, slot, EMPTY)
+        active = np.flatnonzero((key != queries) & (key != EMPTY))         # met another key: read on
         mask, done = (1 << self.bits) - 1, 0
         slot, queries = slot.take(active), queries.take(active)
         while len(active) > max(len(found) >> 6, 32) and done < self.max_displacement:
             slot = (slot + 1) & mask
             done += 1
-            entry = self.slot_entry.take(slot)
-            occupied = entry >= 0
-            hit = (self.keys.take(entry) == queries) & occupied
-            found[active[hit]] = entry[hit]
-            going_on = np.flatnonzero(occupied ^ hit)
+            key = self.flat.take(slot * 3)
+            hit = key == queries
+            found[active[hit]] = slot[hit]
+            going_on = np.flatnonzero(~hit & (key != EMPTY))
             active, slot, queries = active.take(going_on), slot.take(going_on), queries.take(going_on)
         if len(active) and done < self.max_displacement:       # (A, D) the remaining slots at once
             window = (slot[:, None] + np.arange(1, self.max_displacement - done + 1)) & mask
-            entry = self.slot_entry.take(window)
-            row, column = np.nonzero((self.keys.take(entry) == queries[:, None]) & (entry >= 0))
-            found[active[row]] = entry[row, column]
+            row, column = np.nonzero(self.flat.take(window * 3) == queries[:, None])
+            found[active[row]] = window[row, column]
         return found
 
 
