@@ -3,6 +3,7 @@ that wrote it, the fast reader equals the line-by-line reference, malformed file
 the line, and a cache round-trips bit for bit or fails with a CheckpointError."""
 
 import math
+import mmap
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from seqlab.classical.arpa import LN10, ZERO_LOG10, fit_sentences, write_arpa
 from seqlab.classical.arpa_reader import UNICODE_SPACES, _plain_utf8, read_arpa_file, read_arpa_reference
 from seqlab.classical.decimals import _parse_packed, parse_decimals
 from seqlab.classical.ngram_cache import load_binary, save_binary
+from seqlab.classical.ngram_scoring import score_sentences, scorer_for
 from seqlab.data.corpora import builtin_corpus
 from seqlab.errors import CheckpointError, DataError
 
@@ -329,3 +331,76 @@ def test_corrupt_or_foreign_caches_raise_checkpoint_error(sentences, tmp_path):
         with pytest.raises(CheckpointError) as raised:
             load_binary(bad)
         assert "\n" not in str(raised.value), name
+
+
+def test_the_cache_hands_over_its_scorer_which_scores_as_a_fresh_one(sentences, tmp_path):
+    """The scorer's hash tables come from the file (no rebuild), and score every held-out
+    sentence to the bit as a scorer built from the tables does; a version 1 cache, without them,
+    still loads and scores the same."""
+    model, vocabulary = fit_sentences(sentences[:1000], order=4)
+    held_out = sentences[1000:1200] + ["", "zebra unicorn", "the the the the the"]
+    path = tmp_path / "model.ngram"
+    save_binary(model, vocabulary, path)
+    built = scorer_for(model, vocabulary)
+    loaded, loaded_vocabulary = load_binary(path)
+    handed = scorer_for(loaded, loaded_vocabulary)
+    memory = handed.slots
+    while isinstance(memory, np.ndarray):
+        memory = memory.base
+    assert isinstance(memory.obj, mmap.mmap)                               # the file's pages, not a copy
+    for name, array in built.arrays().items():
+        np.testing.assert_array_equal(handed.arrays()[name], array, err_msg=name)
+    expected = score_sentences(model, vocabulary, held_out).log10_probs
+    np.testing.assert_array_equal(score_sentences(loaded, loaded_vocabulary, held_out).log10_probs, expected)
+    tensors = safetensors.torch.load_file(str(path))
+    old = tmp_path / "old.ngram"
+    safetensors.torch.save_file({k: v for k, v in tensors.items() if not k.startswith("scorer.")}, str(old),
+                                metadata={**safetensors.safe_open(str(path), "pt").metadata(), "version": "1"})
+    np.testing.assert_array_equal(score_sentences(*load_binary(old), held_out).log10_probs, expected)
+
+
+def test_changing_a_loaded_model_never_writes_to_its_cache(sentences, tmp_path):
+    model, vocabulary = fit_sentences(sentences[:300], order=3)
+    path = tmp_path / "model.ngram"
+    save_binary(model, vocabulary, path)
+    before = path.read_bytes()
+    loaded, loaded_vocabulary = load_binary(path)
+    loaded.tables[1].log_prob.zero_()
+    scorer_for(loaded, loaded_vocabulary).slots[:] = 0
+    assert path.read_bytes() == before
+    assert torch.equal(load_binary(path)[0].tables[1].log_prob, model.tables[1].log_prob)
+
+
+def test_a_cache_whose_scorer_does_not_fit_raises_checkpoint_error(sentences, tmp_path):
+    """Every size the compiled lookups index by is checked: a table that did not fit would be read
+    outside its memory (a crash or silent garbage, never an error)."""
+    model, vocabulary = fit_sentences(sentences[:300], order=3)
+    path = tmp_path / "model.ngram"
+    save_binary(model, vocabulary, path)
+    tensors = safetensors.torch.load_file(str(path))
+    metadata = safetensors.safe_open(str(path), "pt").metadata()
+    word_slots = tensors["scorer.word_slots"].clone()
+    word_slots[word_slots[:, 0] != -1, 1] += len(vocabulary.words)          # ids past the vocabulary
+    sizes = tensors["scorer.sizes"].clone()
+    sizes[3] += 1
+    displacements = tensors["scorer.max_displacements"].clone()
+    displacements[2] = sizes[2]                                               # probing past the table
+    cases = {
+        "slots cut": {"scorer.slots": tensors["scorer.slots"][:-3]},
+        "word ids": {"scorer.word_slots": word_slots},
+        "sizes": {"scorer.sizes": sizes},
+        "displacement": {"scorer.max_displacements": displacements},
+        "unigrams": {"scorer.log10_unigrams": tensors["scorer.log10_unigrams"][:-1]},
+        "types": {"scorer.word_low": tensors["scorer.word_low"].to(torch.int64)},
+    }
+    for name, change in cases.items():
+        bad = tmp_path / f"{name}.ngram"
+        safetensors.torch.save_file({**tensors, **change}, str(bad), metadata=metadata)
+        with pytest.raises(CheckpointError, match="corrupt") as raised:
+            load_binary(bad)
+        assert "\n" not in str(raised.value), name
+    missing = tmp_path / "missing.ngram"
+    safetensors.torch.save_file({k: v for k, v in tensors.items() if k != "scorer.word_high"}, str(missing),
+                                metadata=metadata)
+    with pytest.raises(CheckpointError, match="word_high"):
+        load_binary(missing)

@@ -8,10 +8,12 @@ from pathlib import Path
 import kenlm
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seqlab.classical.arpa import WordVocabulary, fit_sentences, sentence_log10_probs, write_arpa
 from seqlab.classical.ngram_scoring import (
-    NGramScorer, SlotTable, WordTable, _encode_by_dictionary, encode_sentences, score_sentences,
+    NGramScorer, SlotTable, WordTable, _encode_by_dictionary, _home, encode_sentences, score_sentences,
     score_sentences_ref,
 )
 from seqlab.errors import ConfigError
@@ -47,6 +49,21 @@ def test_fast_path_equals_the_reference_and_the_stream_scorer(fitted):
     fast = score_sentences(model, vocabulary, HELD_OUT).log10_probs
     np.testing.assert_allclose(fast, score_sentences_ref(model, vocabulary, HELD_OUT), rtol=0, atol=1e-9)
     np.testing.assert_allclose(fast, sentence_log10_probs(model, vocabulary, HELD_OUT).numpy(), rtol=0, atol=1e-5)
+
+
+WORDS = st.sampled_from(["a", "b", "c", "d", "zebra"])       # "zebra" is never trained: <unk>
+
+
+@settings(max_examples=40, deadline=None)
+@given(train=st.lists(st.lists(WORDS.filter(lambda w: w != "zebra"), min_size=1, max_size=12), min_size=1, max_size=12),
+       held_out=st.lists(st.lists(WORDS, max_size=14), max_size=6), order=st.integers(1, 6))
+def test_compiled_walk_equals_the_recursion_on_random_corpora(train, held_out, order):
+    """A four-word language makes every order's n-grams recur, so the walk climbs and backs off
+    through all of them, across sentence boundaries and unknown words."""
+    model, vocabulary = fit_sentences([" ".join(words) for words in train], order=order)
+    sentences = [" ".join(words) for words in held_out]
+    np.testing.assert_allclose(score_sentences(model, vocabulary, sentences).log10_probs,
+                               score_sentences_ref(model, vocabulary, sentences), rtol=0, atol=1e-9)
 
 
 def test_equals_kenlm_on_the_written_arpa(fitted, tmp_path):
@@ -133,23 +150,29 @@ def test_a_hash_collision_of_long_words_is_confirmed_away(monkeypatch):
 
 @pytest.mark.parametrize("with_priority", [False, True])
 def test_slot_table_finds_exactly_the_stored_keys_and_their_values(with_priority):
+    """Random keys and a structured block (as context keys are), found at their values, others
+    missed, including where probing wraps around the table's end."""
     rng = np.random.default_rng(0)
     keys = np.unique(np.concatenate([rng.integers(0, 1 << 40, size=50_000), np.arange(1000) * 4096]))
-    keys = rng.permutation(keys)                              # a structured block, as context keys are
-    prob, backoff = -rng.random(len(keys)), -rng.random(len(keys))
-    table = SlotTable(keys, prob, backoff, priority=prob if with_priority else None)
-    queries = np.concatenate([keys[::3], rng.integers(0, 1 << 40, size=20_000), np.arange(3000) * 4096])
+    size = 2 * (len(keys) + 4)
+    candidates = np.setdiff1d(rng.integers(0, 1 << 40, size=2_000_000), keys)
+    last_home = candidates[_home(candidates, size) == size - 1][:4]           # these must wrap around
+    keys = rng.permutation(np.concatenate([keys, last_home]))
+    values = rng.integers(-(1 << 62), 1 << 62, size=len(keys))
+    table = SlotTable(keys, values, priority=values if with_priority else None)
+    queries = np.concatenate([keys[::3], last_home, rng.integers(0, 1 << 40, size=20_000), np.arange(3000) * 4096])
     slot = table.find(queries)
     expected = {int(key): i for i, key in enumerate(keys)}
     entry = np.array([expected.get(int(query), -1) for query in queries])
     assert ((slot >= 0) == (entry >= 0)).all() and 0 < (entry < 0).sum() < len(queries)
     rows = table.slots[slot[entry >= 0]]
     np.testing.assert_array_equal(rows[:, 0], queries[entry >= 0])
-    np.testing.assert_array_equal(rows[:, 1].view(np.float64), prob[entry[entry >= 0]])
-    np.testing.assert_array_equal(rows[:, 2].view(np.float64), backoff[entry[entry >= 0]])
-    assert table.slots[-1].tolist() == [-1, 0, 0]             # the row a miss reads
-    assert len(np.unique(table.slot_of_entry)) == len(keys)
-    assert SlotTable(keys[:0], prob[:0], backoff[:0]).find(queries[:5]).tolist() == [-1] * 5
+    np.testing.assert_array_equal(rows[:, 1], values[entry[entry >= 0]])
+    assert table.slots[-1].tolist() == [-1, 0]                # the row a miss reads
+    assert len(np.unique(table.slot_of_entry)) == len(keys) and table.size == 2 * len(keys)
+    wrapped = (table.slot_of_entry < _home(keys, table.size)).sum()
+    assert wrapped > 0                                        # some keys live past the end, from the start
+    assert SlotTable(keys[:0], values[:0]).find(queries[:5]).tolist() == [-1] * 5
 
 
 def test_a_refitted_model_is_not_scored_with_old_tables():

@@ -7,9 +7,11 @@ import os
 
 import kenlm
 import pytest
+import safetensors
+import safetensors.torch
 
 from seqlab.classical.arpa import fit_sentences, write_arpa
-from seqlab.classical.ngram_cache import CACHE_SUFFIX
+from seqlab.classical.ngram_cache import BINARY_VERSION, CACHE_SUFFIX
 from seqlab.cli import main
 from seqlab.data.corpora import builtin_corpus
 
@@ -98,3 +100,22 @@ def test_only_a_line_feed_ends_a_sentence(arpa, tmp_path, capsys):
     sentences.write_text("the value\x0cof x\nthe\u2028name\r\n", encoding="utf-8")
     values, total = scored(capsys, ["score", str(path), "--input", str(sentences)])
     assert len(values) == 2 and "sentences 2" in total
+
+
+def test_a_cache_of_an_older_version_is_remade_with_the_scorer_tables(arpa, tmp_path, capsys):
+    """A version 1 cache (the model's tables only) made from the same file is seqlab's own: it is
+    remade in this version, which holds the scorer's tables too, and scores the same."""
+    source, held_out = arpa
+    path = tmp_path / "model.arpa"
+    path.write_bytes(source.read_bytes())
+    sentences = tmp_path / "held_out.txt"
+    sentences.write_text("\n".join(held_out) + "\n")
+    plain = scored(capsys, ["score", str(path), "--input", str(sentences), "--cache"])
+    cache = tmp_path / ("model.arpa" + CACHE_SUFFIX)
+    tensors = safetensors.torch.load_file(str(cache))
+    metadata = safetensors.safe_open(str(cache), "pt").metadata()
+    safetensors.torch.save_file({k: v for k, v in tensors.items() if not k.startswith("scorer.")}, str(cache),
+                                metadata={**metadata, "version": "1"})
+    assert scored(capsys, ["score", str(path), "--input", str(sentences), "--cache"]) == plain
+    assert safetensors.safe_open(str(cache), "pt").metadata()["version"] == BINARY_VERSION
+    assert "scorer.slots" in safetensors.safe_open(str(cache), "pt").keys()

@@ -1,4 +1,4 @@
-"""Batch scoring of whitespace-tokenised sentences under a word n-gram model, at C speed from numpy.
+"""Batch scoring of whitespace-tokenised sentences under a word n-gram model, at C speed.
 
 ``log10 p(<s> w_1 .. w_m </s>)`` of every sentence, as ``kenlm.Model.score(s, bos=True, eos=True)``
 computes it, for many sentences at once and with no Python work per sentence or per word:
@@ -12,28 +12,30 @@ computes it, for many sentences at once and with no Python work per sentence or 
    (the more frequent of two words with one home slot takes it).
    Longer words, and text that holds Unicode spaces or NUL bytes, go through the vocabulary's
    dictionary instead (``str.split`` per sentence).
-2. **n-gram lookups** (``NGramScorer``). As in ``NGramLM.score_stream``, the stream
-   ``<s> w_1 .. w_m </s> <s> ...`` is followed up the orders in compact form: the k-grams looked
-   up are the stored (k - 1)-grams extended by the next id of their sentence. Each order's
-   n-grams are held in a linear-probing hash table (``SlotTable``: load at most 1/2,
-   multiplicative hashing; Knuth, TAOCP vol. 3, 6.4) whose 24-byte slots hold the key and both
-   log10 values, so that most queries cost one memory access (one cache line) where a binary
-   search takes ~17. An n-gram is known by its slot: order k's keys are re-encoded as
-   ``slot of the prefix * n_ids + last word``. KenLM's ``probing`` structure is the same idea
-   (Heafield 2011, sec. 3.1).
+2. **n-gram lookups** (``NGramScorer``). Each order's n-grams are held in a linear-probing hash
+   table (``SlotTable``: load at most 1/2, multiplicative hashing; Knuth, TAOCP vol. 3, 6.4) whose
+   16-byte slots hold the key and both values (ln p* and ln b, float32 as the model holds them),
+   so that most lookups cost one memory access (one cache line) where a binary search takes ~17. An n-gram is known by its slot: order k's
+   keys are re-encoded as ``slot of the prefix * n_ids + last word``. KenLM's ``probing``
+   structure is the same idea (Heafield 2011, sec. 3.1).
 3. **Back-off** (Katz 1987; the ARPA convention). With L the longest order whose n-gram ending at
    t is stored and ``h_j`` the last j words before t,
 
        log10 p(w_t | h) = log10 p*(h_{L-1} w_t) + sum_{j = L}^{n - 1} log10 b(h_j)   (b = 1 if h_j is not stored),
 
-   gathered order by order over whole arrays, in float64, and summed per sentence.
+   summed in float64 per sentence. Steps 2 and 3 are one loop over the words, as KenLM's
+   ``FullScore`` walks them (``_score_sentences``): the stored k-grams ending at the previous word
+   are the context, and the k-grams that extend them by the next word are looked up for k = 2, 3,
+   ... until one is missing. A loop of dependent memory reads is what numpy cannot vectorise
+   without a pass over whole arrays per order, so it is compiled by numba (to machine code, on
+   first use, cached on disk); the hash tables are built with numpy.
 
 ``score_sentences_ref`` is the specification: the same recursion over Python tuples, one word at
-a time. ``NGramScorer`` holds the hash tables (24 bytes a slot, 2 to 4 slots an n-gram, the
-log10 values as float64 copies); ``scorer_for`` keeps one per model while the model's tables are
-unchanged.
+a time. ``NGramScorer`` holds the hash tables (16 bytes a slot, 2 slots an n-gram: 32 bytes, where
+KenLM's probing format takes about 22); ``scorer_for`` keeps one per model while the model's tables
+are unchanged.
 
-Shapes: S sentences, N words, L = N + 2 S stream positions, M queries of one order.
+Shapes: S sentences, N words, M queries.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 import torch
 
@@ -60,6 +63,7 @@ EMPTY = -1                                   # an empty slot's key (no key is -1
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)       # 2^64 / golden ratio: Fibonacci hashing's multiplier
 MIX_HIGH = np.uint64(0xC2B2AE3D27D4EB4F)
 HASH_MASK = np.uint64(2**64 - 256)                # a hashed key's lowest byte is zero
+SLOTS_PER_KEY = 2                  # a table's size per key: load 1/2
 WORD_BYTES = 16                              # words up to this long are their own key
 LOW_BYTES_MASK = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [2**64 - 1], dtype=np.uint64)
 # Bytes at which str.split() splits an ASCII text, and NUL, which joins the sentences.
@@ -107,92 +111,135 @@ def score_sentences(model: NGramLM, vocabulary: WordVocabulary, sentences: Seque
 
 class NGramScorer:
     """A model and its vocabulary prepared for batch scoring: hash tables of the vocabulary and of
-    every order's n-grams with their log10 values as float64 (copies, on the CPU).
+    every order's n-grams with their values (copies, on the CPU).
 
     Raises:
         ConfigError: the model does not predict the vocabulary's words.
     """
 
-    def __init__(self, model: NGramLM, vocabulary: WordVocabulary):
+    def __init__(self, model: NGramLM, vocabulary: WordVocabulary, arrays: dict[str, np.ndarray] | None = None):
         if model.vocab_size != len(vocabulary.words) or model.start_id != len(vocabulary.words):
             raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "
                               f"{len(vocabulary.words)} words (and <s> as id {len(vocabulary.words)})")
-        if "</s>" not in vocabulary.index:
+        if "</s>" not in vocabulary.words:
             raise ConfigError("the vocabulary has no '</s>' to end sentences with")
         self.vocabulary, self.order, self.n_ids = vocabulary, model.order, model.n_ids
-        self.start_id, self.end_id = model.start_id, vocabulary.index["</s>"]
+        self.start_id, self.end_id = model.start_id, vocabulary.words.index("</s>")
+        if arrays is not None:
+            self._adopt(arrays)
+            return
         self.words = WordTable(vocabulary.words)
         self.log10_unigrams = np.zeros((len(model.tables[0]), 2))         # (n_ids, 2) log10 p*, log10 b
         self.log10_unigrams[:, 0] = _log10(model.tables[0].log_prob)
         if model.tables[0].log_backoff.numel():
             self.log10_unigrams[:, 1] = _log10(model.tables[0].log_backoff)
-        # per order >= 2: a hash table whose slots hold the n-grams and their values; an n-gram's
-        # slot is its id in the keys of the order above (its prefix's slot * n_ids + its last word)
-        self.tables, prefix_slots = [None], None
-        for table in model.tables[1:]:
+        # per order k >= 2: a hash table whose slots hold the k-grams and their ln p*, ln b (float32,
+        # as the model holds them); a k-gram's slot is its id in the keys of order k + 1 (its
+        # prefix's slot * n_ids + its last word). The tables are rows offsets[k]: offsets[k + 1]
+        # of one (T, 2) array, for the kernel.
+        self.offsets = np.zeros(self.order + 2, dtype=np.int64)
+        self.sizes = np.zeros(self.order + 1, dtype=np.int64)
+        self.max_displacements = np.zeros(self.order + 1, dtype=np.int64)
+        tables, prefix_slots = [], None
+        for k, table in enumerate(model.tables[1:], start=2):
             keys = table.keys.detach().cpu().numpy()
             if prefix_slots is not None:
                 keys = prefix_slots.take(keys // self.n_ids) * self.n_ids + keys % self.n_ids
-            self.tables.append(SlotTable(keys, _log10(table.log_prob), _log10(table.log_backoff)))
-            prefix_slots = self.tables[-1].slot_of_entry
-        for table in self.tables[1:]:
-            del table.slot_of_entry                  # only the build needs it
+            tables.append(SlotTable(keys, _float32_pairs(table.log_prob, table.log_backoff)))
+            prefix_slots = tables[-1].slot_of_entry
+            self.offsets[k + 1] = self.offsets[k] + len(tables[-1].slots)
+            self.sizes[k], self.max_displacements[k] = tables[-1].size, tables[-1].max_displacement
+        self.slots = np.concatenate([table.slots for table in tables]) if tables else np.zeros((0, 2), np.int64)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The tables this scorer built, by name: what ``NGramScorer(model, vocabulary, arrays)``
+        takes back instead of building them (``ngram_cache`` stores them beside the model)."""
+        return {"slots": self.slots, "offsets": self.offsets, "sizes": self.sizes,
+                "max_displacements": self.max_displacements, "log10_unigrams": self.log10_unigrams,
+                "word_slots": self.words.table.slots, "word_low": self.words.low, "word_high": self.words.high,
+                "word_settings": np.array([self.words.table.max_displacement, self.words.usable], dtype=np.int64)}
+
+    def _adopt(self, arrays: dict[str, np.ndarray]) -> None:
+        """Take ``arrays()``'s tables after checking every size the compiled lookups index by
+        (a table that does not fit would read outside its memory); ValueError says what is off.
+        The slots themselves are not read: a table is touched where a query lands, as KenLM's
+        memory-mapped tables are."""
+        arrays = dict(arrays)
+        self.slots, self.offsets = arrays.pop("slots"), arrays.pop("offsets")
+        self.sizes, self.max_displacements = arrays.pop("sizes"), arrays.pop("max_displacements")
+        self.log10_unigrams = arrays.pop("log10_unigrams")
+        word_slots, low, high = arrays.pop("word_slots"), arrays.pop("word_low"), arrays.pop("word_high")
+        (word_displacement, usable), n_words = arrays.pop("word_settings").tolist(), len(self.vocabulary.words)
+        if arrays:
+            raise ValueError(f"holds unexpected scorer tables {sorted(arrays)}")
+        int64 = [self.slots, self.offsets, self.sizes, self.max_displacements, word_slots]
+        if (any(a.dtype != np.int64 for a in int64) or self.log10_unigrams.dtype != np.float64
+                or low.dtype != np.uint64 or high.dtype != np.uint64):
+            raise ValueError("holds scorer tables of the wrong types")
+        if (self.offsets.shape != (self.order + 2,) or self.sizes.shape != (self.order + 1,)
+                or self.max_displacements.shape != (self.order + 1,)
+                or self.log10_unigrams.shape != (self.n_ids, 2) or low.shape != (n_words,) or high.shape != (n_words,)):
+            raise ValueError("holds scorer tables of sizes that do not fit the model")
+        for k in range(2, self.order + 1):
+            size = int(self.sizes[k])
+            if (not 1 <= size < 2**32 or self.offsets[k + 1] - self.offsets[k] != size + 1
+                    or not 0 <= self.max_displacements[k] < size):
+                raise ValueError(f"holds an order {k} hash table of the wrong size")
+        if self.slots.shape != (int(self.offsets[-1]), 2) or self.offsets[:3].any():
+            raise ValueError("holds n-gram hash tables of the wrong size")
+        word_size = len(word_slots) - 1
+        word_ids = word_slots[word_slots[:, 0] != EMPTY, 1] if word_slots.ndim == 2 else None
+        if (word_slots.ndim != 2 or word_slots.shape[1] != 2 or not 1 <= word_size < 2**32
+                or not 0 <= word_displacement < word_size
+                or len(word_ids) != (n_words if usable else 0) or not ((word_ids >= 0) & (word_ids < n_words)).all()):
+            raise ValueError("holds a word hash table that does not fit the vocabulary")
+        self.words = WordTable.from_arrays(SlotTable.from_slots(word_slots, word_displacement), low, high, bool(usable))
 
     def score(self, sentences: Sequence[str]) -> SentenceScores:
         """``log10 p`` of each sentence and the totals."""
         word_ids, lengths = encode_sentences(self.words, self.vocabulary, sentences)
-        stream, sentence_starts = self.stream(word_ids, lengths)
-        per_position = self.score_stream(stream)
-        per_position[sentence_starts] = 0.0                                    # <s> is never predicted
-        # Each sentence summed on its own, from its <s> to its </s>: the same value alone or in a batch.
-        log10_probs = np.add.reduceat(per_position, sentence_starts) if len(sentence_starts) else per_position[:0]
+        log10_probs = np.empty(len(lengths), dtype=np.float64)
+        _score_sentences(word_ids, lengths, self.log10_unigrams, self.slots, self.slots.view(np.float32),
+                         self.offsets, self.sizes, self.max_displacements, self.n_ids, self.start_id,
+                         self.end_id, self.order, log10_probs)
         return SentenceScores(log10_probs, int(lengths.sum()) + len(sentences),
                               int(np.count_nonzero(word_ids == 0)))
 
-    def stream(self, word_ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``<s> w_1 .. w_m </s>`` per sentence, one after the other: (L,) int64, and the (S,)
-        positions of the ``<s>``."""
-        ends = np.cumsum(lengths + 2) - 1                                      # where each </s> goes
-        starts = ends - lengths - 1
-        stream = np.full(int(ends[-1]) + 1 if len(ends) else 0, self.end_id, dtype=np.int64)
-        stream[starts] = self.start_id
-        sentence = np.repeat(np.arange(len(lengths)), lengths)
-        stream[np.arange(len(word_ids)) + 2 * sentence + 1] = word_ids
-        return stream, starts
 
-    def score_stream(self, stream: np.ndarray) -> np.ndarray:
-        """``log10 p(stream[t] | the stream before t, back to the last <s>)`` for every t: (L,)
-        float64 (meaningless at the ``<s>`` themselves). ``stream`` must start with ``<s>``."""
-        continues = np.empty(len(stream), dtype=bool)      # t + 1 is a word of the same sentence
-        continues[:-1] = stream[1:] != self.start_id
-        continues[-1:] = False
-        values = self.log10_unigrams.take(stream, axis=0)                        # (L, 2) unigrams
-        log10 = values[:, 0]
-        longest = np.ones(len(stream), dtype=np.int8)
-        # per order j < n: where a stored j-gram ends with a word of its sentence after it, its id
-        # (a word id, then a slot), and its log10 back-off weight
-        end = np.flatnonzero(continues)
-        contexts = [(end, stream.take(end), values[:, 1].take(end))] if self.order > 1 else []
-        for k in range(2, self.order + 1):
-            end, found, _ = contexts[-1]
-            end = end + 1
-            table = self.tables[k - 1]
-            found = table.find(found * self.n_ids + stream.take(end))
-            stored = np.flatnonzero(found >= 0)
-            end, found = end.take(stored), found.take(stored)
-            values = table.slots.take(found, axis=0)                              # (M, 3) key, p*, b
-            log10[end] = values[:, 1].view(np.float64)
-            longest[end] = k
-            if k < self.order:
-                kept = np.flatnonzero(continues.take(end))
-                contexts.append((end.take(kept), found.take(kept), values[:, 2].view(np.float64).take(kept)))
-            if len(end) == 0:
-                break
-        for j, (end, _, backoff) in enumerate(contexts, start=1):
-            end = end + 1
-            backs_off = np.flatnonzero(longest.take(end) <= j)
-            log10[end.take(backs_off)] += backoff.take(backs_off)
-        return log10
+@numba.njit(cache=True, nogil=True)
+def _score_sentences(word_ids, lengths, log10_unigrams, slots, values, offsets, sizes,
+                     max_displacements, n_ids, start_id, end_id, order, out):
+    """The back-off recursion of the module docstring, one sentence after another, one word at a
+    time, as KenLM walks it: ``context[j - 1]`` is the stored j-gram that ends at the previous word
+    (a word id for j = 1, its slot in order j's table above), for j up to ``n_context``.
+
+    For each word w: the k-grams ``context[k - 2] . w`` are looked up for k = 2, 3, ... until one
+    is missing (none longer can be stored: its suffix would be); the longest found, L, gives
+    ``log10 p*``, and the contexts of orders L .. n_context add their ``log10 b``. The found
+    k-grams are the next word's context. The arrays are ``NGramScorer``'s (``values``: the slots as
+    (T, 4) float32, ln p* and ln b in columns 2 and 3); ``out`` receives the (S,) sentence scores. Compiled by numba on first use (and cached on disk where it can be).
+    """
+    context = np.zeros(max(order - 1, 1), dtype=np.int64)
+    found = np.zeros(max(order, 1), dtype=np.int64)
+    position = 0
+    for sentence in range(len(lengths)):
+        context[0], n_context, total = start_id, min(order - 1, 1), 0.0
+        for t in range(lengths[sentence] + 1):
+            word = word_ids[position + t] if t < lengths[sentence] else end_id
+            log10, longest = log10_unigrams[word, 0], 1
+            for k in range(2, n_context + 2):
+                slot = _find_slot(slots, offsets[k], sizes[k], max_displacements[k], context[k - 2] * n_ids + word)
+                if slot < 0:
+                    break
+                log10, longest, found[k - 1] = np.float64(values[offsets[k] + slot, 2]) / LN10, k, slot
+            for j in range(longest, n_context + 1):                        # back off from j + 1 to j
+                log10 += log10_unigrams[context[0], 1] if j == 1 else np.float64(values[offsets[j] + context[j - 1], 3]) / LN10
+            total += log10
+            context[0], n_context = word, min(longest, order - 1)
+            for j in range(1, n_context):
+                context[j] = found[j]
+        out[sentence] = total
+        position += lengths[sentence]
 
 
 def encode_sentences(words: WordTable, vocabulary: WordVocabulary, sentences: Sequence[str]
@@ -264,9 +311,16 @@ class WordTable:
         self.usable = len(np.unique(keys)) == len(keys)
         ids = np.arange(len(encoded), dtype=np.int64)
         kept = len(keys) if self.usable else 0       # ids are (usually) in order of frequency
-        self.table = SlotTable(keys[:kept], ids[:kept], np.zeros(0), priority=-ids[:kept])
+        self.table = SlotTable(keys[:kept], ids[:kept], priority=-ids[:kept])
         # the pair each medium word's hit is confirmed on; zero (no query's) for every other word
         self.low, self.high = np.where(medium, low, 0), np.where(medium, high, 0)
+
+    @classmethod
+    def from_arrays(cls, table: SlotTable, low: np.ndarray, high: np.ndarray, usable: bool) -> WordTable:
+        """A table built before (``NGramScorer.arrays``)."""
+        words = object.__new__(cls)
+        words.table, words.low, words.high, words.usable = table, low, high, usable
+        return words
 
     def find_bytes(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The vocabulary id of each word ``data[starts : starts + lengths]``, 0 if none (or if
@@ -279,7 +333,7 @@ class WordTable:
             high = unaligned.take(starts.take(longer) + 8) & LOW_BYTES_MASK.take(
                 np.minimum(lengths.take(longer) - 8, 8))
             keys[longer] = _word_hash(low, high)
-        ids = self.table.flat.take(self.table.find(keys.view(np.int64)) * 3 + 1)        # a miss reads 0
+        ids = self.table.slots[:, 1].take(self.table.find(keys.view(np.int64)))         # a miss reads 0
         if len(longer):
             entry = ids.take(longer)
             same = ((self.low.take(entry) == low) & (self.high.take(entry) == high)
@@ -306,45 +360,56 @@ def _log10(log_values: torch.Tensor) -> np.ndarray:
     return log_values.detach().double().cpu().numpy() / LN10 if log_values.numel() else np.zeros(0)
 
 
-class SlotTable:
-    """Distinct int64 keys and two values each (an order's n-grams and their log10 p* and log10 b
-    as float64 bits; or the vocabulary's word keys and ids) in a linear-probing hash table of
-    ``2^b >= 2 N`` slots, each one int64 row (key, value, value): a lookup reads one cache line
-    where a key table and value arrays take three.
+def _float32_pairs(log_prob: torch.Tensor, log_backoff: torch.Tensor) -> np.ndarray:
+    """(N,) int64 whose bytes are ``(ln p*, ln b)`` as float32, the back-off 0 where there is none:
+    the values the model holds, to the bit (the kernel divides by ln 10 in float64, as ``_log10``)."""
+    pairs = np.zeros((len(log_prob), 2), dtype=np.float32)
+    pairs[:, 0] = log_prob.detach().float().cpu().numpy()
+    if log_backoff.numel():
+        pairs[:, 1] = log_backoff.detach().float().cpu().numpy()
+    return pairs.view(np.int64)[:, 0]
 
-    A key's home slot is the top b bits of ``key * GOLDEN mod 2^64`` (Fibonacci hashing); the key
-    lives there or after it (wrapping around), past occupied slots only, at most
-    ``max_displacement`` slots on. A lookup compares the slot's key with the query and stops at
-    the key, at an empty slot (key -1), or after that many slots, so every answer is exact.
+
+class SlotTable:
+    """Distinct int64 keys and one int64 value each (an order's n-grams and their ln p* and ln b
+    as two float32; or the vocabulary's word keys and ids) in a linear-probing hash table of
+    ``size = 2 N`` slots (load 1/2), each one 16-byte row (key, value): a lookup reads one cache
+    line where a key table and value arrays take three.
+
+    A key's home slot is ``floor(h * size / 2^32)`` with h the top 32 bits of ``key * GOLDEN mod
+    2^64`` (Fibonacci hashing, Knuth, TAOCP vol. 3, 6.4; scaled by a multiplication, not a modulo,
+    so the table may have any size); the key lives there or after it (wrapping around), past
+    occupied slots only, at most ``max_displacement`` slots on. A lookup compares the slot's key
+    with the query and stops at the key, at an empty slot (key -1), or after that many slots, so
+    every answer is exact.
 
     Args:
         keys: (N,) distinct int64, in any order, none -1.
-        log10_prob, log10_backoff: (N,) float64 each (the back-off may be empty: zeros), or any
-            values as int64 (their bits are stored).
+        values: (N,) int64.
         priority: (N,) how often each key is expected to be queried (e.g. minus a word's
             frequency rank): of the keys with one home slot, the one of highest priority takes it,
             and is found at the first read. (For n-grams, whose queries are mostly misses,
             sorting costs more than it saves.)
     Attributes:
-        slots: (2^b + 1, 3) int64 rows, the last one (key -1, values 0) never used: ``slots[-1]``.
+        slots: (size + 1, 2) int64 rows, the last one (key -1, value 0) never used: ``slots[-1]``.
         slot_of_entry: (N,) int64 the slot of each key.
     """
 
-    def __init__(self, keys: np.ndarray, log10_prob: np.ndarray, log10_backoff: np.ndarray,
-                 priority: np.ndarray | None = None):
-        self.bits = max(int(2 * max(len(keys), 1) - 1).bit_length(), 4)
-        self.slots = np.zeros(((1 << self.bits) + 1, 3), dtype=np.int64)   # and a last row of zeros,
-        self.slots[:, 0] = EMPTY                                         # which a miss (-1) reads
-        self.flat = self.slots.reshape(-1)                               # (3 * 2^b,) a key every 3
-        home = self.home(keys)
+    def __init__(self, keys: np.ndarray, values: np.ndarray, priority: np.ndarray | None = None):
+        self.size = max(int(SLOTS_PER_KEY * len(keys)), 16)
+        if self.size >= 2**32:
+            raise ConfigError(f"{len(keys):,} keys are more than one hash table holds (2^31)")
+        self.slots = np.zeros((self.size + 1, 2), dtype=np.int64)     # and a last row, which a miss
+        self.slots[:, 0] = EMPTY                                      # (-1) reads: key -1, value 0
+        home = _home(keys.astype(np.int64, copy=False), self.size)
         self.slot_of_entry = np.empty(len(keys), dtype=np.int64)
-        owner = np.full(1 << self.bits, EMPTY, dtype=np.int64)
+        owner = np.full(self.size, EMPTY, dtype=np.int64)
         # in order of priority, so that of the keys aiming at a free slot the last, the most queried, wins
         pending = np.argsort(priority, kind="stable") if priority is not None else np.arange(len(keys))
         displacement = np.zeros(len(keys), dtype=np.int64)
         self.max_displacement = 0
         while len(pending):                          # every pending key tries its next slot at once
-            slot = (home[pending] + displacement) & ((1 << self.bits) - 1)
+            slot = (home[pending] + displacement) % self.size
             free = np.flatnonzero(owner[slot] == EMPTY)
             owner[slot[free]] = pending[free]                     # one of the keys aiming at a slot wins
             won = np.zeros(len(pending), dtype=bool)
@@ -353,38 +418,48 @@ class SlotTable:
             self.max_displacement = max(self.max_displacement, int(displacement[won].max(initial=0)))
             pending, displacement = pending[~won], displacement[~won] + 1
         self.slots[self.slot_of_entry, 0] = keys
-        self.slots[self.slot_of_entry, 1] = log10_prob.view(np.int64)   # float64 bits (or int64)
-        if len(log10_backoff):
-            self.slots[self.slot_of_entry, 2] = log10_backoff.view(np.int64)
+        self.slots[self.slot_of_entry, 1] = values
 
-    def home(self, keys: np.ndarray) -> np.ndarray:
-        hashed = keys.astype(np.int64, copy=False).view(np.uint64) * GOLDEN
-        return (hashed >> np.uint64(64 - self.bits)).view(np.int64)
+    @classmethod
+    def from_slots(cls, slots: np.ndarray, max_displacement: int) -> SlotTable:
+        """A table built before: its ``slots`` ((size + 1, 2) int64) and ``max_displacement``."""
+        table = object.__new__(cls)
+        table.slots, table.size, table.max_displacement = slots, len(slots) - 1, max_displacement
+        return table
 
     def find(self, queries: np.ndarray) -> np.ndarray:
-        """(M,) int64 the slot of each query, ``-1`` where it is not stored.
+        """(M,) int64 the slot of each query, ``-1`` where it is not stored."""
+        return _find_slots(self.slots, self.size, self.max_displacement, queries.astype(np.int64, copy=False))
 
-        Every query reads its home slot; those that meet another key read on, one slot at a time
-        while many remain, then the rest of their ``max_displacement`` slots all at once."""
-        slot = self.home(queries)
-        key = self.flat.take(slot * 3)
-        found = np.where(key == queries, slot, EMPTY)
-        active = np.flatnonzero((key != queries) & (key != EMPTY))         # met another key: read on
-        mask, done = (1 << self.bits) - 1, 0
-        slot, queries = slot.take(active), queries.take(active)
-        while len(active) > max(len(found) >> 6, 32) and done < self.max_displacement:
-            slot = (slot + 1) & mask
-            done += 1
-            key = self.flat.take(slot * 3)
-            hit = key == queries
-            found[active[hit]] = slot[hit]
-            going_on = np.flatnonzero(~hit & (key != EMPTY))
-            active, slot, queries = active.take(going_on), slot.take(going_on), queries.take(going_on)
-        if len(active) and done < self.max_displacement:       # (A, D) the remaining slots at once
-            window = (slot[:, None] + np.arange(1, self.max_displacement - done + 1)) & mask
-            row, column = np.nonzero(self.flat.take(window * 3) == queries[:, None])
-            found[active[row]] = window[row, column]
-        return found
+
+def _home(keys: np.ndarray, size: int) -> np.ndarray:
+    """Each key's home slot in a table of ``size`` slots (``_find_slot`` computes the same)."""
+    high = (keys.view(np.uint64) * GOLDEN) >> np.uint64(32)
+    return ((high * np.uint64(size)) >> np.uint64(32)).view(np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _find_slots(slots, size, max_displacement, queries):
+    found = np.empty(len(queries), dtype=np.int64)
+    for i in range(len(queries)):
+        found[i] = _find_slot(slots, 0, size, max_displacement, queries[i])
+    return found
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _find_slot(slots, offset, size, max_displacement, key):
+    """``SlotTable.find`` of one key in the table of ``size`` slots whose rows start at
+    ``slots[offset]``: its slot there, or -1."""
+    high = (np.uint64(key) * GOLDEN) >> np.uint64(32)
+    slot = np.int64((high * np.uint64(size)) >> np.uint64(32))
+    for _ in range(max_displacement + 1):
+        stored = slots[offset + slot, 0]
+        if stored == key:
+            return slot
+        if stored == EMPTY:
+            return -1
+        slot = slot + 1 if slot + 1 < size else 0
+    return -1
 
 
 # ---- one scorer per model, while its tables are unchanged --------------------------------
@@ -403,9 +478,15 @@ def scorer_for(model: NGramLM, vocabulary: WordVocabulary) -> NGramScorer:
         if (model_ref() is model and cached_vocabulary is vocabulary
                 and all(a is b and v == w for (a, v), b, w in zip(state, tensors, versions))):
             return scorer
-    scorer = NGramScorer(model, vocabulary)
+    return remember_scorer(model, vocabulary, NGramScorer(model, vocabulary))
+
+
+def remember_scorer(model: NGramLM, vocabulary: WordVocabulary, scorer: NGramScorer) -> NGramScorer:
+    """Keep ``scorer`` as ``scorer_for(model, vocabulary)`` while the model's tables are unchanged
+    (``ngram_cache.load_binary`` hands over the scorer it loaded)."""
+    tensors = [getattr(table, name) for table in model.tables for name in ("keys", "log_prob", "log_backoff")]
     _SCORERS[id(model)] = (weakref.ref(model, lambda _, key=id(model): _SCORERS.pop(key, None)),
-                           vocabulary, list(zip(tensors, versions)), scorer)
+                           vocabulary, [(tensor, tensor._version) for tensor in tensors], scorer)
     return scorer
 
 
