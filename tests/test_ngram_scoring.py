@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from seqlab.classical.arpa import WordVocabulary, fit_sentences, sentence_log10_probs, write_arpa
 from seqlab.classical.ngram_scoring import (
-    NGramScorer, SlotTable, WordTable, _encode_by_dictionary, _home, encode_sentences, score_sentences,
+    BLOCK, NGramScorer, SlotTable, WordTable, _encode_by_dictionary, _home, encode_sentences, score_sentences,
     score_sentences_ref,
 )
 from seqlab.errors import ConfigError
@@ -115,31 +115,28 @@ def test_bytewise_encoding_equals_the_dictionary(sentences):
 
 
 def test_word_table_finds_exactly_the_vocabulary():
-    """Every word of 1 to 16 bytes is found at its id (longer ones are 0, left to the dictionary);
-    words that share a prefix, a 16-byte head of a longer word, a word with NUL, and words of the
-    other length class are not confused."""
+    """Every word of 1 to 16 bytes is found at its id (longer ones through the dictionary); words
+    that share a prefix, a 16-byte head of a longer word, a word with NUL, and words of the other
+    length class are not confused."""
     rng = np.random.default_rng(0)
     alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz") + ["é", "ß", "\x01"])
     made = {"".join(rng.choice(alphabet, size=n)) for n in rng.integers(1, 14, size=3000)}
     words = ("<unk>", "</s>", "a\x00b", "abcdefghijklmnopq", *sorted(made))
     table = WordTable(words)
     assert table.usable
-    queries = [*words[4:], "abcdefghijklmnop", "a", "ab", "abcdefgh", "abcdefghi", "zzzzzzzzzzzzzzzz", "zzzzzzzz"]
-    raw = b" ".join(word.encode() for word in queries)
-    data = np.frombuffer(b" " + raw + bytes(24), dtype=np.uint8)
-    lengths = np.array([len(word.encode()) for word in queries])
-    starts = 1 + np.cumsum(lengths + 1) - lengths - 1
+    queries = [*words[3:], "abcdefghijklmnop", "a", "ab", "abcdefgh", "abcdefghi", "zzzzzzzzzzzzzzzz", "zzzzzzzz"]
     index = {word: i for i, word in enumerate(words)}
-    expected = [index.get(word, 0) if len(word.encode()) <= 16 else 0 for word in queries]
+    expected = [index.get(word, 0) for word in queries]
     assert 0 < expected.count(0) < len(queries) // 2
-    assert table.find_bytes(data, starts, lengths).tolist() == expected
+    ids, lengths = encode_sentences(table, WordVocabulary(words), [" ".join(queries[:900]), " ".join(queries[900:])])
+    assert ids.tolist() == expected and lengths.tolist() == [900, len(queries) - 900]
 
 
 def test_a_hash_collision_of_long_words_is_confirmed_away(monkeypatch):
     """With a hash that sees only the first 8 bytes, an unknown 10-byte word meets a known one's
     slot; the comparison of both halves must turn it away."""
     from seqlab.classical import ngram_scoring
-    monkeypatch.setattr(ngram_scoring, "_word_hash", lambda low, high: low & ngram_scoring.HASH_MASK)
+    monkeypatch.setattr(ngram_scoring, "MIX_HIGH", np.uint64(0))          # the hash of the first 8 bytes
     vocabulary = WordVocabulary.from_sentences(["abcdefghij cat", "zyxwvutsrqp"])
     sentences = ["abcdefghik cat abcdefghij", "zyxwvutsrqz zyxwvutsrqp"]
     ids, lengths = encode_sentences(WordTable(vocabulary.words), vocabulary, sentences)
@@ -202,3 +199,17 @@ def test_tinyshakespeare_lines_equal_kenlm(tmp_path):
     np.testing.assert_allclose(fast, [reference.score(line, bos=True, eos=True) for line in held_out],
                                rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast, sentence_log10_probs(model, vocabulary, held_out).numpy(), rtol=0, atol=1e-5)
+
+
+def test_sentences_across_blocks_and_one_longer_than_a_block(fitted):
+    """The stream is scored a block of whole sentences at a time (BLOCK positions); a sentence
+    longer than a block is one of its own. Blocks must not change any score."""
+    model, vocabulary = fitted
+    rng = np.random.default_rng(1)
+    words = np.array(" ".join(TRAIN + ["zebra"]).split())
+    short = [" ".join(rng.choice(words, size=rng.integers(0, 9))) for _ in range(2500)]
+    long = " ".join(rng.choice(words, size=BLOCK + 500))
+    sentences = short[:1200] + [long] + short[1200:]
+    assert sum(len(s.split()) + 2 for s in sentences) > 2 * BLOCK + 500
+    np.testing.assert_allclose(score_sentences(model, vocabulary, sentences).log10_probs,
+                               score_sentences_ref(model, vocabulary, sentences), rtol=0, atol=1e-8)
