@@ -305,6 +305,13 @@ def test_binary_cache_round_trips_bit_for_bit(sentences, tmp_path):
     assert_same_model(loaded, model, loaded_vocabulary, vocabulary, written=False)
 
 
+def respelled(vocabulary: torch.Tensor, index: int, spelling: str) -> torch.Tensor:
+    """The cached vocabulary's bytes with word ``index`` spelled ``spelling`` (as many words)."""
+    words = bytes(vocabulary.numpy()).decode("utf-8").split("\n")
+    words[index] = spelling
+    return torch.frombuffer(bytearray("\n".join(words).encode("utf-8")), dtype=torch.uint8)
+
+
 def test_corrupt_or_foreign_caches_raise_checkpoint_error(sentences, tmp_path):
     model, vocabulary = fit_sentences(sentences[:200], order=3)
     path = tmp_path / "model.ngram"
@@ -321,6 +328,10 @@ def test_corrupt_or_foreign_caches_raise_checkpoint_error(sentences, tmp_path):
         "unsorted keys": ({**tensors, "order2.keys": tensors["order2.keys"].flip(0)}, metadata),
         "sizes": ({**tensors, "order3.log_prob": tensors["order3.log_prob"][:-1]}, metadata),
         "missing order": ({k: v for k, v in tensors.items() if not k.startswith("order3.")}, metadata),
+        "word with a tab": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "a\tb")}, metadata),
+        "word with a Unicode space": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "a\u00a0b")},
+                                      metadata),
+        "empty word": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "")}, metadata),
     }
     for name, case in cases.items():
         bad = tmp_path / f"{name}.ngram"

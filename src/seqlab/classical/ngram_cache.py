@@ -35,6 +35,7 @@ BINARY_FORMAT = "seqlab-ngram-tables"
 BINARY_VERSION = "2"                   # 2 holds the scorer's tables too; 1 (without them) still loads
 READABLE_VERSIONS = ("1", "2")
 SPACE_BUT_NEWLINE = re.compile(r"[^\S\n]")           # what str.split() splits at, newline aside
+ASCII_SPACE_BUT_NEWLINE = np.array([chr(byte).isspace() and byte != 10 for byte in range(128)])
 NUMPY_DTYPES = {"I64": np.int64, "U64": np.uint64, "F64": np.float64, "F32": np.float32, "U8": np.uint8}
 
 
@@ -203,7 +204,9 @@ def _map_tensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
 def _vocabulary(text: str) -> WordVocabulary:
     """The vocabulary of words joined by newlines: ``WordVocabulary``'s checks, with the one for
     whitespace in words made in one pass over the text."""
-    if SPACE_BUT_NEWLINE.search(text) or "\n\n" in text or text.startswith("\n") or text.endswith("\n"):
+    spaced = (np.count_nonzero(ASCII_SPACE_BUT_NEWLINE.take(np.frombuffer(text.encode("ascii"), dtype=np.uint8)))
+              if text.isascii() else SPACE_BUT_NEWLINE.search(text))
+    if spaced or "\n\n" in text or text.startswith("\n") or text.endswith("\n"):
         raise ValueError("its vocabulary holds an empty word or one with whitespace")
     return WordVocabulary._from_split_words(tuple(text.split("\n")))
 

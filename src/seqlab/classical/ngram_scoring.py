@@ -144,6 +144,7 @@ class NGramScorer:
         return {"slots": self.slots, "offsets": self.offsets, "sizes": self.sizes,
                 "max_displacements": self.max_displacements, "log10_unigrams": self.log10_unigrams,
                 "word_slots": self.words.table.slots, "word_low": self.words.low, "word_high": self.words.high,
+                "word_long_ids": self.words.long_ids,
                 "word_settings": np.array([self.words.table.max_displacement, self.words.usable], dtype=np.int64)}
 
     def _adopt(self, arrays: dict[str, np.ndarray]) -> None:
@@ -156,10 +157,11 @@ class NGramScorer:
         self.sizes, self.max_displacements = arrays.pop("sizes"), arrays.pop("max_displacements")
         self.log10_unigrams = arrays.pop("log10_unigrams")
         word_slots, low, high = arrays.pop("word_slots"), arrays.pop("word_low"), arrays.pop("word_high")
+        long_ids = arrays.pop("word_long_ids")
         (word_displacement, usable), n_words = arrays.pop("word_settings").tolist(), len(self.vocabulary.words)
         if arrays:
             raise ValueError(f"holds unexpected scorer tables {sorted(arrays)}")
-        int64 = [self.slots, self.offsets, self.sizes, self.max_displacements, word_slots]
+        int64 = [self.slots, self.offsets, self.sizes, self.max_displacements, word_slots, long_ids]
         if (any(a.dtype != np.int64 for a in int64) or self.log10_unigrams.dtype != np.float64
                 or low.dtype != np.uint64 or high.dtype != np.uint64):
             raise ValueError("holds scorer tables of the wrong types")
@@ -180,7 +182,10 @@ class NGramScorer:
                 or not 0 <= word_displacement < word_size
                 or len(word_ids) != (n_words if usable else 0) or not ((word_ids >= 0) & (word_ids < n_words)).all()):
             raise ValueError("holds a word hash table that does not fit the vocabulary")
-        self.words = WordTable.from_arrays(SlotTable.from_slots(word_slots, word_displacement), low, high, bool(usable))
+        if long_ids.ndim != 1 or not ((long_ids >= 0) & (long_ids < n_words)).all():
+            raise ValueError("holds long-word ids outside the vocabulary")
+        self.words = WordTable.from_arrays(SlotTable.from_slots(word_slots, word_displacement), low, high, long_ids,
+                                           bool(usable))
 
     def score(self, sentences: Sequence[str]) -> SentenceScores:
         """``log10 p`` of each sentence and the totals."""

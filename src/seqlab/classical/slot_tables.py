@@ -69,8 +69,8 @@ def encode_sentences(words: WordTable, vocabulary: WordVocabulary, sentences: Se
         found = word_ids.take(index)
         word_ids[index] = np.where((words.low.take(found) == low) & (words.high.take(found) == high), found, 0)
     if n_long:
-        index = vocabulary.index
-        word_ids[long_words[:n_long, 0]] = [index[raw[start:stop].decode("utf-8", "surrogatepass")]
+        index = words.long_words(vocabulary)
+        word_ids[long_words[:n_long, 0]] = [index.get(raw[start:stop].decode("utf-8", "surrogatepass"), 0)
                                             for start, stop in long_words[:n_long, 1:].tolist()]
     return word_ids, lengths
 
@@ -160,14 +160,23 @@ class WordTable:
         self.table = SlotTable(keys[:kept], ids[:kept], priority=-ids[:kept])
         # the pair each medium word's hit is confirmed on; zero (no query's) for every other word
         self.low, self.high = np.where(medium, low, 0), np.where(medium, high, 0)
+        self.long_ids = np.flatnonzero(lengths > WORD_BYTES)      # words looked up by their text
 
     @classmethod
-    def from_arrays(cls, table: SlotTable, low: np.ndarray, high: np.ndarray, usable: bool) -> WordTable:
+    def from_arrays(cls, table: SlotTable, low: np.ndarray, high: np.ndarray, long_ids: np.ndarray,
+                    usable: bool) -> WordTable:
         """A table built before (``NGramScorer.arrays``)."""
         words = object.__new__(cls)
-        words.table, words.low, words.high, words.usable = table, low, high, usable
+        words.table, words.low, words.high, words.long_ids, words.usable = table, low, high, long_ids, usable
         words.mix_high = MIX_HIGH
         return words
+
+    def long_words(self, vocabulary: WordVocabulary) -> dict[str, int]:
+        """Word -> id of the vocabulary's words longer than 16 bytes (made once: a cache's
+        vocabulary need not build its whole dictionary to score a long word)."""
+        if getattr(self, "_long_words", None) is None:
+            self._long_words = {vocabulary.words[i]: i for i in self.long_ids.tolist()}
+        return self._long_words
 
 
 def _word_halves(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
