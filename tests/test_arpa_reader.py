@@ -5,6 +5,7 @@ the line, and a cache round-trips bit for bit or fails with a CheckpointError.""
 import math
 import mmap
 
+import numba
 import numpy as np
 import pytest
 import safetensors.torch
@@ -15,7 +16,8 @@ from seqlab.classical import arpa_reader, decimals
 from seqlab.classical.arpa import LN10, ZERO_LOG10, fit_sentences, write_arpa
 from seqlab.classical.arpa_reader import UNICODE_SPACES, _plain_utf8, read_arpa_file, read_arpa_reference
 from seqlab.classical.decimals import _parse_packed, parse_decimals
-from seqlab.classical.ngram_cache import load_binary, save_binary
+from seqlab.classical import ngram_cache, slot_tables
+from seqlab.classical.ngram_cache import load_arpa, load_binary, save_binary
 from seqlab.classical.ngram_scoring import score_sentences, scorer_for
 from seqlab.data.corpora import builtin_corpus
 from seqlab.errors import CheckpointError, DataError
@@ -396,7 +398,11 @@ def test_a_cache_whose_scorer_does_not_fit_raises_checkpoint_error(sentences, tm
     sizes[3] += 1
     displacements = tensors["scorer.max_displacements"].clone()
     displacements[2] = sizes[2]                                               # probing past the table
+    miss_row = tensors["scorer.word_slots"].clone()
+    miss_row[-1, 1] = 10**9                                                   # the id every unknown word reads
     cases = {
+        "miss row": {"scorer.word_slots": miss_row},
+        "settings": {"scorer.word_settings": tensors["scorer.word_settings"].repeat(2, 1)},
         "slots cut": {"scorer.slots": tensors["scorer.slots"][:-3]},
         "word ids": {"scorer.word_slots": word_slots},
         "sizes": {"scorer.sizes": sizes},
@@ -415,3 +421,57 @@ def test_a_cache_whose_scorer_does_not_fit_raises_checkpoint_error(sentences, tm
                                 metadata=metadata)
     with pytest.raises(CheckpointError, match="word_high"):
         load_binary(missing)
+
+
+def test_a_cache_rewritten_in_place_after_loading_does_not_change_what_was_checked(sentences, tmp_path):
+    """Mapped pages that were only read follow the file: whatever the compiled lookups index by
+    was copied when it was checked, so a hostile file copied over the loaded one cannot make them
+    read outside their memory."""
+    model, vocabulary = fit_sentences(sentences[:300], order=3)
+    path, hostile = tmp_path / "model.ngram", tmp_path / "hostile.ngram"
+    save_binary(model, vocabulary, path)
+    tensors = safetensors.torch.load_file(str(path))
+    word_slots = tensors["scorer.word_slots"].clone()
+    word_slots[:, 1] = 10**9
+    offsets = tensors["scorer.offsets"].clone() * 1000
+    safetensors.torch.save_file({**tensors, "scorer.word_slots": word_slots, "scorer.offsets": offsets},
+                                str(hostile), metadata=safetensors.safe_open(str(path), "pt").metadata())
+    assert hostile.stat().st_size == path.stat().st_size
+    loaded, loaded_vocabulary = load_binary(path)
+    held_out = sentences[300:400] + ["zebra unicorn"]
+    before = score_sentences(loaded, loaded_vocabulary, held_out).log10_probs
+    with open(path, "r+b") as file:                           # in place: the same inode, as cp does
+        file.write(hostile.read_bytes())
+    np.testing.assert_array_equal(score_sentences(loaded, loaded_vocabulary, held_out).log10_probs, before)
+
+
+def test_malformed_headers_and_an_unwritable_cache_are_one_line_errors(sentences, tmp_path, monkeypatch):
+    path = tmp_path / "list.ngram"
+    header = b'{"__metadata__": ["not", "an", "object"]}'
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CheckpointError, match="header"):
+        load_binary(path)
+    model, vocabulary = fit_sentences(sentences[:50], order=2)
+    arpa = tmp_path / "model.arpa"
+    write_arpa(model, vocabulary, arpa)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(ngram_cache.tempfile, "mkstemp", refused)
+    with pytest.raises(DataError, match="cannot write the n-gram cache"):
+        load_arpa(arpa, cache=True)
+
+
+def test_kernels_compile_without_a_disk_cache_where_numba_has_none(monkeypatch):
+    """numba refuses cache=True when no place is writable; the kernels then compile per process."""
+    calls, real_njit = [], numba.njit
+
+    def njit(**options):
+        calls.append(options)
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return real_njit(**options)
+    monkeypatch.setattr(slot_tables.numba, "njit", njit)
+    doubled = slot_tables.compiled(lambda x: 2 * x)
+    monkeypatch.undo()
+    assert doubled(21) == 42 and [bool(c.get("cache")) for c in calls] == [True, False]

@@ -95,16 +95,18 @@ def load_arpa(path: str | Path, *, cache: bool = False) -> tuple[NGramLM, WordVo
         if made_from == source and source and version == BINARY_VERSION:     # (an older version is remade)
             return load_binary(cached)
     model, vocabulary = read_arpa_file(path)
-    handle, staging = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".partial")
-    os.close(handle)
+    staging = None
     try:
+        handle, staging = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".partial")
+        os.close(handle)
         save_binary(model, vocabulary, staging, source=source)
         os.chmod(staging, 0o666 & ~_umask())                 # safetensors writes 0600
         os.replace(staging, cached)
     except (OSError, safetensors.SafetensorError) as error:
         raise DataError(f"cannot write the n-gram cache {str(cached)!r}: {error}".replace("\n", " ")) from None
     finally:
-        Path(staging).unlink(missing_ok=True)
+        if staging is not None:
+            Path(staging).unlink(missing_ok=True)
     return model, vocabulary
 
 
@@ -171,7 +173,7 @@ def load_binary(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
     if scorer_arrays:
         try:
             remember_scorer(model, vocabulary, NGramScorer(model, vocabulary, scorer_arrays))
-        except (KeyError, ValueError, ConfigError) as error:
+        except (KeyError, TypeError, ValueError, ConfigError) as error:
             raise CheckpointError(f"{where} {error}: it is corrupt; rebuild it with save_binary") from None
     return model, vocabulary
 
@@ -190,6 +192,8 @@ def _map_tensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     if not 2 <= header_size <= len(mapped) - 8:
         raise ValueError("its header size is out of range")
     header = json.loads(mapped[8: 8 + header_size])
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
+        raise ValueError("its header is not a JSON object of tensors and metadata")
     metadata = header.pop("__metadata__", None) or {}
     tensors, start = {}, 8 + header_size
     for name, entry in header.items():

@@ -1,7 +1,10 @@
 """Batch scoring of whitespace-tokenised sentences under a word n-gram model, at C speed.
 
 ``log10 p(<s> w_1 .. w_m </s>)`` of every sentence, as ``kenlm.Model.score(s, bos=True, eos=True)``
-computes it, for many sentences at once and with no Python work per sentence or per word:
+computes it, for many sentences at once and with no Python work per sentence or per word. (Words
+are what ``str.split`` and the vocabulary make of the text: KenLM's module splits at ASCII space,
+tab and line breaks only, so the separator bytes 0x1c-0x1f and Unicode spaces split words here
+and not there, and it reads a literal ``<s>`` as a sentence start where it is ``<unk>`` here.)
 
 1. **Words to ids** (``slot_tables.encode_sentences``): the sentences' bytes split and looked up
    in a hash table of the vocabulary's words, a word of at most 8 bytes being its own key.
@@ -43,13 +46,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numba
 import numpy as np
 import torch
 
 from seqlab.classical import counts as ngrams
 from seqlab.classical.ngram import NGramLM
-from seqlab.classical.slot_tables import EMPTY, SlotTable, WordTable, _home_slot, encode_sentences
+from seqlab.classical.slot_tables import EMPTY, SlotTable, WordTable, _home_slot, compiled, encode_sentences
 from seqlab.errors import ConfigError
 
 if TYPE_CHECKING:                      # arpa imports nothing from here; only the annotations need it
@@ -148,17 +150,24 @@ class NGramScorer:
                 "word_settings": np.array([self.words.table.max_displacement, self.words.usable], dtype=np.int64)}
 
     def _adopt(self, arrays: dict[str, np.ndarray]) -> None:
-        """Take ``arrays()``'s tables after checking every size the compiled lookups index by
-        (a table that does not fit would read outside its memory); ValueError says what is off.
-        The slots themselves are not read: a table is touched where a query lands, as KenLM's
-        memory-mapped tables are."""
-        arrays = dict(arrays)
+        """Take ``arrays()``'s tables after checking every size and id the compiled lookups index
+        by (a table that does not fit would read outside its memory); ValueError says what is off.
+
+        Whatever is used as an index is copied first (the sizes, and the word table, whose values
+        are the ids): memory-mapped pages that were only read follow the file, so a file rewritten
+        in place must not change what was checked. The n-gram slots are only compared and summed,
+        and stay where they are: a table is touched where a query lands, as KenLM's memory-mapped
+        tables are (and, as there, truncating the file under a loaded model ends the process)."""
+        arrays = {name: np.array(array) if name != "slots" and name != "log10_unigrams" else array
+                  for name, array in arrays.items()}
         self.slots, self.offsets = arrays.pop("slots"), arrays.pop("offsets")
         self.sizes, self.max_displacements = arrays.pop("sizes"), arrays.pop("max_displacements")
         self.log10_unigrams = arrays.pop("log10_unigrams")
         word_slots, low, high = arrays.pop("word_slots"), arrays.pop("word_low"), arrays.pop("word_high")
-        long_ids = arrays.pop("word_long_ids")
-        (word_displacement, usable), n_words = arrays.pop("word_settings").tolist(), len(self.vocabulary.words)
+        long_ids, settings = arrays.pop("word_long_ids"), arrays.pop("word_settings")
+        if settings.shape != (2,) or settings.dtype != np.int64:
+            raise ValueError("holds word table settings of the wrong shape")
+        (word_displacement, usable), n_words = settings.tolist(), len(self.vocabulary.words)
         if arrays:
             raise ValueError(f"holds unexpected scorer tables {sorted(arrays)}")
         int64 = [self.slots, self.offsets, self.sizes, self.max_displacements, word_slots, long_ids]
@@ -179,6 +188,7 @@ class NGramScorer:
         word_size = len(word_slots) - 1
         word_ids = word_slots[word_slots[:, 0] != EMPTY, 1] if word_slots.ndim == 2 else None
         if (word_slots.ndim != 2 or word_slots.shape[1] != 2 or not 1 <= word_size < 2**32
+                or word_slots[-1].tolist() != [EMPTY, 0]                        # what every miss reads
                 or not 0 <= word_displacement < word_size
                 or len(word_ids) != (n_words if usable else 0) or not ((word_ids >= 0) & (word_ids < n_words)).all()):
             raise ValueError("holds a word hash table that does not fit the vocabulary")
@@ -198,7 +208,7 @@ class NGramScorer:
                               int(np.count_nonzero(word_ids == 0)))
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _score_sentences(word_ids, lengths, log10_unigrams, slots, values, offsets, sizes,
                      max_displacements, n_ids, start_id, end_id, order, out):
     """The back-off recursion of the module docstring over the stream ``<s> w_1 .. w_m </s> <s>

@@ -31,6 +31,18 @@ from seqlab.errors import ConfigError
 if TYPE_CHECKING:                      # arpa imports nothing from here; only the annotations need it
     from seqlab.classical.arpa import WordVocabulary
 
+
+def compiled(function=None, **options):
+    """``numba.njit(nogil=True, **options)``, its machine code cached on disk where numba finds a
+    writable place and compiled anew in each process where it does not (numba refuses to cache,
+    when no place is writable, rather than compile without a cache)."""
+    def decorate(function):
+        try:
+            return numba.njit(cache=True, nogil=True, **options)(function)
+        except RuntimeError:                     # "cannot cache function ...: no locator available"
+            return numba.njit(nogil=True, **options)(function)
+    return decorate(function) if function is not None else decorate
+
 EMPTY = -1                                   # an empty slot's key (no key is -1)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)       # 2^64 / golden ratio: Fibonacci hashing's multiplier
 MIX_HIGH = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -75,7 +87,7 @@ def encode_sentences(words: WordTable, vocabulary: WordVocabulary, sentences: Se
     return word_ids, lengths
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _split_words(data, boundary, mix_high, keys, lengths, medium_words, long_words):
     """Split ``data`` (the sentences' UTF-8 joined by NUL) at the bytes ``boundary`` marks: ``keys``
     receives each word's ``WordTable`` key (-1, no word's, for a word longer than 16 bytes),
@@ -261,7 +273,7 @@ def _home(keys: np.ndarray, size: int) -> np.ndarray:
     return ((high * np.uint64(size)) >> np.uint64(32)).view(np.int64)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _find_slots(slots, size, max_displacement, queries):
     """``SlotTable.find``: the slot of each query, -1 where it is not stored (or the query is -1,
     no key), in rounds that read one slot of every pending query at once (see
@@ -289,7 +301,7 @@ def _find_slots(slots, size, max_displacement, queries):
     return found
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@compiled(inline="always")
 def _home_slot(key, size):
     """``floor(h * size / 2^32)``, h the top 32 bits of ``key * GOLDEN mod 2^64`` (``_home``)."""
     return np.int64((((np.uint64(key) * GOLDEN) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
