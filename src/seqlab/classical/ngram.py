@@ -201,12 +201,15 @@ class NGramLM(CausalLM):
             self, fitted.
         """
         fitted = _Fit(counted, self.n_ids, self.start_id, self.config)
-        keys = fitted.keys
-        probs, backoffs, discounts = fitted.estimate()
-        self.discounts.copy_(discounts)
-        if self.config.prune_singletons:
+        if self.config.prune_singletons:         # pruning renormalises with every order's float64 p*
+            probs, backoffs, discounts = fitted.estimate()
             keys, probs, backoffs = fitted.prune(probs, backoffs)
-        self.set_tables(keys, [p.log() for p in probs], [b.log() for b in backoffs])
+            log_probs, log_backoffs = [p.log() for p in probs], [b.log() for b in backoffs]
+        else:                                    # each order's float64 p* kept while the next one needs it
+            keys = fitted.keys
+            log_probs, log_backoffs, discounts = fitted.estimate(logs=True)
+        self.discounts.copy_(discounts)
+        self.set_tables(keys, log_probs, log_backoffs)
         return self
 
     def set_tables(self, keys: list[Tensor], log_probs: list[Tensor], log_backoffs: list[Tensor]) -> None:
@@ -307,7 +310,12 @@ class NGramLM(CausalLM):
 
 
 class _Fit:
-    """The estimators, over counted tables (float64 throughout; see the module docstring).
+    """The estimators, over counted tables (float64 arithmetic; see the module docstring).
+
+    What is held for every order is what the counting made (keys, int64 counts, suffix indices)
+    and one bool an n-gram (whether it starts with ``<s>``); an order's prefix indices and float64
+    counts are made when it is estimated, so that the working memory of a large model is about
+    one order's (``benchmarks/ngram_scale.py`` measures it).
 
     Args:
         counted: per order, from ``count_ngrams``.
@@ -316,49 +324,76 @@ class _Fit:
     def __init__(self, counted: list[ngrams.CountedOrder], n_ids: int, start_id: int, config: NGramConfig):
         self.n_ids, self.start_id, self.config, self.vocab_size = n_ids, start_id, config, n_ids - 1
         self.keys = [order.keys for order in counted]
-        self.counts = [order.counts.double() for order in counted]             # raw counts
+        self.raw_counts = [order.counts for order in counted]
         self.suffix = [order.suffix for order in counted]
-        self.prefix = [torch.zeros(n_ids, dtype=torch.long)] + [
-            ngrams.prefixes_and_last(k, n_ids)[0] for k in self.keys[1:]]
-        self.first = [torch.arange(n_ids)]                                      # w_1 of each n-gram
-        for prefix in self.prefix[1:]:
-            self.first.append(self.first[-1][prefix])
+        self.starts = [torch.arange(n_ids) == start_id]              # whether each n-gram starts with <s>
+        for k in range(2, len(self.keys) + 1):
+            self.starts.append(self.starts[-1][self.prefix(k)])
 
-    def estimate(self) -> tuple[list[Tensor], list[Tensor], Tensor]:
-        """Per order p* (N_k,) and b (N_k, or 0 at the top), and the (n, 3) discounts."""
+    def prefix(self, k: int) -> Tensor:
+        """(N_k,) the index of each k-gram's (k - 1)-gram prefix (zeros for the unigrams)."""
+        if k == 1:
+            return torch.zeros(self.n_ids, dtype=torch.long)
+        return ngrams.prefixes_and_last(self.keys[k - 1], self.n_ids)[0]
+
+    def counts(self, k: int) -> Tensor:
+        """(N_k,) float64 the k-grams' raw counts (a new tensor)."""
+        return self.raw_counts[k - 1].to(torch.float64, copy=True)
+
+    def estimate(self, logs: bool = False) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Per order p* (N_k,) and b (N_k, or 0 at the top), and the (n, 3) discounts. With
+        ``logs``, ln p* and ln b as float32 (what the model stores, to the bit), each order's
+        float64 p* given up as soon as the order above has used it."""
         if self.config.estimator in INTERPOLATED:
-            return self._interpolate()
-        probs, backoffs = self._back_off()
+            return self._interpolate(logs)
+        probs, backoffs = self._back_off(logs)
         return probs, backoffs, torch.zeros(len(self.keys), 3, dtype=torch.float64)
 
-    def _interpolate(self) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    @staticmethod
+    def _add_order(probs: list[Tensor], backoffs: list[Tensor], prob: Tensor, backoff: Tensor | None,
+                   logs: bool) -> None:
+        """Append an order's p* (and its contexts' b); with ``logs``, the order below becomes ln p*
+        in float32 now that this one has used it."""
+        if logs and probs:
+            probs[-1] = probs[-1].log().float()
+        probs.append(prob)
+        if backoff is not None:
+            backoffs.append(backoff.log().float() if logs else backoff)
+
+    @staticmethod
+    def _finish(probs: list[Tensor], backoffs: list[Tensor], logs: bool) -> None:
+        """The top order's p* to ln p* (with ``logs``) and its empty b."""
+        if logs:
+            probs[-1] = probs[-1].log().float()
+        backoffs.append(torch.zeros(0, dtype=torch.float32 if logs else torch.float64))
+
+    def _interpolate(self, logs: bool) -> tuple[list[Tensor], list[Tensor], Tensor]:
         order, estimator = len(self.keys), self.config.estimator
         probs, backoffs, discounts = [], [], []
         for k in range(1, order + 1):
-            counts = self.counts[k - 1]
+            counts = self.counts(k)
             if estimator != "absolute" and k < order:          # Kneser-Ney continuation counts
                 continuation = torch.bincount(self.suffix[k], minlength=len(counts)).double()
-                counts = torch.where(self.first[k - 1] == self.start_id, counts, continuation)
+                counts = torch.where(self.starts[k - 1], counts, continuation)
+                del continuation
             if k == 1:
-                counts = counts.clone()
                 counts[self.start_id] = 0.0                    # <s> is never predicted
             discount = self._discounts(counts)
             discounts.append(discount)
             taken = torch.where(counts >= 3, discount[2], torch.where(counts == 2, discount[1], discount[0]))
             taken = torch.where(counts > 0, taken, 0.0)
-            context = self.prefix[k - 1]
+            context = self.prefix(k)
             n_contexts = 1 if k == 1 else len(self.keys[k - 2])
             total = torch.bincount(context, weights=counts, minlength=n_contexts)
             gamma = torch.where(total > 0, torch.bincount(context, weights=taken, minlength=n_contexts)
                                 / total.clamp(min=1e-300), 1.0)
             lower = torch.full_like(counts, 1 / self.vocab_size) if k == 1 else probs[-1][self.suffix[k - 1]]
             prob = (counts - taken) / total.clamp(min=1e-300)[context] + gamma[context] * lower
+            del counts, taken, lower, context
             if k == 1:
                 prob[self.start_id] = 0.0
-            else:
-                backoffs.append(gamma)
-            probs.append(prob)
-        backoffs.append(torch.zeros(0, dtype=torch.float64))
+            self._add_order(probs, backoffs, prob, None if k == 1 else gamma, logs)
+        self._finish(probs, backoffs, logs)
         return probs, backoffs, torch.stack(discounts)
 
     def _discounts(self, counts: Tensor) -> Tensor:
@@ -370,15 +405,15 @@ class _Fit:
             return modified_kneser_ney_discounts(*n)
         return torch.full((3,), absolute_discount(n[0], n[1]), dtype=torch.float64)
 
-    def _back_off(self) -> tuple[list[Tensor], list[Tensor]]:
+    def _back_off(self, logs: bool) -> tuple[list[Tensor], list[Tensor]]:
         """mle, add_k and good_turing: discounted p*, then Katz back-off weights."""
         estimator, order, vocab = self.config.estimator, len(self.keys), self.vocab_size
         probs, backoffs = [], []
         for k in range(1, order + 1):
-            counts = self.counts[k - 1].clone()
+            counts = self.counts(k)
             if k == 1:
                 counts[self.start_id] = 0.0
-            context = self.prefix[k - 1]
+            context = self.prefix(k)
             n_contexts = 1 if k == 1 else len(self.keys[k - 2])
             total = torch.bincount(context, weights=counts, minlength=n_contexts)[context]
             if estimator == "add_k":
@@ -393,12 +428,12 @@ class _Fit:
                 unseen[self.start_id] = False
                 left = max(0.0, 1.0 - float(prob.sum())) if estimator != "mle" else 0.0
                 prob = (prob + left * unseen / unseen.sum()) if unseen.any() else prob / prob.sum()
-            else:
+            backoff = None
+            if k > 1:
                 prob, backoff = _renormalised_backoff(prob, probs[-1][self.suffix[k - 1]], context,
                                                       n_contexts, vocab, exact_mle=estimator == "mle")
-                backoffs.append(backoff)
-            probs.append(prob)
-        backoffs.append(torch.zeros(0, dtype=torch.float64))
+            self._add_order(probs, backoffs, prob, backoff, logs)
+        self._finish(probs, backoffs, logs)
         return probs, backoffs
 
     def prune(self, probs: list[Tensor], backoffs: list[Tensor]
@@ -407,11 +442,11 @@ class _Fit:
         that lost a continuation, ``b(h) = (1 - sum_kept p*) / (1 - sum_kept p(w | h'))``, so each
         distribution still sums to one; re-key the orders above (their prefix indices moved)."""
         order = len(self.keys)
-        keeps = [self.counts[k - 1] >= 2 if k >= 3 else torch.ones(len(self.keys[k - 1]), dtype=torch.bool)
+        keeps = [self.raw_counts[k - 1] >= 2 if k >= 3 else torch.ones(len(self.keys[k - 1]), dtype=torch.bool)
                  for k in range(1, order + 1)]
         backoffs = list(backoffs)
         for k in range(3, order + 1):
-            keep, context, n_contexts = keeps[k - 1], self.prefix[k - 1], len(self.keys[k - 2])
+            keep, context, n_contexts = keeps[k - 1], self.prefix(k), len(self.keys[k - 2])
             kept_mass = torch.bincount(context[keep], weights=probs[k - 1][keep], minlength=n_contexts)
             lower = probs[k - 2][self.suffix[k - 1][keep]]
             lower_mass = torch.bincount(context[keep], weights=lower, minlength=n_contexts)
