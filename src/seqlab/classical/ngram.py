@@ -312,20 +312,25 @@ class NGramLM(CausalLM):
 class _Fit:
     """The estimators, over counted tables (float64 arithmetic; see the module docstring).
 
-    What is held for every order is what the counting made (keys, int64 counts, suffix indices)
-    and one bool an n-gram (whether it starts with ``<s>``); an order's prefix indices and float64
-    counts are made when it is estimated, so that the working memory of a large model is about
-    one order's (``benchmarks/ngram_scale.py`` measures it).
+    What is held for every order is what the counting made (keys; counts and suffix indices as
+    int32 where they fit, which is exact) and one bool an n-gram (whether it starts with ``<s>``);
+    an order's prefix indices and float64 counts are made when it is estimated, so that the
+    working memory of a large model is about one order's (``benchmarks/ngram_scale.py``).
 
     Args:
-        counted: per order, from ``count_ngrams``.
+        counted: per order, from ``count_ngrams``; the list is emptied, so that the int64
+            originals of what is narrowed can be freed.
     """
 
     def __init__(self, counted: list[ngrams.CountedOrder], n_ids: int, start_id: int, config: NGramConfig):
         self.n_ids, self.start_id, self.config, self.vocab_size = n_ids, start_id, config, n_ids - 1
-        self.keys = [order.keys for order in counted]
-        self.raw_counts = [order.counts for order in counted]
-        self.suffix = [order.suffix for order in counted]
+        self.keys, self.raw_counts, self.suffix = [], [], []
+        while counted:
+            order = counted.pop(0)
+            self.keys.append(order.keys)
+            self.raw_counts.append(_narrowed(order.counts))
+            self.suffix.append(None if order.suffix is None else _narrowed(order.suffix))
+            del order
         self.starts = [torch.arange(n_ids) == start_id]              # whether each n-gram starts with <s>
         for k in range(2, len(self.keys) + 1):
             self.starts.append(self.starts[-1][self.prefix(k)])
@@ -387,9 +392,14 @@ class _Fit:
             total = torch.bincount(context, weights=counts, minlength=n_contexts)
             gamma = torch.where(total > 0, torch.bincount(context, weights=taken, minlength=n_contexts)
                                 / total.clamp(min=1e-300), 1.0)
-            lower = torch.full_like(counts, 1 / self.vocab_size) if k == 1 else probs[-1][self.suffix[k - 1]]
-            prob = (counts - taken) / total.clamp(min=1e-300)[context] + gamma[context] * lower
-            del counts, taken, lower, context
+            # p* = (c - D(c)) / total(h) + gamma(h) p(w | h'), made in place: one order's arrays are
+            # the largest the estimator holds
+            prob = counts.sub_(taken)
+            del counts, taken
+            prob.div_(total.clamp(min=1e-300)[context])
+            lower = torch.full_like(prob, 1 / self.vocab_size) if k == 1 else probs[-1][self.suffix[k - 1]]
+            prob.add_(lower.mul_(gamma[context]))
+            del lower, context
             if k == 1:
                 prob[self.start_id] = 0.0
             self._add_order(probs, backoffs, prob, None if k == 1 else gamma, logs)
@@ -464,6 +474,13 @@ class _Fit:
             kept_probs.append(probs[k - 1][keep])
             kept_backoffs.append(backoffs[k - 1][keep] if k < order else backoffs[k - 1])
         return keys, kept_probs, kept_backoffs
+
+
+def _narrowed(values: Tensor) -> Tensor:
+    """``values`` as int32 when every one fits (the same numbers in half the memory)."""
+    if len(values) and (int(values.min()) < -2**31 or int(values.max()) >= 2**31):
+        return values
+    return values.to(torch.int32)
 
 
 def _renormalised_backoff(prob: Tensor, lower: Tensor, context: Tensor, n_contexts: int, vocab: int,
