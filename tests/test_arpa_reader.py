@@ -13,11 +13,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from seqlab.classical import arpa_reader, decimals
-from seqlab.classical.arpa import LN10, ZERO_LOG10, fit_sentences, write_arpa
+from seqlab.classical.arpa import LN10, ZERO_LOG10, WordVocabulary, fit_sentences, write_arpa
 from seqlab.classical.arpa_reader import UNICODE_SPACES, _plain_utf8, read_arpa_file, read_arpa_reference
 from seqlab.classical.decimals import _parse_packed, parse_decimals
 from seqlab.classical import ngram_cache, slot_tables
-from seqlab.classical.ngram_cache import load_arpa, load_binary, save_binary
+from seqlab.classical.ngram_cache import load_arpa, load_binary, load_scorer, save_binary
 from seqlab.classical.ngram_scoring import score_sentences, scorer_for
 from seqlab.data.corpora import builtin_corpus
 from seqlab.errors import CheckpointError, DataError
@@ -303,8 +303,41 @@ def test_binary_cache_round_trips_bit_for_bit(sentences, tmp_path):
     save_binary(model, vocabulary, tmp_path / "model.ngram")
     loaded, loaded_vocabulary = load_binary(tmp_path / "model.ngram")
     assert loaded.config == model.config and loaded_vocabulary == vocabulary
+    assert len(loaded_vocabulary) == len(vocabulary) and loaded_vocabulary.end_id == vocabulary.end_id
     assert torch.equal(loaded.discounts, model.discounts)
     assert_same_model(loaded, model, loaded_vocabulary, vocabulary, written=False)
+
+
+def test_the_cache_is_a_safetensors_file_that_safetensors_reads(sentences, tmp_path):
+    """seqlab writes the file itself (each array in one write): safetensors' own reader must read
+    every tensor and the metadata as seqlab's reader does, and each tensor starts aligned to its type."""
+    model, vocabulary = fit_sentences(sentences[:300], order=3)
+    path = tmp_path / "model.ngram"
+    save_binary(model, vocabulary, path, source="made here")
+    metadata, mapped = ngram_cache._map_tensors(path)
+    with safetensors.safe_open(str(path), framework="numpy") as handle:
+        assert handle.metadata() == metadata and metadata["source"] == "made here"
+        assert sorted(handle.keys()) == sorted(mapped)
+        for name in handle.keys():
+            np.testing.assert_array_equal(handle.get_tensor(name), mapped[name], err_msg=name)
+            assert handle.get_tensor(name).dtype == mapped[name].dtype, name
+    assert all(array.ctypes.data % array.dtype.itemsize == 0 for array in mapped.values())
+
+
+def test_the_cache_is_written_whole_when_the_system_writes_a_little_at_a_time(sentences, tmp_path, monkeypatch):
+    """``os.writev`` may write fewer bytes than asked (a call writes at most ~2 GiB) and takes at
+    most IOV_MAX buffers: the writer goes on until every byte is written."""
+    model, vocabulary = fit_sentences(sentences[:300], order=3)
+    save_binary(model, vocabulary, tmp_path / "whole.ngram", source="s")
+    real_writev = ngram_cache.os.writev
+
+    def a_little(fd, buffers):
+        assert len(buffers) <= 3
+        return real_writev(fd, [bytes(memoryview(buffers[0])[:777])])
+    monkeypatch.setattr(ngram_cache, "IOV_MAX", 3)
+    monkeypatch.setattr(ngram_cache.os, "writev", a_little)
+    save_binary(model, vocabulary, tmp_path / "little.ngram", source="s")
+    assert (tmp_path / "little.ngram").read_bytes() == (tmp_path / "whole.ngram").read_bytes()
 
 
 def respelled(vocabulary: torch.Tensor, index: int, spelling: str) -> torch.Tensor:
@@ -315,27 +348,41 @@ def respelled(vocabulary: torch.Tensor, index: int, spelling: str) -> torch.Tens
 
 
 def test_corrupt_or_foreign_caches_raise_checkpoint_error(sentences, tmp_path):
+    """What every reader relies on (the header, types, sizes) is checked at load; the order of the
+    keys at the model's first search and the words when they are first read (a scorer whose word
+    table came with the cache needs neither). Each fails as a one-line CheckpointError."""
     model, vocabulary = fit_sentences(sentences[:200], order=3)
     path = tmp_path / "model.ngram"
     save_binary(model, vocabulary, path)
     tensors = safetensors.torch.load_file(str(path))
     metadata = {"format": "seqlab-ngram-tables", "version": "1",
                 "config": '{"vocab_size": %d, "order": 3}' % len(vocabulary.words)}
-    cases = {
+    at_load = {
         "missing": None,
         "garbage": b"not a safetensors file",
         "truncated": path.read_bytes()[:-40],
         "version": ({**tensors}, {**metadata, "version": "99"}),
         "foreign": ({"weight": torch.zeros(3)}, {"format": "something else"}),
-        "unsorted keys": ({**tensors, "order2.keys": tensors["order2.keys"].flip(0)}, metadata),
         "sizes": ({**tensors, "order3.log_prob": tensors["order3.log_prob"][:-1]}, metadata),
         "missing order": ({k: v for k, v in tensors.items() if not k.startswith("order3.")}, metadata),
-        "word with a tab": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "a\tb")}, metadata),
-        "word with a Unicode space": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "a\u00a0b")},
-                                      metadata),
-        "empty word": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "")}, metadata),
+        "a word too many": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "a\nb")}, metadata),
     }
-    for name, case in cases.items():
+    searched = lambda model, vocabulary: model.log_prob(torch.tensor([[2, 3, 4]]))     # noqa: E731
+    words = lambda model, vocabulary: vocabulary.words                                # noqa: E731
+    duplicate = bytes(tensors["vocabulary"].numpy()).decode("utf-8").split("\n")[6]
+    later = {
+        "unsorted keys": ({**tensors, "order2.keys": tensors["order2.keys"].flip(0)}, searched),
+        "word with a tab": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "a\tb")}, words),
+        "word with a Unicode space": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "a\u00a0b")},
+                                      words),
+        "empty word": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "")}, words),
+        "repeated word": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, duplicate)}, words),
+        "<s> as a word": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "<s>")}, words),
+        "not UTF-8": ({**tensors, "vocabulary": torch.cat([tensors["vocabulary"][:-1], torch.tensor([255],
+                                                                                                     dtype=torch.uint8)])},
+                      words),
+    }
+    for name, case in at_load.items():
         bad = tmp_path / f"{name}.ngram"
         if isinstance(case, bytes):
             bad.write_bytes(case)
@@ -344,6 +391,18 @@ def test_corrupt_or_foreign_caches_raise_checkpoint_error(sentences, tmp_path):
         with pytest.raises(CheckpointError) as raised:
             load_binary(bad)
         assert "\n" not in str(raised.value), name
+    for name, (changed, use) in later.items():
+        bad = tmp_path / f"{name}.ngram"
+        safetensors.torch.save_file(changed, str(bad), metadata=metadata)
+        loaded = load_binary(bad)
+        for _ in range(2):                                          # and again: a failed check holds
+            with pytest.raises(CheckpointError, match="corrupt") as raised:
+                use(*loaded)
+            assert str(bad) in str(raised.value) and "\n" not in str(raised.value), name
+    loaded, loaded_vocabulary = load_binary(path)                  # the sound file passes both
+    assert loaded_vocabulary.words == vocabulary.words
+    torch.testing.assert_close(loaded.log_prob(torch.tensor([[2, 3, 4]])), model.log_prob(torch.tensor([[2, 3, 4]])),
+                               rtol=0, atol=0)
 
 
 def test_the_cache_hands_over_its_scorer_which_scores_as_a_fresh_one(sentences, tmp_path):
@@ -366,10 +425,55 @@ def test_the_cache_hands_over_its_scorer_which_scores_as_a_fresh_one(sentences, 
     expected = score_sentences(model, vocabulary, held_out).log10_probs
     np.testing.assert_array_equal(score_sentences(loaded, loaded_vocabulary, held_out).log10_probs, expected)
     tensors = safetensors.torch.load_file(str(path))
-    old = tmp_path / "old.ngram"
+    old = tmp_path / "old.safetensors"
     safetensors.torch.save_file({k: v for k, v in tensors.items() if not k.startswith("scorer.")}, str(old),
                                 metadata={**safetensors.safe_open(str(path), "pt").metadata(), "version": "1"})
     np.testing.assert_array_equal(score_sentences(*load_binary(old), held_out).log10_probs, expected)
+    np.testing.assert_array_equal(load_scorer(old).score(held_out).log10_probs, expected)
+    two = tmp_path / "two.safetensors"                          # version 2: without the long words' text
+    safetensors.torch.save_file({k: v for k, v in tensors.items() if k != "scorer.word_long_text"}, str(two),
+                                metadata={**safetensors.safe_open(str(path), "pt").metadata(), "version": "2"})
+    long_held_out = held_out + [" ".join(w for w in vocabulary.words if len(w.encode()) > 16)]
+    np.testing.assert_array_equal(load_scorer(two).score(long_held_out).log10_probs,
+                                  score_sentences(model, vocabulary, long_held_out).log10_probs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(st.sampled_from("</s>ab\u00e9"), min_size=1, max_size=6), unique=True, max_size=8),
+       st.integers(0, 8))
+def test_a_cached_vocabulary_knows_its_length_and_end_without_splitting(others, at):
+    """The length and the id of ``</s>`` read from the joined bytes are the split vocabulary's,
+    wherever ``</s>`` is (first after <unk>, inside, last, absent) among words that contain it."""
+    words = [w for w in others if w not in ("<unk>", "<s>")]
+    if at < len(words) + 1 and "</s>" not in words:
+        words.insert(at, "</s>")
+    vocabulary = WordVocabulary(("<unk>", *words))
+    cached = ngram_cache.CachedVocabulary("\n".join(vocabulary.words).encode("utf-8"), "test")
+    assert len(cached) == len(vocabulary) and cached.end_id == vocabulary.end_id
+    assert "words" not in cached.__dict__
+    assert cached.words == vocabulary.words and cached == vocabulary
+
+
+def test_a_scorer_opens_a_cache_without_building_the_model(sentences, tmp_path, monkeypatch):
+    """``load_scorer`` maps the cache and takes its scorer (no NGramLM is made, nor its words
+    split), scoring to the bit as the model does; through ``cache=True`` the first call writes
+    the cache and the next maps it."""
+    model, vocabulary = fit_sentences(sentences[:1000], order=4)
+    held_out = sentences[1000:1100] + ["", "zebra unicorn", "a" * 40]
+    expected = score_sentences(model, vocabulary, held_out).log10_probs
+    arpa = tmp_path / "model.arpa"
+    write_arpa(model, vocabulary, arpa)
+    from_arpa = load_scorer(arpa, cache=True).score(held_out).log10_probs        # writes the cache
+    np.testing.assert_allclose(from_arpa, expected, rtol=0, atol=1e-6)        # (through the ARPA's 8 digits)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("load_scorer built a model")
+    monkeypatch.setattr(ngram_cache.NGramLM, "__init__", no_model)
+    scorer = load_scorer(arpa, cache=True)
+    np.testing.assert_array_equal(scorer.score(held_out).log10_probs, from_arpa)
+    assert "words" not in scorer.vocabulary.__dict__                          # never split
+    save_binary(model, vocabulary, tmp_path / "model.safetensors")
+    np.testing.assert_array_equal(load_scorer(tmp_path / "model.safetensors").score(held_out).log10_probs, expected)
 
 
 def test_changing_a_loaded_model_never_writes_to_its_cache(sentences, tmp_path):
@@ -385,8 +489,9 @@ def test_changing_a_loaded_model_never_writes_to_its_cache(sentences, tmp_path):
 
 
 def test_a_cache_whose_scorer_does_not_fit_raises_checkpoint_error(sentences, tmp_path):
-    """Every size the compiled lookups index by is checked: a table that did not fit would be read
-    outside its memory (a crash or silent garbage, never an error)."""
+    """Every size the compiled lookups index by is checked at load, and the word ids each time
+    words are looked up: a table that did not fit would be read outside its memory (a crash or
+    silent garbage, never an error)."""
     model, vocabulary = fit_sentences(sentences[:300], order=3)
     path = tmp_path / "model.ngram"
     save_binary(model, vocabulary, path)
@@ -404,45 +509,69 @@ def test_a_cache_whose_scorer_does_not_fit_raises_checkpoint_error(sentences, tm
         "miss row": {"scorer.word_slots": miss_row},
         "settings": {"scorer.word_settings": tensors["scorer.word_settings"].repeat(2, 1)},
         "slots cut": {"scorer.slots": tensors["scorer.slots"][:-3]},
-        "word ids": {"scorer.word_slots": word_slots},
         "sizes": {"scorer.sizes": sizes},
         "displacement": {"scorer.max_displacements": displacements},
         "unigrams": {"scorer.log10_unigrams": tensors["scorer.log10_unigrams"][:-1]},
         "types": {"scorer.word_low": tensors["scorer.word_low"].to(torch.int64)},
     }
     for name, change in cases.items():
-        bad = tmp_path / f"{name}.ngram"
+        bad = tmp_path / f"{name}.safetensors"
         safetensors.torch.save_file({**tensors, **change}, str(bad), metadata=metadata)
-        with pytest.raises(CheckpointError, match="corrupt") as raised:
-            load_binary(bad)
-        assert "\n" not in str(raised.value), name
+        for load in (load_binary, load_scorer):
+            with pytest.raises(CheckpointError, match="corrupt") as raised:
+                load(bad)
+            assert "\n" not in str(raised.value), name
     missing = tmp_path / "missing.ngram"
     safetensors.torch.save_file({k: v for k, v in tensors.items() if k != "scorer.word_high"}, str(missing),
                                 metadata=metadata)
     with pytest.raises(CheckpointError, match="word_high"):
         load_binary(missing)
+    bad_ids = tmp_path / "word ids.safetensors"
+    safetensors.torch.save_file({**tensors, "scorer.word_slots": word_slots}, str(bad_ids), metadata=metadata)
+    loaded = load_binary(bad_ids)
+    with pytest.raises(CheckpointError, match="outside the vocabulary") as raised:
+        score_sentences(*loaded, sentences[300:310])
+    assert "\n" not in str(raised.value)
+    with pytest.raises(CheckpointError, match="outside the vocabulary"):
+        load_scorer(bad_ids).score(sentences[300:310])
 
 
 def test_a_cache_rewritten_in_place_after_loading_does_not_change_what_was_checked(sentences, tmp_path):
-    """Mapped pages that were only read follow the file: whatever the compiled lookups index by
-    was copied when it was checked, so a hostile file copied over the loaded one cannot make them
-    read outside their memory."""
+    """Mapped pages that were only read follow the file: the sizes and offsets the compiled lookups
+    index by were copied when they were checked, and the word ids are checked at each lookup, so a
+    hostile file copied over the loaded one cannot make them read outside their memory."""
     model, vocabulary = fit_sentences(sentences[:300], order=3)
-    path, hostile = tmp_path / "model.ngram", tmp_path / "hostile.ngram"
+    path = tmp_path / "model.ngram"
     save_binary(model, vocabulary, path)
+    metadata = safetensors.safe_open(str(path), "pt").metadata()
     tensors = safetensors.torch.load_file(str(path))
     word_slots = tensors["scorer.word_slots"].clone()
     word_slots[:, 1] = 10**9
-    offsets = tensors["scorer.offsets"].clone() * 1000
-    safetensors.torch.save_file({**tensors, "scorer.word_slots": word_slots, "scorer.offsets": offsets},
-                                str(hostile), metadata=safetensors.safe_open(str(path), "pt").metadata())
-    assert hostile.stat().st_size == path.stat().st_size
+    hostile = {"offsets": {"scorer.offsets": tensors["scorer.offsets"] * 1000,
+                           "scorer.sizes": tensors["scorer.sizes"] * 1000,
+                           "scorer.max_displacements": tensors["scorer.max_displacements"] + 10**6},
+               "word ids": {"scorer.word_slots": word_slots}}
     loaded, loaded_vocabulary = load_binary(path)
     held_out = sentences[300:400] + ["zebra unicorn"]
     before = score_sentences(loaded, loaded_vocabulary, held_out).log10_probs
-    with open(path, "r+b") as file:                           # in place: the same inode, as cp does
-        file.write(hostile.read_bytes())
-    np.testing.assert_array_equal(score_sentences(loaded, loaded_vocabulary, held_out).log10_probs, before)
+    for name, change in hostile.items():
+        rewritten = tmp_path / f"{name}.ngram"
+        save_binary_like(path, {**tensors, **change}, metadata, rewritten)
+        with open(path, "r+b") as file:                       # in place: the same inode, as cp does
+            file.write(rewritten.read_bytes())
+        if name == "offsets":
+            np.testing.assert_array_equal(score_sentences(loaded, loaded_vocabulary, held_out).log10_probs, before)
+        else:
+            with pytest.raises(CheckpointError, match="rewritten after loading"):
+                score_sentences(loaded, loaded_vocabulary, held_out)
+
+
+def save_binary_like(original, tensors, metadata, path):
+    """``tensors`` written as ``original`` is laid out (the same names at the same offsets), so that
+    copying the file over ``original`` changes its values only."""
+    ngram_cache._write_safetensors(path, {name: tensors[name].numpy() for name in ngram_cache._map_tensors(original)[1]},
+                                   metadata)
+    assert path.stat().st_size == original.stat().st_size
 
 
 def test_malformed_headers_and_an_unwritable_cache_are_one_line_errors(sentences, tmp_path, monkeypatch):

@@ -473,10 +473,9 @@ def _score_parser(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from seqlab.classical.ngram_cache import load_arpa
-    from seqlab.classical.ngram_scoring import score_sentences
+    from seqlab.classical.ngram_cache import load_scorer
 
-    model, vocabulary = load_arpa(args.model, cache=args.cache)
+    scorer = load_scorer(args.model, cache=args.cache)
     where = "standard input" if args.input is None else repr(args.input)
     try:
         data = sys.stdin.buffer.read() if args.input is None else Path(args.input).read_bytes()
@@ -486,7 +485,7 @@ def _score(args: argparse.Namespace) -> int:
     lines = text.split("\n")                     # only a line feed ends a sentence, as kenlm reads
     if lines and lines[-1] == "":
         lines.pop()
-    scores = score_sentences(model, vocabulary, lines)
+    scores = scorer.score(lines)
     if not args.summary_only:
         sys.stdout.write("".join(f"{value:.6f}\n" for value in scores.log10_probs.tolist()))
     print(f"total log10 p {scores.total_log10:.6f}  sentences {len(lines)}  tokens {scores.n_tokens}  "

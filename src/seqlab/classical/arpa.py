@@ -99,9 +99,23 @@ class WordVocabulary:
         vocabulary = cls((UNKNOWN, SENTENCE_END, *(seen[i] for i in ranked.tolist())))
         return vocabulary, vocabulary._stream(new_id[seen_ids], lengths)
 
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __eq__(self, other: object) -> bool:          # (any vocabulary of the same words, a cache's too)
+        return isinstance(other, WordVocabulary) and self.words == other.words
+
+    def __hash__(self) -> int:
+        return hash(self.words)
+
     @property
     def start_id(self) -> int:
-        return len(self.words)
+        return len(self)
+
+    @functools.cached_property
+    def end_id(self) -> int | None:
+        """The id of ``</s>``; None if the vocabulary has none."""
+        return self.words.index(SENTENCE_END) if SENTENCE_END in self.words else None
 
     @functools.cached_property
     def index(self) -> dict[str, int]:
@@ -214,9 +228,9 @@ def sentence_log10_probs(model: NGramLM, vocabulary: WordVocabulary, sentences: 
 
 
 def _check_vocabulary(model: NGramLM, vocabulary: WordVocabulary) -> None:
-    if model.vocab_size != len(vocabulary.words):
+    if model.vocab_size != len(vocabulary):
         raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "
-                          f"{len(vocabulary.words)} words")
+                          f"{len(vocabulary)} words")
 
 
 def write_arpa(model: NGramLM, vocabulary: WordVocabulary, path: str | Path) -> None:

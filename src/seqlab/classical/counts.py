@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seqlab.errors import DataError
+from seqlab.errors import CheckpointError, DataError
 
 ABSENT = -1                               # the index of an absent n-gram (and of padding)
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)      # KenLM's lmplz --discount_fallback defaults
@@ -66,6 +66,7 @@ class NGramTable(nn.Module):
         for name, dtype in values.items():
             self.register_buffer(name, torch.zeros(0, dtype=dtype))
         self.value_names = tuple(values)
+        self._unchecked_source: str | None = None     # the file whose keys are not yet checked sorted
 
     def __len__(self) -> int:
         return self.keys.numel()
@@ -77,11 +78,34 @@ class NGramTable(nn.Module):
         for name in self.value_names:
             dtype = getattr(self, name).dtype
             setattr(self, name, values[name].to(device=device, dtype=dtype).contiguous())
+        self._unchecked_source = None
+
+    def fill_from_file(self, source: str, keys: Tensor, **values: Tensor) -> None:
+        """``fill`` with keys read from ``source`` (a file, named in the error) that are checked to
+        be sorted at the first search rather than now: a reader that never searches them (a
+        cached model's hash-table scorer) does not pay for reading them all."""
+        self.fill(keys, **values)
+        self._unchecked_source = source
+
+    def sorted_keys(self) -> Tensor:
+        """``keys``, which every search takes to be strictly increasing (checked once, if they
+        were read from a file).
+
+        Raises:
+            CheckpointError: keys read from a file are not strictly increasing.
+        """
+        if self._unchecked_source is not None:
+            keys = self.keys
+            if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):
+                raise CheckpointError(f"{self._unchecked_source} holds n-gram keys that are not strictly "
+                                      "increasing: it is corrupt; rebuild it")
+            self._unchecked_source = None
+        return self.keys
 
     def find(self, queries: Tensor) -> Tensor:
         """The index of each key in ``queries`` (any shape), ``ABSENT`` where it is not stored
         (negative queries, which stand for absent prefixes, are never found)."""
-        return _find_sorted(self.keys, queries)
+        return _find_sorted(self.sorted_keys(), queries)
 
     def continuations(self, contexts: Tensor, n_ids: int) -> tuple[Tensor, Tensor]:
         """Where the continuations of each context lie: ``keys[start[r]:stop[r]]`` are the
@@ -94,12 +118,14 @@ class NGramTable(nn.Module):
             start, stop: (R,) int64.
         """
         low = contexts.clamp(min=0) * n_ids
-        start = search_sorted(self.keys, low)
+        start = search_sorted(self.sorted_keys(), low)
         stop = search_sorted(self.keys, low + n_ids)
         return start, torch.where(contexts >= 0, stop, start)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        if prefix + "keys" in state_dict:                # keys of a checkpoint replace a file's
+            self._unchecked_source = None
         # Buffers take the incoming sizes first; the default then copies the values in.
         for name, buffer in self._buffers.items():
             incoming = state_dict.get(prefix + name)

@@ -133,6 +133,16 @@ class NGramConfig:
             raise ConfigError(f"NGramConfig.memory must be a number of bytes >= {MIN_MEMORY_BYTES} or None, "
                               f"got {self.memory!r}")
 
+    @property
+    def start_id(self) -> int:
+        """The id of ``<s>``: ``sentence_start_id``, else the extra id ``vocab_size``."""
+        return self.vocab_size if self.sentence_start_id is None else self.sentence_start_id
+
+    @property
+    def n_ids(self) -> int:
+        """The ids a model's tables hold: the predictable ids, and ``<s>`` when it is an extra id."""
+        return self.vocab_size + (self.sentence_start_id is None)
+
 
 @register("ngram", task="lm", config=NGramConfig, trains="fit")
 class NGramLM(CausalLM):
@@ -148,9 +158,7 @@ class NGramLM(CausalLM):
         self.config = config
         self.vocab_size = config.vocab_size
         self.order = config.order
-        own_start = config.sentence_start_id is None
-        self.start_id = config.vocab_size if own_start else config.sentence_start_id      # <s>
-        self.n_ids = config.vocab_size + own_start           # the predictable ids and <s>
+        self.start_id, self.n_ids = config.start_id, config.n_ids
         values = {"log_prob": torch.float32, "log_backoff": torch.float32}
         self.tables = nn.ModuleList(NGramTable(values) for _ in range(config.order))
         uniform = torch.full((self.n_ids,), -math.log(self.n_ids - 1))
@@ -212,11 +220,17 @@ class NGramLM(CausalLM):
         self.set_tables(keys, log_probs, log_backoffs)
         return self
 
-    def set_tables(self, keys: list[Tensor], log_probs: list[Tensor], log_backoffs: list[Tensor]) -> None:
+    def set_tables(self, keys: list[Tensor], log_probs: list[Tensor], log_backoffs: list[Tensor], *,
+                   source: str | None = None) -> None:
         """Install fitted (or read) tables: per order, sorted keys (N_k,), ln p* (N_k,) and ln b
-        (N_k,) (empty at the highest order). Order 1 is dense over the ``n_ids`` ids."""
+        (N_k,) (empty at the highest order). Order 1 is dense over the ``n_ids`` ids. Keys read
+        from ``source``, a file, are checked to be sorted at their first search
+        (``NGramTable.fill_from_file``)."""
         for table, key, log_prob, log_backoff in zip(self.tables, keys, log_probs, log_backoffs):
-            table.fill(key, log_prob=log_prob, log_backoff=log_backoff)
+            if source is None:
+                table.fill(key, log_prob=log_prob, log_backoff=log_backoff)
+            else:
+                table.fill_from_file(source, key, log_prob=log_prob, log_backoff=log_backoff)
 
     # ---- the causal-LM contract ---------------------------------------------------------------
 

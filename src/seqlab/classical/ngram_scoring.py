@@ -33,7 +33,7 @@ The hash tables are built with numpy.
 ``score_sentences_ref`` is the specification: the same recursion over Python tuples, one word at
 a time. ``NGramScorer`` holds the hash tables (16 bytes a slot, 2 slots an n-gram: 32 bytes, where
 KenLM's probing format takes about 22); ``scorer_for`` keeps one per model while the model's tables
-are unchanged.
+are unchanged, and ``ngram_cache.load_scorer`` opens one from a binary cache without the model.
 
 Shapes: S sentences, N words, M queries.
 """
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from seqlab.classical import counts as ngrams
-from seqlab.classical.ngram import NGramLM
+from seqlab.classical.ngram import NGramConfig, NGramLM
 from seqlab.classical.slot_tables import EMPTY, SlotTable, WordTable, _home_slot, compiled, encode_sentences
 from seqlab.errors import ConfigError
 
@@ -106,17 +106,8 @@ class NGramScorer:
         ConfigError: the model does not predict the vocabulary's words.
     """
 
-    def __init__(self, model: NGramLM, vocabulary: WordVocabulary, arrays: dict[str, np.ndarray] | None = None):
-        if model.vocab_size != len(vocabulary.words) or model.start_id != len(vocabulary.words):
-            raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "
-                              f"{len(vocabulary.words)} words (and <s> as id {len(vocabulary.words)})")
-        if "</s>" not in vocabulary.words:
-            raise ConfigError("the vocabulary has no '</s>' to end sentences with")
-        self.vocabulary, self.order, self.n_ids = vocabulary, model.order, model.n_ids
-        self.start_id, self.end_id = model.start_id, vocabulary.words.index("</s>")
-        if arrays is not None:
-            self._adopt(arrays)
-            return
+    def __init__(self, model: NGramLM, vocabulary: WordVocabulary):
+        self._take(model.config, vocabulary)
         self.words = WordTable(vocabulary.words)
         self.log10_unigrams = np.zeros((len(model.tables[0]), 2))         # (n_ids, 2) log10 p*, log10 b
         self.log10_unigrams[:, 0] = _log10(model.tables[0].log_prob)
@@ -140,34 +131,59 @@ class NGramScorer:
             self.sizes[k], self.max_displacements[k] = tables[-1].size, tables[-1].max_displacement
         self.slots = np.concatenate([table.slots for table in tables]) if tables else np.zeros((0, 2), np.int64)
 
+    @classmethod
+    def from_arrays(cls, config: NGramConfig, vocabulary: WordVocabulary, arrays: dict[str, np.ndarray]
+                    ) -> NGramScorer:
+        """The scorer whose tables ``arrays()`` gave, without its model (``ngram_cache`` stores them
+        beside the model), after checking their layout (``_adopt``); ValueError says what is off.
+
+        Raises:
+            ConfigError: the config does not predict the vocabulary's words.
+        """
+        scorer = object.__new__(cls)
+        scorer._take(config, vocabulary)
+        scorer._adopt(arrays)
+        return scorer
+
+    def _take(self, config: NGramConfig, vocabulary: WordVocabulary) -> None:
+        if config.vocab_size != len(vocabulary) or config.start_id != len(vocabulary):
+            raise ConfigError(f"the model predicts {config.vocab_size} ids but the vocabulary has "
+                              f"{len(vocabulary)} words (and <s> as id {len(vocabulary)})")
+        if vocabulary.end_id is None:
+            raise ConfigError("the vocabulary has no '</s>' to end sentences with")
+        self.vocabulary, self.order, self.n_ids = vocabulary, config.order, config.n_ids
+        self.start_id, self.end_id = config.start_id, vocabulary.end_id
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """The tables this scorer built, by name: what ``NGramScorer(model, vocabulary, arrays)``
-        takes back instead of building them (``ngram_cache`` stores them beside the model)."""
+        """The tables this scorer built, by name, for ``from_arrays``."""
         return {"slots": self.slots, "offsets": self.offsets, "sizes": self.sizes,
                 "max_displacements": self.max_displacements, "log10_unigrams": self.log10_unigrams,
                 "word_slots": self.words.table.slots, "word_low": self.words.low, "word_high": self.words.high,
-                "word_long_ids": self.words.long_ids,
+                "word_long_ids": np.array(list(self.words.long_words.values()), dtype=np.int64),
+                "word_long_text": np.frombuffer("\n".join(self.words.long_words).encode("utf-8", "surrogatepass"),
+                                                dtype=np.uint8),
                 "word_settings": np.array([self.words.table.max_displacement, self.words.usable], dtype=np.int64)}
 
     def _adopt(self, arrays: dict[str, np.ndarray]) -> None:
-        """Take ``arrays()``'s tables after checking every size and id the compiled lookups index
-        by (a table that does not fit would read outside its memory); ValueError says what is off.
+        """Take ``arrays()``'s tables after checking their layout: the types and shapes, and every
+        size and offset the compiled lookups index by (a table that did not fit would be read
+        outside its memory); ValueError says what is off. The word ids the word table holds are
+        checked where they are used, for each batch of words looked up (``encode_sentences``).
 
-        Whatever is used as an index is copied first (the sizes, and the word table, whose values
-        are the ids): memory-mapped pages that were only read follow the file, so a file rewritten
-        in place must not change what was checked. The n-gram slots are only compared and summed,
-        and stay where they are: a table is touched where a query lands, as KenLM's memory-mapped
-        tables are (and, as there, truncating the file under a loaded model ends the process)."""
-        arrays = {name: np.array(array) if name != "slots" and name != "log10_unigrams" else array
-                  for name, array in arrays.items()}
-        self.slots, self.offsets = arrays.pop("slots"), arrays.pop("offsets")
-        self.sizes, self.max_displacements = arrays.pop("sizes"), arrays.pop("max_displacements")
-        self.log10_unigrams = arrays.pop("log10_unigrams")
+        The sizes and offsets are copied first: memory-mapped pages that were only read follow the
+        file, so a file rewritten in place must not change what was checked. The tables stay
+        where they are and are touched where a query lands, as KenLM's memory-mapped tables are
+        (and, as there, truncating the file under a loaded model ends the process)."""
+        arrays = dict(arrays)
+        self.slots, self.log10_unigrams = arrays.pop("slots"), arrays.pop("log10_unigrams")
+        self.offsets, self.sizes = arrays.pop("offsets").copy(), arrays.pop("sizes").copy()
+        self.max_displacements = arrays.pop("max_displacements").copy()
         word_slots, low, high = arrays.pop("word_slots"), arrays.pop("word_low"), arrays.pop("word_high")
-        long_ids, settings = arrays.pop("word_long_ids"), arrays.pop("word_settings")
+        long_ids, settings = arrays.pop("word_long_ids").copy(), arrays.pop("word_settings")
+        long_text = arrays.pop("word_long_text", None)                   # (a version 2 cache has none)
         if settings.shape != (2,) or settings.dtype != np.int64:
             raise ValueError("holds word table settings of the wrong shape")
-        (word_displacement, usable), n_words = settings.tolist(), len(self.vocabulary.words)
+        (word_displacement, usable), n_words = settings.tolist(), len(self.vocabulary)
         if arrays:
             raise ValueError(f"holds unexpected scorer tables {sorted(arrays)}")
         int64 = [self.slots, self.offsets, self.sizes, self.max_displacements, word_slots, long_ids]
@@ -186,16 +202,20 @@ class NGramScorer:
         if self.slots.shape != (int(self.offsets[-1]), 2) or self.offsets[:3].any():
             raise ValueError("holds n-gram hash tables of the wrong size")
         word_size = len(word_slots) - 1
-        word_ids = word_slots[word_slots[:, 0] != EMPTY, 1] if word_slots.ndim == 2 else None
         if (word_slots.ndim != 2 or word_slots.shape[1] != 2 or not 1 <= word_size < 2**32
                 or word_slots[-1].tolist() != [EMPTY, 0]                        # what every miss reads
-                or not 0 <= word_displacement < word_size
-                or len(word_ids) != (n_words if usable else 0) or not ((word_ids >= 0) & (word_ids < n_words)).all()):
+                or not 0 <= word_displacement < word_size):
             raise ValueError("holds a word hash table that does not fit the vocabulary")
         if long_ids.ndim != 1 or not ((long_ids >= 0) & (long_ids < n_words)).all():
             raise ValueError("holds long-word ids outside the vocabulary")
-        self.words = WordTable.from_arrays(SlotTable.from_slots(word_slots, word_displacement), low, high, long_ids,
-                                           bool(usable))
+        if long_text is None:
+            long_words = [self.vocabulary.words[i] for i in long_ids.tolist()]
+        else:
+            long_words = long_text.tobytes().decode("utf-8", "surrogatepass").split("\n") if len(long_ids) else []
+            if len(long_words) != len(long_ids):
+                raise ValueError("holds long words that do not match their ids")
+        self.words = WordTable.from_arrays(SlotTable.from_slots(word_slots, word_displacement), low, high,
+                                           dict(zip(long_words, long_ids.tolist())), bool(usable))
 
     def score(self, sentences: Sequence[str]) -> SentenceScores:
         """``log10 p`` of each sentence and the totals."""

@@ -10,8 +10,9 @@ NUL bytes into one UTF-8 buffer; word boundaries are found bytewise (``_split_wo
 whitespace, which is all ``str.split`` splits on unless the text holds Unicode spaces). A word of
 at most 8 bytes *is* its key: the little-endian 64-bit word of its bytes; a word of 9 to 16 bytes
 is keyed by a hash of its two 64-bit words and confirmed on both, so the lookup is exact. Longer
-words, and text that holds Unicode spaces or NUL bytes, go through the vocabulary's dictionary
-instead (``str.split`` per sentence).
+words go through a dictionary of the vocabulary's long words (``WordTable.long_words``), and text
+that holds Unicode spaces or NUL bytes through the vocabulary's dictionary (``str.split`` per
+sentence).
 
 The lookups are compiled by numba, in rounds that read one slot of every pending query before
 settling any (``_find_slots``): independent reads, which the memory system serves at once.
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
-from seqlab.errors import ConfigError
+from seqlab.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:                      # arpa imports nothing from here; only the annotations need it
     from seqlab.classical.arpa import WordVocabulary
@@ -75,13 +76,18 @@ def encode_sentences(words: WordTable, vocabulary: WordVocabulary, sentences: Se
     if n_words < 0:                                       # a sentence holds NUL
         return _encode_by_dictionary(vocabulary, sentences)
     word_ids = words.table.slots[:, 1].take(words.table.find(keys[:n_words]))      # a miss reads 0
+    if n_words and not 0 <= word_ids.min() <= word_ids.max() < len(vocabulary):
+        bad = int(word_ids[(word_ids < 0) | (word_ids >= len(vocabulary))][0])
+        raise CheckpointError(f"the word table gives a word the id {bad}, outside the vocabulary's {len(vocabulary)} "
+                              "words: the n-gram cache it was loaded from is corrupt (or was rewritten after "
+                              "loading); rebuild it")
     if n_medium:                                          # a hashed key's hit, confirmed on both halves
         index, low, high = medium_words[:n_medium].T
         index = index.astype(np.int64)
         found = word_ids.take(index)
         word_ids[index] = np.where((words.low.take(found) == low) & (words.high.take(found) == high), found, 0)
     if n_long:
-        index = words.long_words(vocabulary)
+        index = words.long_words
         word_ids[long_words[:n_long, 0]] = [index.get(raw[start:stop].decode("utf-8", "surrogatepass"), 0)
                                             for start, stop in long_words[:n_long, 1:].tolist()]
     return word_ids, lengths
@@ -149,8 +155,9 @@ class WordTable:
     its end; as words hold no NUL byte, equal pairs are equal words. A word of at most 8 bytes is
     keyed by ``low`` itself, exactly; its lowest byte (the word's first) is not zero. A longer one
     is keyed by a hash of the pair with its lowest byte cleared, so it never meets a short word's
-    key, and every hit is confirmed on the pair. Other words get keys no query reaches unconfirmed.
-    Should two keys coincide, ``usable`` is false and words go through the dictionary.
+    key, and every hit is confirmed on the pair. Other words get keys no query reaches unconfirmed:
+    those longer than 16 bytes are looked up by their text in ``long_words`` (word -> id). Should
+    two keys coincide, ``usable`` is false and words go through the vocabulary's dictionary.
     """
 
     def __init__(self, words: Sequence[str]):
@@ -172,23 +179,17 @@ class WordTable:
         self.table = SlotTable(keys[:kept], ids[:kept], priority=-ids[:kept])
         # the pair each medium word's hit is confirmed on; zero (no query's) for every other word
         self.low, self.high = np.where(medium, low, 0), np.where(medium, high, 0)
-        self.long_ids = np.flatnonzero(lengths > WORD_BYTES)      # words looked up by their text
+        long_ids = np.flatnonzero(lengths > WORD_BYTES).tolist()
+        self.long_words = {words[i]: i for i in long_ids}    # word -> id of those looked up by their text
 
     @classmethod
-    def from_arrays(cls, table: SlotTable, low: np.ndarray, high: np.ndarray, long_ids: np.ndarray,
+    def from_arrays(cls, table: SlotTable, low: np.ndarray, high: np.ndarray, long_words: dict[str, int],
                     usable: bool) -> WordTable:
         """A table built before (``NGramScorer.arrays``)."""
         words = object.__new__(cls)
-        words.table, words.low, words.high, words.long_ids, words.usable = table, low, high, long_ids, usable
+        words.table, words.low, words.high, words.long_words, words.usable = table, low, high, long_words, usable
         words.mix_high = MIX_HIGH
         return words
-
-    def long_words(self, vocabulary: WordVocabulary) -> dict[str, int]:
-        """Word -> id of the vocabulary's words longer than 16 bytes (made once: a cache's
-        vocabulary need not build its whole dictionary to score a long word)."""
-        if getattr(self, "_long_words", None) is None:
-            self._long_words = {vocabulary.words[i]: i for i in self.long_ids.tolist()}
-        return self._long_words
 
 
 def _word_halves(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
