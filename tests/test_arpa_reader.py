@@ -314,7 +314,8 @@ def test_the_cache_is_a_safetensors_file_that_safetensors_reads(sentences, tmp_p
     model, vocabulary = fit_sentences(sentences[:300], order=3)
     path = tmp_path / "model.ngram"
     save_binary(model, vocabulary, path, source="made here")
-    metadata, mapped = ngram_cache._map_tensors(path)
+    tensors = ngram_cache.MappedTensors(path)
+    metadata, mapped = tensors.metadata, {name: tensors.take(name) for name in tensors.names()}
     with safetensors.safe_open(str(path), framework="numpy") as handle:
         assert handle.metadata() == metadata and metadata["source"] == "made here"
         assert sorted(handle.keys()) == sorted(mapped)
@@ -399,6 +400,22 @@ def test_corrupt_or_foreign_caches_raise_checkpoint_error(sentences, tmp_path):
             with pytest.raises(CheckpointError, match="corrupt") as raised:
                 use(*loaded)
             assert str(bad) in str(raised.value) and "\n" not in str(raised.value), name
+    header = safetensors.safe_open(str(path), "pt").metadata()       # version 3: the header gives length and </s>
+    for name, end_id in {"end not a word": "99999", "end not an id": '"x"'}.items():
+        bad = tmp_path / f"{name}.ngram"
+        safetensors.torch.save_file(tensors, str(bad), metadata={**header, "end_id": end_id})
+        with pytest.raises(CheckpointError, match="</s>"):
+            load_binary(bad)
+    for name, (changed, changed_header) in {
+            "end elsewhere": (tensors, {**header, "end_id": "2"}),
+            "a word too many": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "zzqa\nzzqb")},
+                                header)}.items():
+        bad = tmp_path / f"{name}.ngram"
+        safetensors.torch.save_file(changed, str(bad), metadata=changed_header)
+        loaded = load_binary(bad)
+        with pytest.raises(CheckpointError, match="header says") as raised:
+            loaded[1].words
+        assert "\n" not in str(raised.value), name
     loaded, loaded_vocabulary = load_binary(path)                  # the sound file passes both
     assert loaded_vocabulary.words == vocabulary.words
     torch.testing.assert_close(loaded.log_prob(torch.tensor([[2, 3, 4]])), model.log_prob(torch.tensor([[2, 3, 4]])),
@@ -448,7 +465,7 @@ def test_a_cached_vocabulary_knows_its_length_and_end_without_splitting(others, 
     if at < len(words) + 1 and "</s>" not in words:
         words.insert(at, "</s>")
     vocabulary = WordVocabulary(("<unk>", *words))
-    cached = ngram_cache.CachedVocabulary("\n".join(vocabulary.words).encode("utf-8"), "test")
+    cached = ngram_cache.CachedVocabulary.counting("\n".join(vocabulary.words).encode("utf-8"), "test")
     assert len(cached) == len(vocabulary) and cached.end_id == vocabulary.end_id
     assert "words" not in cached.__dict__
     assert cached.words == vocabulary.words and cached == vocabulary
@@ -569,8 +586,8 @@ def test_a_cache_rewritten_in_place_after_loading_does_not_change_what_was_check
 def save_binary_like(original, tensors, metadata, path):
     """``tensors`` written as ``original`` is laid out (the same names at the same offsets), so that
     copying the file over ``original`` changes its values only."""
-    ngram_cache._write_safetensors(path, {name: tensors[name].numpy() for name in ngram_cache._map_tensors(original)[1]},
-                                   metadata)
+    ngram_cache._write_safetensors(path, {name: tensors[name].numpy()
+                                          for name in ngram_cache.MappedTensors(original).names()}, metadata)
     assert path.stat().st_size == original.stat().st_size
 
 

@@ -15,16 +15,18 @@ and sizes only):
 
 - at load, the layout every reader relies on: the header, the format and version, every
   tensor's type and shape, the sizes and offsets the compiled lookups index by (a table that did
-  not fit would be read outside its memory), the number of words against the model's ids;
+  not fit would be read outside its memory), the id of ``</s>`` against the model's;
 - at the model's first search (``NGramTable.sorted_keys``), that each order's keys are strictly
   increasing, which the torch path's binary searches assume;
 - when the words are first read as strings (``CachedVocabulary.words``), that they are UTF-8,
-  distinct, free of whitespace and ``<s>``, and start with ``<unk>``;
+  distinct, free of whitespace and ``<s>``, start with ``<unk>``, and are as many, with ``</s>``
+  where, as the header says;
 - for each batch of words looked up (``slot_tables.encode_sentences``), that the word table's
   ids lie in the vocabulary.
 
-Loading the tinyshakespeare 5-gram cache (620k n-grams, 29.5 MB) takes about 0.5 ms this way;
-checking everything at load took 3.8 ms (benchmarks/arpa_load.py).
+Opening the tinyshakespeare 5-gram cache (620k n-grams, 29.5 MB) for scoring (``load_scorer``)
+takes about 0.1 ms this way, loading its model too (``load_binary``) about 0.5 ms; checking
+everything at load took 3.8 ms (benchmarks/arpa_load.py measures both against KenLM).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path, so
             arrays[f"order{k}.{name}"] = getattr(table, name).detach().cpu().numpy()
     for name, array in scorer_for(model, vocabulary).arrays().items():
         arrays[f"scorer.{name}"] = array
-    metadata = {"format": BINARY_FORMAT, "version": BINARY_VERSION,
+    metadata = {"format": BINARY_FORMAT, "version": BINARY_VERSION, "end_id": json.dumps(vocabulary.end_id),
                 "config": json.dumps(dataclasses.asdict(model.config)), "source": source}
     _write_safetensors(Path(path), arrays, metadata)
 
@@ -223,14 +225,14 @@ def load_binary(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
     where, config, vocabulary, tensors = _open(Path(path))
     scorer_arrays = _scorer_arrays(tensors)
     names = [f"order{k}.{name}" for k in range(1, config.order + 1) for name in ("keys", "log_prob", "log_backoff")]
-    missing = [name for name in [*names, "discounts"] if name not in tensors]
+    missing = [name for name in [*names, "discounts"] if name not in tensors.names()]
     if missing:
         raise CheckpointError(f"{where} lacks the tensors {missing}: it is corrupt; rebuild it with save_binary")
-    tables = [torch.from_numpy(tensors.pop(name)) for name in names]
-    discounts = torch.from_numpy(tensors.pop("discounts"))
+    tables = [torch.from_numpy(tensors.take(name)) for name in names]
+    discounts = torch.from_numpy(tensors.take("discounts"))
     model = NGramLM(config)
     keys, log_probs, log_backoffs = tables[0::3], tables[1::3], tables[2::3]
-    _check_tables(where, model, vocabulary, keys, log_probs, log_backoffs, discounts, sorted(tensors))
+    _check_tables(where, model, vocabulary, keys, log_probs, log_backoffs, discounts, sorted(tensors.names()))
     model.set_tables(keys, log_probs, log_backoffs, source=where)         # their order: at the first search
     model.discounts.copy_(discounts)
     if scorer_arrays:
@@ -248,7 +250,7 @@ def _open_scorer(path: Path) -> NGramScorer:
     return _scorer_of(where, config, vocabulary, scorer_arrays)
 
 
-def _open(path: Path) -> tuple[str, NGramConfig, CachedVocabulary, dict[str, np.ndarray]]:
+def _open(path: Path) -> tuple[str, NGramConfig, CachedVocabulary, MappedTensors]:
     """A cache's name for messages, config, vocabulary and the rest of its tensors, mapped.
 
     Raises:
@@ -257,13 +259,21 @@ def _open(path: Path) -> tuple[str, NGramConfig, CachedVocabulary, dict[str, np.
     """
     where = f"n-gram cache {str(path)!r}"
     try:
-        metadata, tensors = _map_tensors(path)
+        tensors = MappedTensors(path)
+        metadata = tensors.metadata
         if metadata.get("format") != BINARY_FORMAT or metadata.get("version") not in READABLE_VERSIONS:
             raise CheckpointError(f"{where} is not a {BINARY_FORMAT} file of version {BINARY_VERSION} "
                                   f"(found {metadata.get('format')!r} {metadata.get('version')!r}); "
                                   "rebuild it with save_binary (or delete it: seqlab score --cache rebuilds it)")
         config = NGramConfig(**json.loads(metadata["config"]))
-        vocabulary = CachedVocabulary(tensors.pop("vocabulary").tobytes(), where)
+        joined = tensors.take("vocabulary")
+        if "end_id" in metadata:                     # version 3: the header says, the words confirm when split
+            end_id = json.loads(metadata["end_id"])
+            if end_id is not None and (type(end_id) is not int or not 0 <= end_id < config.vocab_size):
+                raise ValueError(f"its header gives </s> the id {end_id!r}, which is not a word's")
+            vocabulary = CachedVocabulary(joined, where, config.vocab_size, end_id)
+        else:
+            vocabulary = CachedVocabulary.counting(joined.tobytes(), where)
     except CheckpointError:
         raise
     except (OSError, KeyError, TypeError, ValueError, ConfigError) as error:
@@ -271,9 +281,9 @@ def _open(path: Path) -> tuple[str, NGramConfig, CachedVocabulary, dict[str, np.
     return where, config, vocabulary, tensors
 
 
-def _scorer_arrays(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The scorer's tensors, taken out of ``tensors`` without their prefix (none in a version 1 cache)."""
-    return {name.removeprefix("scorer."): tensors.pop(name) for name in list(tensors) if name.startswith("scorer.")}
+def _scorer_arrays(tensors: MappedTensors) -> dict[str, np.ndarray]:
+    """The scorer's tensors, taken without their prefix (none in a version 1 cache)."""
+    return {name.removeprefix("scorer."): tensors.take(name) for name in tensors.names() if name.startswith("scorer.")}
 
 
 def _scorer_of(where: str, config: NGramConfig, vocabulary: WordVocabulary,
@@ -284,50 +294,72 @@ def _scorer_of(where: str, config: NGramConfig, vocabulary: WordVocabulary,
         raise CheckpointError(f"{where} {error}: it is corrupt; rebuild it with save_binary") from None
 
 
-def _map_tensors(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """A safetensors file's metadata and its tensors as numpy arrays over one private
-    (copy-on-write) memory map of the file: the layout is an 8-byte little-endian header size, a
-    JSON header of name -> dtype, shape and byte range, then the bytes.
+class MappedTensors:
+    """A safetensors file mapped into memory (private, copy-on-write pages) and checked to be laid
+    out as one: an 8-byte little-endian header size, a JSON header of name -> dtype, shape and
+    byte range, then the bytes. ``take(name)`` makes a tensor's numpy view over the mapping when it
+    is asked for (a scorer takes 12 of a 5-gram cache's 32).
 
     Raises:
         OSError, ValueError, KeyError, TypeError: the file cannot be mapped or is not laid out so.
     """
-    with open(path, "rb") as file:
-        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)    # ValueError when empty
-    header_size = int.from_bytes(mapped[:8], "little")
-    if not 2 <= header_size <= len(mapped) - 8:
-        raise ValueError("its header size is out of range")
-    header = json.loads(mapped[8: 8 + header_size])
-    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
-        raise ValueError("its header is not a JSON object of tensors and metadata")
-    metadata = header.pop("__metadata__", None) or {}
-    tensors, start = {}, 8 + header_size
-    for name, entry in header.items():
-        dtype, shape, (begin, end) = NUMPY_DTYPES[entry["dtype"]], entry["shape"], entry["data_offsets"]
-        if not 0 <= begin <= end <= len(mapped) - start or \
-                end - begin != math.prod(shape) * np.dtype(dtype).itemsize:
-            raise ValueError(f"its tensor {name!r} does not fit the file")
-        tensors[name] = np.frombuffer(mapped, dtype=dtype, count=math.prod(shape), offset=start + begin).reshape(shape)
-    return metadata, tensors
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as file:
+            self._mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)    # ValueError when empty
+        header_size = int.from_bytes(self._mapped[:8], "little")
+        if not 2 <= header_size <= len(self._mapped) - 8:
+            raise ValueError("its header size is out of range")
+        header = json.loads(self._mapped[8: 8 + header_size])
+        if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
+            raise ValueError("its header is not a JSON object of tensors and metadata")
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._entries, start = {}, 8 + header_size      # name -> dtype, shape, offset in the file
+        for name, entry in header.items():
+            dtype, shape, (begin, end) = np.dtype(NUMPY_DTYPES[entry["dtype"]]), entry["shape"], entry["data_offsets"]
+            if not 0 <= begin <= end <= len(self._mapped) - start or end - begin != math.prod(shape) * dtype.itemsize:
+                raise ValueError(f"its tensor {name!r} does not fit the file")
+            self._entries[name] = dtype, shape, start + begin
+
+    def names(self) -> list[str]:
+        """The tensors not taken yet."""
+        return list(self._entries)
+
+    def take(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as a view over the mapping (KeyError if the file has none, or it was taken)."""
+        dtype, shape, offset = self._entries.pop(name)
+        return np.frombuffer(self._mapped, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
 
 
 class CachedVocabulary(WordVocabulary):
-    """The vocabulary of a cache: its words as the file holds them, UTF-8 joined by newlines, split
-    (and checked as ``WordVocabulary`` checks its words) the first time ``words`` is read. Its
-    length and the id of ``</s>`` are read from the bytes at once; a scorer whose word table came
-    with the cache needs nothing more.
+    """The vocabulary of a cache: its words as the file holds them, UTF-8 joined by newlines,
+    split (and checked as ``WordVocabulary`` checks its words, and against the length and the id
+    of ``</s>`` it was given) the first time ``words`` is read. A scorer whose word table came with
+    the cache needs nothing more than the length and that id.
 
+    Args:
+        joined: the words' bytes (any buffer: a view of the mapped file).
+        where: the cache, for messages.
+        n_words, end_id: the number of words and the id of ``</s>`` (None: there is none), as the
+            cache's header gives them (``counting`` reads them from the bytes).
     Raises (on reading ``words``):
         CheckpointError: the words are not UTF-8, repeat, hold whitespace, are empty, include
-            ``<s>`` or do not start with ``<unk>``.
+            ``<s>``, do not start with ``<unk>``, or are not ``n_words`` with ``</s>`` at ``end_id``.
     """
 
-    def __init__(self, joined: bytes, where: str):
-        data, end = np.frombuffer(joined, dtype=np.uint8), _start_of(joined, b"</s>")
+    def __init__(self, joined: np.ndarray | bytes, where: str, n_words: int, end_id: int | None):
         object.__setattr__(self, "_joined", joined)
         object.__setattr__(self, "_where", where)
-        object.__setattr__(self, "_n_words", np.count_nonzero(data == NEWLINE) + 1)
-        object.__setattr__(self, "end_id", np.count_nonzero(data[:end] == NEWLINE) if end >= 0 else None)
+        object.__setattr__(self, "_n_words", n_words)
+        object.__setattr__(self, "end_id", end_id)
+
+    @classmethod
+    def counting(cls, joined: bytes, where: str) -> CachedVocabulary:
+        """The vocabulary of ``joined`` with its length and ``</s>``'s id read from the bytes (a
+        version 1 or 2 cache, whose header does not give them)."""
+        data, end = np.frombuffer(joined, dtype=np.uint8), _start_of(joined, b"</s>")
+        return cls(joined, where, int(np.count_nonzero(data == NEWLINE)) + 1,
+                   int(np.count_nonzero(data[:end] == NEWLINE)) if end >= 0 else None)
 
     def __len__(self) -> int:
         return self._n_words
@@ -335,12 +367,18 @@ class CachedVocabulary(WordVocabulary):
     @functools.cached_property
     def words(self) -> tuple[str, ...]:
         try:
-            text = self._joined.decode("utf-8")
-            spaced = (np.count_nonzero(ASCII_SPACE_BUT_NEWLINE.take(np.frombuffer(self._joined, dtype=np.uint8)))
+            joined = bytes(self._joined)
+            text = joined.decode("utf-8")
+            spaced = (np.count_nonzero(ASCII_SPACE_BUT_NEWLINE.take(np.frombuffer(joined, dtype=np.uint8)))
                       if text.isascii() else SPACE_BUT_NEWLINE.search(text))
             if spaced or "\n\n" in text or text.startswith("\n") or text.endswith("\n"):
                 raise ValueError("holds an empty word or one with whitespace")
-            return WordVocabulary._from_split_words(tuple(text.split("\n"))).words
+            words = WordVocabulary._from_split_words(tuple(text.split("\n"))).words
+            end_id = words.index("</s>") if "</s>" in words else None
+            if len(words) != self._n_words or end_id != self.end_id:
+                raise ValueError(f"holds {len(words)} words with </s> at {end_id}, where its header says "
+                                 f"{self._n_words} with </s> at {self.end_id}")
+            return words
         except (ValueError, ConfigError) as error:      # (UnicodeDecodeError is a ValueError)
             raise CheckpointError(f"{self._where}'s vocabulary {error}: it is corrupt; rebuild it with "
                                   "save_binary") from None
