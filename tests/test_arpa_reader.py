@@ -16,7 +16,7 @@ from seqlab.classical import arpa_reader, decimals
 from seqlab.classical.arpa import LN10, ZERO_LOG10, WordVocabulary, fit_sentences, write_arpa
 from seqlab.classical.arpa_reader import UNICODE_SPACES, _plain_utf8, read_arpa_file, read_arpa_reference
 from seqlab.classical.decimals import _parse_packed, parse_decimals
-from seqlab.classical import ngram_cache, slot_tables
+from seqlab.classical import compiled as compiled_loops, ngram_cache
 from seqlab.classical.ngram_cache import load_arpa, load_binary, load_scorer, save_binary
 from seqlab.classical.ngram_scoring import score_sentences, scorer_for
 from seqlab.data.corpora import builtin_corpus
@@ -617,7 +617,7 @@ def test_kernels_compile_without_a_disk_cache_where_numba_has_none(monkeypatch):
         if options.get("cache"):
             raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
         return real_njit(**options)
-    monkeypatch.setattr(slot_tables.numba, "njit", njit)
-    doubled = slot_tables.compiled(lambda x: 2 * x)
+    monkeypatch.setattr(compiled_loops.numba, "njit", njit)
+    doubled = compiled_loops.compiled(lambda x: 2 * x)
     monkeypatch.undo()
     assert doubled(21) == 42 and [bool(c.get("cache")) for c in calls] == [True, False]

@@ -69,8 +69,9 @@ def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path, so
     Tensors: ``order{k}.keys`` (N_k,) int64, ``order{k}.log_prob`` and ``order{k}.log_backoff``
     as the model holds them, ``discounts`` (n, 3), ``vocabulary`` (bytes,) uint8, the words
     joined by newlines, and ``scorer.{name}``, the scorer's tables. Metadata: the format name and
-    version, the ``NGramConfig`` as JSON and ``source``, what the cache was made from (an ARPA
-    file's size and modification time).
+    version, the ``NGramConfig`` and the id of ``</s>`` (``end_id``) as JSON, and ``source``, what
+    the cache was made from (an ARPA file's size and modification time). The file is written in
+    one stream (``_write_safetensors``).
     """
     if model.vocab_size != len(vocabulary):
         raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "

@@ -51,7 +51,8 @@ import torch
 
 from seqlab.classical import counts as ngrams
 from seqlab.classical.ngram import NGramConfig, NGramLM
-from seqlab.classical.slot_tables import EMPTY, SlotTable, WordTable, _home_slot, compiled, encode_sentences
+from seqlab.classical.compiled import compiled
+from seqlab.classical.slot_tables import EMPTY, SlotTable, WordTable, _home_slot, encode_sentences
 from seqlab.errors import ConfigError
 
 if TYPE_CHECKING:                      # arpa imports nothing from here; only the annotations need it

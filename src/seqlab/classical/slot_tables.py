@@ -24,25 +24,14 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import numba
 import numpy as np
 
+from seqlab.classical.compiled import compiled
 from seqlab.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:                      # arpa imports nothing from here; only the annotations need it
     from seqlab.classical.arpa import WordVocabulary
 
-
-def compiled(function=None, **options):
-    """``numba.njit(nogil=True, **options)``, its machine code cached on disk where numba finds a
-    writable place and compiled anew in each process where it does not (numba refuses to cache,
-    when no place is writable, rather than compile without a cache)."""
-    def decorate(function):
-        try:
-            return numba.njit(cache=True, nogil=True, **options)(function)
-        except RuntimeError:                     # "cannot cache function ...: no locator available"
-            return numba.njit(nogil=True, **options)(function)
-    return decorate(function) if function is not None else decorate
 
 EMPTY = -1                                   # an empty slot's key (no key is -1)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)       # 2^64 / golden ratio: Fibonacci hashing's multiplier
