@@ -2,6 +2,7 @@
 that wrote it, the fast reader equals the line-by-line reference, malformed files fail naming
 the line, and a cache round-trips bit for bit or fails with a CheckpointError."""
 
+import json
 import math
 import mmap
 
@@ -401,13 +402,12 @@ def test_corrupt_or_foreign_caches_raise_checkpoint_error(sentences, tmp_path):
                 use(*loaded)
             assert str(bad) in str(raised.value) and "\n" not in str(raised.value), name
     header = safetensors.safe_open(str(path), "pt").metadata()       # version 3: the header gives length and </s>
-    for name, end_id in {"end not a word": "99999", "end not an id": '"x"'}.items():
+    for name, end_id in {"end not a word": "99999", "end not an id": '"x"', "end elsewhere": "2"}.items():
         bad = tmp_path / f"{name}.ngram"
         safetensors.torch.save_file(tensors, str(bad), metadata={**header, "end_id": end_id})
         with pytest.raises(CheckpointError, match="</s>"):
             load_binary(bad)
     for name, (changed, changed_header) in {
-            "end elsewhere": (tensors, {**header, "end_id": "2"}),
             "a word too many": ({**tensors, "vocabulary": respelled(tensors["vocabulary"], 5, "zzqa\nzzqb")},
                                 header)}.items():
         bad = tmp_path / f"{name}.ngram"
@@ -420,6 +420,87 @@ def test_corrupt_or_foreign_caches_raise_checkpoint_error(sentences, tmp_path):
     assert loaded_vocabulary.words == vocabulary.words
     torch.testing.assert_close(loaded.log_prob(torch.tensor([[2, 3, 4]])), model.log_prob(torch.tensor([[2, 3, 4]])),
                                rtol=0, atol=0)
+
+
+def with_header(path, change) -> bytes:
+    """The file at ``path`` with its safetensors header (a dict) passed through ``change``."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = change(json.loads(data[8: 8 + size]))
+    text = json.dumps(header).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
+
+
+def test_hostile_headers_and_tables_fail_as_one_line_errors(sentences, tmp_path):
+    """Headers a reviewer crafted (shapes and offsets that are not natural numbers, unknown types,
+    deep nesting, configs of the wrong types or sizes, keys outside their orders, a 0-d or
+    integer value table, long words without ids) fail at load, in both loaders, with a short
+    one-line CheckpointError; none is another exception or a crash."""
+    model, vocabulary = fit_sentences(sentences[:300], order=3)
+    path = tmp_path / "model.safetensors"
+    save_binary(model, vocabulary, path)
+
+    def entry(name, **fields):
+        return lambda header: {**header, name: {**header[name], **fields}}
+
+    def config(**fields):
+        return lambda header: {**header, "__metadata__": {**header["__metadata__"], "config": json.dumps(
+            {**json.loads(header["__metadata__"]["config"]), **fields})}}
+    changes = {
+        "shape -1": entry("scorer.sizes", shape=[-1, -4]), "shape bool": entry("scorer.sizes", shape=[True, 4]),
+        "shape float": entry("scorer.sizes", shape=[2.0, 2.0]),
+        "offsets float": entry("discounts", data_offsets=[0.0, 72.0]), "bf16": entry("discounts", dtype="BF16"),
+        "vocab_size huge": config(vocab_size=2**63), "vocab_size float": config(vocab_size=3.0),
+        "vocab_size true": config(vocab_size=True), "order float": config(order=3.0), "order huge": config(order=10**5),
+        "order 2**64": config(order=2**64),
+    }
+    for name, change in changes.items():
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(with_header(path, change))
+        for load in (load_binary, load_scorer):
+            with pytest.raises(CheckpointError) as raised:
+                load(bad)
+            assert "\n" not in str(raised.value) and len(str(raised.value)) < 400, (name, load)
+    nested = tmp_path / "nested.safetensors"
+    nested.write_bytes((200_000).to_bytes(8, "little") + b"[" * 200_000)
+    for load in (load_binary, load_scorer):
+        with pytest.raises(CheckpointError, match="nests"):
+            load(nested)
+    tensors = safetensors.torch.load_file(str(path))
+    metadata = safetensors.safe_open(str(path), "pt").metadata()
+    keys = tensors["order3.keys"].clone()
+    keys[-1] = len(tensors["order2.keys"]) * (len(vocabulary.words) + 1)          # past order 2's prefixes
+    tables = {"key past its prefixes": {"order3.keys": keys},
+              "0-d back-off": {"order1.log_backoff": torch.tensor(0.0)},
+              "float64 values": {"order2.log_prob": tensors["order2.log_prob"].to(torch.float64)},
+              "long text without ids": {"scorer.word_long_ids": torch.zeros(0, dtype=torch.int64),
+                                        "scorer.word_long_text": torch.tensor(list(b"abcdefghijklmnopqrs"),
+                                                                              dtype=torch.uint8)}}
+    for name, change in tables.items():
+        bad = tmp_path / f"{name}.safetensors"
+        safetensors.torch.save_file({**tensors, **change}, str(bad), metadata=metadata)
+        loads = (load_binary,) if name.startswith(("key", "0-d", "float64")) else (load_binary, load_scorer)
+        for load in loads:
+            with pytest.raises(CheckpointError, match="corrupt"):
+                load(bad)
+
+
+def test_a_loaded_cache_saved_over_itself_keeps_scoring(sentences, tmp_path):
+    """The file is replaced by a rename, not rewritten in place: the loaded model keeps the pages
+    of the file it mapped (rewriting it would truncate them under the model: a bus error)."""
+    model, vocabulary = fit_sentences(sentences[:300], order=3)
+    path = tmp_path / "model.safetensors"
+    save_binary(model, vocabulary, path)
+    held_out = sentences[300:350]
+    expected = score_sentences(model, vocabulary, held_out).log10_probs
+    loaded, loaded_vocabulary = load_binary(path)
+    scorer = load_scorer(path)
+    save_binary(loaded, loaded_vocabulary, path)
+    np.testing.assert_array_equal(score_sentences(loaded, loaded_vocabulary, held_out).log10_probs, expected)
+    np.testing.assert_array_equal(scorer.score(held_out).log10_probs, expected)
+    np.testing.assert_array_equal(load_scorer(path).score(held_out).log10_probs, expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]           # no staging file left
 
 
 def test_the_cache_hands_over_its_scorer_which_scores_as_a_fresh_one(sentences, tmp_path):
@@ -515,7 +596,8 @@ def test_a_cache_whose_scorer_does_not_fit_raises_checkpoint_error(sentences, tm
     tensors = safetensors.torch.load_file(str(path))
     metadata = safetensors.safe_open(str(path), "pt").metadata()
     word_slots = tensors["scorer.word_slots"].clone()
-    word_slots[word_slots[:, 0] != -1, 1] += len(vocabulary.words)          # ids past the vocabulary
+    shifted = (word_slots[:, 0] != -1) & (word_slots[:, 1] != vocabulary.end_id)   # (</s>'s is checked at load)
+    word_slots[shifted, 1] += len(vocabulary.words)                           # ids past the vocabulary
     sizes = tensors["scorer.sizes"].clone()
     sizes[3] += 1
     displacements = tensors["scorer.max_displacements"].clone()

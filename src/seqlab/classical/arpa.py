@@ -245,7 +245,7 @@ def write_arpa(model: NGramLM, vocabulary: WordVocabulary, path: str | Path) -> 
     text = names                                  # the words of each n-gram of the order below
     for k, table in enumerate(model.tables, start=1):
         if k > 1:                                 # an n-gram's text is its prefix's, then its last word
-            prefix, last = ngrams.prefixes_and_last(table.keys.cpu(), model.n_ids)
+            prefix, last = ngrams.prefixes_and_last(table.sorted_keys().cpu(), model.n_ids)
             text = [f"{text[p]} {names[w]}" for p, w in zip(prefix.tolist(), last.tolist())]
         lines.append(f"\\{k}-grams:")
         columns = [_log10_field(table.log_prob), text]

@@ -58,9 +58,10 @@ READABLE_VERSIONS = ("1", "2", "3")
 SPACE_BUT_NEWLINE = re.compile(r"[^\S\n]")           # what str.split() splits at, newline aside
 NEWLINE = ord("\n")
 ASCII_SPACE_BUT_NEWLINE = np.array([chr(byte).isspace() and byte != 10 for byte in range(128)])
-NUMPY_DTYPES = {"I64": np.int64, "U64": np.uint64, "F64": np.float64, "F32": np.float32, "U8": np.uint8}
-SAFETENSORS_DTYPES = {np.dtype(dtype): name for name, dtype in NUMPY_DTYPES.items()}
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16     # buffers one os.writev takes
+NUMPY_DTYPES = {name: np.dtype(dtype) for name, dtype in
+                {"I64": np.int64, "U64": np.uint64, "F64": np.float64, "F32": np.float32, "U8": np.uint8}.items()}
+SAFETENSORS_DTYPES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+IOV_MAX = max(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 0, 16)   # buffers one os.writev takes
 
 
 def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path, source: str = "") -> None:
@@ -71,7 +72,13 @@ def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path, so
     joined by newlines, and ``scorer.{name}``, the scorer's tables. Metadata: the format name and
     version, the ``NGramConfig`` and the id of ``</s>`` (``end_id``) as JSON, and ``source``, what
     the cache was made from (an ARPA file's size and modification time). The file is written in
-    one stream (``_write_safetensors``).
+    one stream (``_write_safetensors``) to a temporary file beside ``path``, then renamed into
+    place: a crash leaves what was at ``path`` whole, and a model mapped from the file replaced
+    (a loaded cache saved over itself) keeps its pages.
+
+    Raises:
+        ConfigError: the model does not predict the vocabulary's words.
+        OSError: the file cannot be written.
     """
     if model.vocab_size != len(vocabulary):
         raise ConfigError(f"the model predicts {model.vocab_size} ids but the vocabulary has "
@@ -86,7 +93,16 @@ def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path, so
         arrays[f"scorer.{name}"] = array
     metadata = {"format": BINARY_FORMAT, "version": BINARY_VERSION, "end_id": json.dumps(vocabulary.end_id),
                 "config": json.dumps(dataclasses.asdict(model.config)), "source": source}
-    _write_safetensors(Path(path), arrays, metadata)
+    path, staging = Path(path), None
+    try:
+        handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        os.close(handle)
+        _write_safetensors(Path(staging), arrays, metadata)
+        os.chmod(staging, 0o666 & ~_umask())                 # mkstemp makes it 0600
+        os.replace(staging, path)
+    finally:
+        if staging is not None:
+            Path(staging).unlink(missing_ok=True)
 
 
 def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
@@ -170,18 +186,10 @@ def _through_cache(path: Path, cache: bool, open_cache: Callable, from_model: Ca
         if made_from == source and source and version == BINARY_VERSION:     # (an older version is remade)
             return open_cache(cached)
     model, vocabulary = read_arpa_file(path)
-    staging = None
     try:
-        handle, staging = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".partial")
-        os.close(handle)
-        save_binary(model, vocabulary, staging, source=source)
-        os.chmod(staging, 0o666 & ~_umask())                 # mkstemp makes it 0600
-        os.replace(staging, cached)
-    except (OSError, safetensors.SafetensorError) as error:
+        save_binary(model, vocabulary, cached, source=source)
+    except OSError as error:
         raise DataError(f"cannot write the n-gram cache {str(cached)!r}: {error}".replace("\n", " ")) from None
-    finally:
-        if staging is not None:
-            Path(staging).unlink(missing_ok=True)
     return from_model(model, vocabulary)
 
 
@@ -225,6 +233,10 @@ def load_binary(path: str | Path) -> tuple[NGramLM, WordVocabulary]:
     """
     where, config, vocabulary, tensors = _open(Path(path))
     scorer_arrays = _scorer_arrays(tensors)
+    orders = sum(name.startswith("order") and name.endswith(".keys") for name in tensors.names())
+    if orders != config.order:
+        raise CheckpointError(f"{where} holds the keys of {orders} orders for a model of order {config.order}: "
+                              "it is corrupt; rebuild it with save_binary")
     names = [f"order{k}.{name}" for k in range(1, config.order + 1) for name in ("keys", "log_prob", "log_backoff")]
     missing = [name for name in [*names, "discounts"] if name not in tensors.names()]
     if missing:
@@ -266,8 +278,13 @@ def _open(path: Path) -> tuple[str, NGramConfig, CachedVocabulary, MappedTensors
             raise CheckpointError(f"{where} is not a {BINARY_FORMAT} file of version {BINARY_VERSION} "
                                   f"(found {metadata.get('format')!r} {metadata.get('version')!r}); "
                                   "rebuild it with save_binary (or delete it: seqlab score --cache rebuilds it)")
-        config = NGramConfig(**json.loads(metadata["config"]))
+        fields = json.loads(metadata["config"])
+        if not isinstance(fields, dict) or not all(type(fields.get(name)) is int for name in ("vocab_size", "order")):
+            raise ValueError("its config's vocab_size and order are not integers")
+        config = NGramConfig(**fields)
         joined = tensors.take("vocabulary")
+        if config.vocab_size > (len(joined) + 1) // 2:          # a word is a byte and a newline at least
+            raise ValueError(f"its config's vocab_size {config.vocab_size} is more words than its vocabulary holds")
         if "end_id" in metadata:                     # version 3: the header says, the words confirm when split
             end_id = json.loads(metadata["end_id"])
             if end_id is not None and (type(end_id) is not int or not 0 <= end_id < config.vocab_size):
@@ -277,7 +294,11 @@ def _open(path: Path) -> tuple[str, NGramConfig, CachedVocabulary, MappedTensors
             vocabulary = CachedVocabulary.counting(joined.tobytes(), where)
     except CheckpointError:
         raise
-    except (OSError, KeyError, TypeError, ValueError, ConfigError) as error:
+    except RecursionError:
+        raise CheckpointError(f"{where} cannot be read as an n-gram cache: its header nests too deep") from None
+    except KeyError as error:
+        raise CheckpointError(f"{where} cannot be read as an n-gram cache: it lacks {error}") from None
+    except (OSError, TypeError, ValueError, ConfigError) as error:
         raise CheckpointError(f"{where} cannot be read as an n-gram cache: {error}".replace("\n", " ")) from None
     return where, config, vocabulary, tensors
 
@@ -316,9 +337,20 @@ class MappedTensors:
             raise ValueError("its header is not a JSON object of tensors and metadata")
         self.metadata = header.pop("__metadata__", None) or {}
         self._entries, start = {}, 8 + header_size      # name -> dtype, shape, offset in the file
+        numbers, size = [], len(self._mapped) - start          # every shape and offset, type-checked at once
         for name, entry in header.items():
-            dtype, shape, (begin, end) = np.dtype(NUMPY_DTYPES[entry["dtype"]]), entry["shape"], entry["data_offsets"]
-            if not 0 <= begin <= end <= len(self._mapped) - start or end - begin != math.prod(shape) * dtype.itemsize:
+            if not isinstance(entry, dict) or entry.get("dtype") not in NUMPY_DTYPES:
+                raise ValueError(f"its tensor {name!r} is not of a type a cache holds ({', '.join(NUMPY_DTYPES)})")
+            dtype, shape, offsets = NUMPY_DTYPES[entry["dtype"]], entry.get("shape"), entry.get("data_offsets")
+            if type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
+                raise ValueError(f"its tensor {name!r} has no shape and offsets")
+            numbers += shape
+            numbers += offsets
+            self._entries[name] = dtype, shape, offsets
+        if {*map(type, numbers)} - {int} or min(numbers, default=0) < 0:       # (JSON's true is no int here)
+            raise ValueError("its tensors' shapes and offsets are not all integers >= 0")
+        for name, (dtype, shape, (begin, end)) in self._entries.items():
+            if not begin <= end <= size or end - begin != math.prod(shape) * dtype.itemsize:
                 raise ValueError(f"its tensor {name!r} does not fit the file")
             self._entries[name] = dtype, shape, start + begin
 
@@ -381,7 +413,7 @@ class CachedVocabulary(WordVocabulary):
                                  f"{self._n_words} with </s> at {self.end_id}")
             return words
         except (ValueError, ConfigError) as error:      # (UnicodeDecodeError is a ValueError)
-            raise CheckpointError(f"{self._where}'s vocabulary {error}: it is corrupt; rebuild it with "
+            raise CheckpointError(f"the vocabulary of {self._where} {error}: it is corrupt; rebuild it with "
                                   "save_binary") from None
 
 
@@ -410,9 +442,13 @@ def _check_tables(where: str, model: NGramLM, vocabulary: WordVocabulary, keys: 
         if problem:
             break
         backoffs = 0 if k == model.order else len(key)
-        if key.dtype != torch.int64 or key.dim() != 1 or log_prob.shape != key.shape or len(log_backoff) != backoffs:
+        if (key.dtype != torch.int64 or log_prob.dtype != torch.float32 or log_backoff.dtype != torch.float32
+                or key.dim() != 1 or log_backoff.dim() != 1 or log_prob.shape != key.shape
+                or len(log_backoff) != backoffs):
             problem = f"holds order {k} tables of mismatched sizes or types"
         elif k == 1 and not torch.equal(key, torch.arange(model.n_ids)):
             problem = f"holds 1-gram keys that are not 0 .. {model.n_ids - 1}"
+        elif k > 1 and len(key) and not (0 <= int(key[0]) and int(key[-1]) < len(keys[k - 2]) * model.n_ids):
+            problem = f"holds order {k} keys whose prefixes are not order {k - 1}'s"      # (in between: once sorted)
     if problem:
         raise CheckpointError(f"{where} {problem}: it is corrupt; rebuild it with save_binary")

@@ -59,6 +59,8 @@ if TYPE_CHECKING:                      # arpa imports nothing from here; only th
     from seqlab.classical.arpa import WordVocabulary
 
 LN10 = math.log(10)
+SCORER_TABLES = {"slots", "offsets", "sizes", "max_displacements", "log10_unigrams", "word_slots", "word_low",
+                 "word_high", "word_long_ids", "word_settings"}          # (and word_long_text, from version 3)
 BLOCK = 1 << 13                    # stream positions scored together (``_score_sentences``)
 
 
@@ -123,7 +125,7 @@ class NGramScorer:
         self.max_displacements = np.zeros(self.order + 1, dtype=np.int64)
         tables, prefix_slots = [], None
         for k, table in enumerate(model.tables[1:], start=2):
-            keys = table.keys.detach().cpu().numpy()
+            keys = table.sorted_keys().detach().cpu().numpy()          # (a cache's: checked now)
             if prefix_slots is not None:
                 keys = prefix_slots.take(keys // self.n_ids) * self.n_ids + keys % self.n_ids
             tables.append(SlotTable(keys, _float32_pairs(table.log_prob, table.log_backoff)))
@@ -176,6 +178,9 @@ class NGramScorer:
         where they are and are touched where a query lands, as KenLM's memory-mapped tables are
         (and, as there, truncating the file under a loaded model ends the process)."""
         arrays = dict(arrays)
+        missing = sorted(SCORER_TABLES - arrays.keys())
+        if missing:
+            raise ValueError(f"lacks the scorer tables {missing}")
         self.slots, self.log10_unigrams = arrays.pop("slots"), arrays.pop("log10_unigrams")
         self.offsets, self.sizes = arrays.pop("offsets").copy(), arrays.pop("sizes").copy()
         self.max_displacements = arrays.pop("max_displacements").copy()
@@ -208,15 +213,19 @@ class NGramScorer:
                 or not 0 <= word_displacement < word_size):
             raise ValueError("holds a word hash table that does not fit the vocabulary")
         if long_ids.ndim != 1 or not ((long_ids >= 0) & (long_ids < n_words)).all():
-            raise ValueError("holds long-word ids outside the vocabulary")
+            raise ValueError("holds long-word ids that are not a list of the vocabulary's ids")
         if long_text is None:
             long_words = [self.vocabulary.words[i] for i in long_ids.tolist()]
         else:
-            long_words = long_text.tobytes().decode("utf-8", "surrogatepass").split("\n") if len(long_ids) else []
+            text = long_text.tobytes().decode("utf-8", "surrogatepass")
+            long_words = text.split("\n") if text else []
             if len(long_words) != len(long_ids):
                 raise ValueError("holds long words that do not match their ids")
         self.words = WordTable.from_arrays(SlotTable.from_slots(word_slots, word_displacement), low, high,
                                            dict(zip(long_words, long_ids.tolist())), bool(usable))
+        found = self.words.short_word_id("</s>")
+        if found is not None and found != self.end_id:
+            raise ValueError(f"gives </s> the id {self.end_id} where its word table has {found}")
 
     def score(self, sentences: Sequence[str]) -> SentenceScores:
         """``log10 p`` of each sentence and the totals."""
@@ -358,7 +367,7 @@ def score_sentences_ref(model: NGramLM, vocabulary: WordVocabulary, sentences: S
     """``log10 p`` of each sentence by the back-off recursion over n-grams as tuples of ids, one
     word at a time (slow; the specification of ``score_sentences``). Returns (S,) float64."""
     stored = []           # per order: ids tuple -> (log10 p*, log10 b)
-    for table, ids in zip(model.tables, ngrams.ngram_ids([t.keys.cpu() for t in model.tables], model.n_ids)):
+    for table, ids in zip(model.tables, ngrams.ngram_ids([t.sorted_keys().cpu() for t in model.tables], model.n_ids)):
         backoff = table.log_backoff.double().cpu() if table.log_backoff.numel() else torch.zeros(len(table))
         stored.append({tuple(row): (p / LN10, b / LN10) for row, p, b in
                        zip(ids.tolist(), table.log_prob.double().cpu().tolist(), backoff.tolist())})

@@ -171,6 +171,12 @@ class WordTable:
         long_ids = np.flatnonzero(lengths > WORD_BYTES).tolist()
         self.long_words = {words[i]: i for i in long_ids}    # word -> id of those looked up by their text
 
+    def short_word_id(self, word: str) -> int | None:
+        """The id the table gives ``word``, a word of at most 8 UTF-8 bytes (0 if it holds none);
+        None when the table is not ``usable``."""
+        key = int.from_bytes(word.encode("utf-8"), "little")
+        return int(self.table.slots[self.table.find(np.array([key], dtype=np.int64))[0], 1]) if self.usable else None
+
     @classmethod
     def from_arrays(cls, table: SlotTable, low: np.ndarray, high: np.ndarray, long_words: dict[str, int],
                     usable: bool) -> WordTable:
