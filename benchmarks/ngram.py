@@ -33,9 +33,9 @@ its score_vs_kenlm is the worse of the two corpora, and each corpus' follows it 
 (the bounded-memory build at 1M and 10M tokens) run in their own processes, and their headline
 figures join the RESULT line, which starts
 ``RESULT score_vs_kenlm=<x> arpa_load_vs_kenlm=<x> binary_load_vs_kenlm=<x> build_10m_seconds=<x>
-build_10m_peak_gb=<x>`` (binary_load_vs_kenlm: seqlab's cache loaded and ready to score against
-KenLM's probing binary, seconds over seconds; nan unless KenLM's build_binary is found, see
-arpa_load.py). Targets (issue 3): build_vs_nltk >= 50, score_vs_nltk >= 50; (issue 17)
+build_10m_peak_gb=<x>`` (binary_load_vs_kenlm: seqlab's cache opened for scoring, ``load_scorer``,
+and ready to score against KenLM's probing binary, seconds over seconds; nan unless KenLM's
+build_binary is found, see arpa_load.py). Targets (issue 3): build_vs_nltk >= 50, score_vs_nltk >= 50; (issue 17)
 score_vs_kenlm >= 1 on both, arpa_load_vs_kenlm <= 2, binary_load_vs_kenlm <= 1, build_10m_peak_gb
 under the limit (4).
 """
