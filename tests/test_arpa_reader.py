@@ -503,6 +503,47 @@ def test_a_loaded_cache_saved_over_itself_keeps_scoring(sentences, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]           # no staging file left
 
 
+@pytest.mark.parametrize("step", ["mkstemp", "_write_safetensors", "chmod", "replace"])
+def test_a_save_that_fails_at_any_step_leaves_the_old_file_whole(step, sentences, tmp_path, monkeypatch):
+    """A fault injected at each step of ``save_binary`` (making the staging file, writing it,
+    setting its mode, renaming it into place): the file already there still loads as it was,
+    and no partial file is left."""
+    model, vocabulary = fit_sentences(sentences[:300], order=3)
+    path = tmp_path / "model.safetensors"
+    save_binary(model, vocabulary, path)
+    before = path.read_bytes()
+    bigger, bigger_vocabulary = fit_sentences(sentences[:600], order=3)
+
+    real_write = ngram_cache._write_safetensors
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    def write_half_then_fail(path, arrays, metadata):               # the disk fills mid-write
+        real_write(path, {name: array[: len(array) // 2] for name, array in arrays.items()}, metadata)
+        fail()
+    if step == "_write_safetensors":
+        monkeypatch.setattr(ngram_cache, step, write_half_then_fail)
+    else:
+        monkeypatch.setattr(ngram_cache.tempfile if step == "mkstemp" else ngram_cache.os, step, fail)
+    with pytest.raises(OSError):
+        save_binary(bigger, bigger_vocabulary, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert load_binary(path)[1] == vocabulary
+
+
+def test_a_save_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(sentences, tmp_path):
+    model, vocabulary = fit_sentences(sentences[:300], order=3)
+    target, link = tmp_path / "target.safetensors", tmp_path / "link.safetensors"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    link.symlink_to(target)
+    save_binary(model, vocabulary, link)
+    assert link.is_symlink() and link.resolve() == target and target.stat().st_mode & 0o777 == 0o640
+    assert load_binary(target)[1] == vocabulary
+
+
 def test_the_cache_hands_over_its_scorer_which_scores_as_a_fresh_one(sentences, tmp_path):
     """The scorer's hash tables come from the file (no rebuild), and score every held-out
     sentence to the bit as a scorer built from the tables does; a version 1 cache, without them,

@@ -43,7 +43,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import safetensors
 import torch
 
 from seqlab.classical.arpa import WordVocabulary
@@ -72,9 +71,10 @@ def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path, so
     joined by newlines, and ``scorer.{name}``, the scorer's tables. Metadata: the format name and
     version, the ``NGramConfig`` and the id of ``</s>`` (``end_id``) as JSON, and ``source``, what
     the cache was made from (an ARPA file's size and modification time). The file is written in
-    one stream (``_write_safetensors``) to a temporary file beside ``path``, then renamed into
-    place: a crash leaves what was at ``path`` whole, and a model mapped from the file replaced
-    (a loaded cache saved over itself) keeps its pages.
+    one stream (``_write_safetensors``) to a temporary file beside ``path`` (beside the file a
+    symbolic link at ``path`` names), then renamed into place with the replaced file's permissions:
+    a crash leaves what was at ``path`` whole, and a model mapped from the file replaced (a loaded
+    cache saved over itself) keeps its pages.
 
     Raises:
         ConfigError: the model does not predict the vocabulary's words.
@@ -93,20 +93,22 @@ def save_binary(model: NGramLM, vocabulary: WordVocabulary, path: str | Path, so
         arrays[f"scorer.{name}"] = array
     metadata = {"format": BINARY_FORMAT, "version": BINARY_VERSION, "end_id": json.dumps(vocabulary.end_id),
                 "config": json.dumps(dataclasses.asdict(model.config)), "source": source}
-    path, staging = Path(path), None
+    path, staging = Path(path).resolve(), None          # (through a symbolic link: the link stays)
+    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~_umask()
     try:
         handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
         os.close(handle)
         _write_safetensors(Path(staging), arrays, metadata)
-        os.chmod(staging, 0o666 & ~_umask())                 # mkstemp makes it 0600
+        os.chmod(staging, mode)                              # mkstemp makes it 0600
         os.replace(staging, path)
+        staging = None
     finally:
-        if staging is not None:
+        if staging is not None:                              # (only ever seqlab's own partial file)
             Path(staging).unlink(missing_ok=True)
 
 
 def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write ``arrays`` as a safetensors file (the layout ``_map_tensors`` reads) in one stream of
+    """Write ``arrays`` as a safetensors file (the layout ``MappedTensors`` reads) in one stream of
     writes from the file's start (``os.writev`` of the header and every array, no copies): the
     operating system then keeps the file's pages in large blocks, which a mapping of the file takes
     in a few faults where 4 KiB pages take thousands. Measured here, touching every page of a
@@ -204,11 +206,10 @@ def _cache_source(cached: Path) -> tuple[str, str]:
     if not cached.is_file():
         raise foreign
     try:
-        with safetensors.safe_open(str(cached), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        metadata = MappedTensors(cached).metadata
     except PermissionError as error:
         raise DataError(f"cannot read the n-gram cache {str(cached)!r}: {error}") from None
-    except (OSError, safetensors.SafetensorError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise foreign from None
     if metadata.get("format") != BINARY_FORMAT:
         raise foreign

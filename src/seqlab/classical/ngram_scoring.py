@@ -50,8 +50,8 @@ import numpy as np
 import torch
 
 from seqlab.classical import counts as ngrams
-from seqlab.classical.ngram import NGramConfig, NGramLM
 from seqlab.classical.compiled import compiled
+from seqlab.classical.ngram import NGramConfig, NGramLM
 from seqlab.classical.slot_tables import EMPTY, SlotTable, WordTable, _home_slot, encode_sentences
 from seqlab.errors import ConfigError
 
